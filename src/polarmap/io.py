@@ -1,0 +1,249 @@
+"""The HDF5 data set format (one file per data set) and readers that produce it.
+
+Schema (format "polarmap-4dstem", version 1), documented in the README:
+  /patterns  float32 (scan_rows, scan_cols, det_rows, det_cols), one chunk per pattern
+  /labels    int8    (scan_rows, scan_cols), class index, -1 = unknown
+  root attributes: REQUIRED_ATTRS below, plus provenance (config hash, code version).
+Detector rows/cols and scan rows/cols share one orientation: +col is "right" (x), +row is
+"up" (y); class angles are 45 k degrees counter-clockwise from +col.
+"""
+
+import json
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import numpy as np
+import tifffile
+from tqdm import tqdm
+
+from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL, class_index
+
+FORMAT_NAME = "polarmap-4dstem"
+FORMAT_VERSION = 1
+CONVENTION = "col=+x right, row=+y up, scan and detector unrotated; theta_k = 45k deg ccw from +col"
+REQUIRED_ATTRS = (
+    "name", "classes", "class_names", "thickness_nm", "supercell", "energy_kev", "semiangle_mrad",
+    "detector_mrad_per_px", "scan_step_angstrom", "source",
+)
+
+
+def _encode(value):
+    """Lists and dicts are stored as JSON strings so any HDF5 reader can show them."""
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else value
+
+
+def _decode(value):
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def temporary_path(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+@contextmanager
+def create_dataset_file(path, scan_shape, detector_shape, attrs, compression=None):
+    """Open a new data set for writing at a temporary path; it replaces `path` only when the
+    block exits cleanly, so a failure never leaves a half-written data set behind."""
+    path = Path(path)
+    missing = [key for key in REQUIRED_ATTRS if key not in attrs]
+    if missing:
+        raise ValueError(f"{path}: missing data set attributes {missing}")
+    for name in attrs["classes"]:
+        class_index(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT_NAME
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["convention"] = CONVENTION
+            for key, value in attrs.items():
+                f.attrs[key] = _encode(value)
+            f.create_dataset(
+                "patterns", shape=(*scan_shape, *detector_shape), dtype="float32",
+                chunks=(1, 1, *detector_shape), compression=compression,
+            )
+            f.create_dataset("labels", shape=scan_shape, dtype="int8", fillvalue=UNKNOWN_LABEL)
+            yield f
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_rows(f: h5py.File, row_start: int, patterns: np.ndarray, labels: np.ndarray, source: str = "") -> None:
+    """Write a block of scan rows, refusing values that would poison training."""
+    if not np.isfinite(patterns).all():
+        raise ValueError(f"{source or f.filename}: NaN or infinite intensities in scan rows from {row_start}")
+    if labels.min() < UNKNOWN_LABEL or labels.max() >= len(CLASS_NAMES):
+        raise ValueError(f"{source or f.filename}: labels outside -1..{len(CLASS_NAMES) - 1}")
+    rows = slice(row_start, row_start + patterns.shape[0])
+    f["patterns"][rows] = patterns
+    f["labels"][rows] = labels
+
+
+def write_dataset(path, patterns, labels, attrs, compression=None) -> None:
+    """Write a whole in-memory data set (small sets, importers, tests)."""
+    patterns = np.asarray(patterns, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int8)
+    if patterns.ndim != 4:
+        raise ValueError(f"{path}: patterns must be 4-D (scan_rows, scan_cols, det_rows, det_cols), got shape {patterns.shape}")
+    if labels.shape != patterns.shape[:2]:
+        raise ValueError(f"{path}: labels shape {labels.shape} does not match the scan shape {patterns.shape[:2]}")
+    with create_dataset_file(path, patterns.shape[:2], patterns.shape[2:], attrs, compression) as f:
+        write_rows(f, 0, patterns, labels, source=str(path))
+
+
+def read_attrs(f: h5py.File) -> dict:
+    return {key: _decode(value) for key, value in f.attrs.items()}
+
+
+@contextmanager
+def open_dataset(path, check_values: bool = False):
+    """Open and validate a data set; every problem is one clear error naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such data set; run `polarmap simulate` or an importer first")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable HDF5 file (truncated or corrupt: {err}); regenerate it") from None
+    with f:
+        validate_open_dataset(f, path, check_values)
+        yield f
+
+
+def validate_open_dataset(f: h5py.File, path: Path, check_values: bool) -> None:
+    if f.attrs.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path}: not a {FORMAT_NAME} data set (no 'format' attribute); import it with `polarmap import`")
+    missing = [key for key in REQUIRED_ATTRS if key not in f.attrs]
+    if missing:
+        raise ValueError(f"{path}: missing attributes {missing}; regenerate the file")
+    if "patterns" not in f or "labels" not in f:
+        raise ValueError(f"{path}: needs /patterns and /labels datasets")
+    patterns, labels = f["patterns"], f["labels"]
+    if patterns.ndim != 4:
+        raise ValueError(f"{path}: /patterns must be 4-D (scan_rows, scan_cols, det_rows, det_cols), got shape {patterns.shape}")
+    if labels.shape != patterns.shape[:2]:
+        raise ValueError(f"{path}: /labels shape {labels.shape} does not match the scan shape {patterns.shape[:2]}")
+    for name in _decode(f.attrs["classes"]):
+        if name not in CLASS_NAMES:
+            raise ValueError(f"{path}: unknown class {name!r} in attribute 'classes'; use {', '.join(CLASS_NAMES)}")
+    label_values = labels[()]
+    if label_values.min() < UNKNOWN_LABEL or label_values.max() >= len(CLASS_NAMES):
+        raise ValueError(f"{path}: /labels holds values outside -1..{len(CLASS_NAMES) - 1}")
+    if check_values:
+        for row in range(patterns.shape[0]):
+            try:
+                block = patterns[row]
+            except OSError as err:
+                raise ValueError(f"{path}: scan row {row} cannot be read ({err}); the file is truncated, regenerate it") from None
+            if not np.isfinite(block).all():
+                raise ValueError(f"{path}: NaN or infinite intensities in scan row {row}")
+
+
+def info(path, check_values: bool = True) -> str:
+    """A human-readable summary of a data set."""
+    with open_dataset(path, check_values=check_values) as f:
+        attrs = read_attrs(f)
+        labels = f["labels"][()]
+        shape = f["patterns"].shape
+    counts = {CLASS_NAMES[k] if k >= 0 else "unknown": int((labels == k).sum()) for k in np.unique(labels)}
+    lines = [f"{path}", f"  patterns: {shape} float32 (scan_rows, scan_cols, det_rows, det_cols)", f"  labels: {counts}"]
+    lines += [f"  {key}: {attrs[key]}" for key in sorted(attrs) if key not in ("config_json", "package_versions")]
+    return "\n".join(lines)
+
+
+_INDEX = re.compile(r"(\d+)(?!.*\d)")
+
+
+def import_tiff_folder(folder, out, attrs, scan_shape=None, label: str | None = None, compression=None) -> None:
+    """A folder of one-pattern TIFFs (QSTEM output or detector exports), the pattern's row-major
+    scan index as the last zero-padded number in each file name, into one data set."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff")) if folder.is_dir() else []
+    if not files:
+        raise ValueError(f"{folder}: no .tif/.tiff files found; point at the folder of one-pattern TIFFs")
+    by_index = {}
+    for p in files:
+        match = _INDEX.search(p.stem)
+        if match is None:
+            raise ValueError(f"{p}: no scan index in the file name; expected a zero-padded number such as pattern_00042.tif")
+        by_index[int(match.group(1))] = p
+    first = min(by_index)  # 0- or 1-based numbering both occur
+    rows, cols = scan_shape or _square_scan(len(by_index), folder)
+    expected = range(first, first + rows * cols)
+    missing = [i for i in expected if i not in by_index]
+    if missing:
+        raise ValueError(f"{folder}: missing TIFF for scan index {missing[0]} ({len(missing)} of {rows * cols} missing); restore it or give the right scan shape")
+    if len(by_index) > rows * cols:
+        raise ValueError(f"{folder}: {len(by_index)} TIFFs for a {rows}x{cols} scan; give the right scan shape")
+    detector_shape = tifffile.imread(by_index[first]).shape
+    labels = np.full((1, cols), UNKNOWN_LABEL if label is None else class_index(label), dtype=np.int8)
+    with create_dataset_file(out, (rows, cols), detector_shape, attrs, compression) as f:
+        for row in tqdm(range(rows), desc=f"import {folder.name}", unit="row"):
+            block = np.empty((1, cols, *detector_shape), dtype=np.float32)
+            for col in range(cols):
+                block[0, col] = _read_tiff_pattern(by_index[first + row * cols + col], detector_shape)
+            write_rows(f, row, block, labels, source=str(folder))
+
+
+def _square_scan(count: int, folder: Path) -> tuple[int, int]:
+    side = int(round(np.sqrt(count)))
+    if side * side != count:
+        raise ValueError(f"{folder}: {count} TIFFs are not a square scan; give the scan shape (e.g. --scan-shape 128 128)")
+    return side, side
+
+
+def _read_tiff_pattern(path: Path, detector_shape) -> np.ndarray:
+    try:
+        image = tifffile.imread(path)
+    except Exception as err:  # tifffile raises several types for damaged files
+        raise ValueError(f"{path}: unreadable TIFF ({err}); re-export it") from None
+    if image.shape != tuple(detector_shape):
+        raise ValueError(f"{path}: pattern shape {image.shape} differs from the first pattern's {tuple(detector_shape)}")
+    return image
+
+
+SUMMARY_COLUMNS = (
+    "name", "scan_shape", "pattern_shape", "thickness_nm", "supercell", "classes",
+    "detector_mrad_per_px", "scan_step_angstrom", "mean_com_row_px", "mean_com_col_px", "source",
+)
+
+
+def summary_row(path) -> dict:
+    """One line describing a data set, including the CoM of its scan-mean pattern."""
+    from polarmap.preprocessing import center_of_mass
+
+    with open_dataset(path) as f:
+        attrs = read_attrs(f)
+        patterns = f["patterns"]
+        mean_pattern = np.zeros(patterns.shape[2:], dtype=np.float64)
+        for row in range(patterns.shape[0]):
+            mean_pattern += patterns[row].sum(axis=0)
+        shape = patterns.shape
+    com = center_of_mass(mean_pattern) - np.array(shape[2:]) // 2
+    return {
+        "name": attrs["name"], "scan_shape": f"{shape[0]}x{shape[1]}", "pattern_shape": f"{shape[2]}x{shape[3]}",
+        "thickness_nm": round(float(attrs["thickness_nm"]), 3), "supercell": attrs["supercell"],
+        "classes": "/".join(attrs["classes"]) or "-", "detector_mrad_per_px": round(float(attrs["detector_mrad_per_px"]), 4),
+        "scan_step_angstrom": round(float(attrs["scan_step_angstrom"]), 4),
+        "mean_com_row_px": round(float(com[0]), 4), "mean_com_col_px": round(float(com[1]), 4), "source": attrs["source"],
+    }
+
+
+def write_summary(paths, out) -> None:
+    out = Path(out)
+    lines = ["\t".join(SUMMARY_COLUMNS)]
+    lines += ["\t".join(str(row[c]) for c in SUMMARY_COLUMNS) for row in map(summary_row, paths)]
+    tmp = temporary_path(out)
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out)

@@ -1,0 +1,250 @@
+"""4D-STEM simulation of a supercell with abTEM, streamed to the HDF5 format in scan-row blocks.
+
+Every data set shares one detector calibration: the pattern is the diffraction of a probe
+window of `probe_window_cells` pseudocubic cells (the paper's 2x2 training cell), with
+`gpts_per_cell` real-space samples per cell. PRISM gets that directly from its interpolation
+factor (supercell / window; 1 = exact, which is the case for the training cell); plain
+multislice bins the finer pattern of a larger cell by an odd factor about the optical axis.
+
+abTEM is imported where it is used: importing it takes ~3 s, which the structure and QSTEM
+jobs (and the command line's --help) should not pay.
+"""
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import ase
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from polarmap import io
+from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL, class_index
+from polarmap.provenance import config_hash, provenance_attrs
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    method: str = "prism"  # "prism" or "multislice"
+    energy_kev: float = 200.0
+    semiangle_mrad: float = 24.0
+    gpts_per_cell: int = 128
+    probe_window_cells: int = 2
+    scan_px: int = 128  # probe positions along each axis, spread over the whole supercell
+    slice_thickness_angstrom: float = 0.0  # 0: half a pseudocubic cell (one atomic plane)
+    frozen_phonon_configs: int = 0  # 0: a static lattice
+    frozen_phonon_sigma_angstrom: float = 0.08
+    frozen_phonon_seed: int = 0
+    device: str = "cpu"  # "cpu" or "gpu" (needs cupy)
+    rows_per_block: int = 8
+    compression: str = "none"  # "none" or "lzf"
+
+    def __post_init__(self):
+        if self.method not in ("prism", "multislice"):
+            raise ValueError(f"simulation.method must be 'prism' or 'multislice', got {self.method!r}")
+        if self.device not in ("cpu", "gpu"):
+            raise ValueError(f"simulation.device must be 'cpu' or 'gpu', got {self.device!r}")
+
+    @property
+    def detector_px(self) -> int:
+        return self.gpts_per_cell * self.probe_window_cells
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sampling of one supercell under given settings."""
+    cells: tuple[int, int, int]
+    a_pc: float
+    window_factor: int  # supercell cells per probe window cell, laterally
+
+    @property
+    def extent(self) -> tuple[float, float]:
+        return self.cells[0] * self.a_pc, self.cells[1] * self.a_pc
+
+    @property
+    def thickness_nm(self) -> float:
+        return self.cells[2] * self.a_pc / 10
+
+
+def geometry(atoms: ase.Atoms, settings: SimulationSettings) -> Geometry:
+    a_pc = float(atoms.info["a_pc_angstrom"])
+    cells = tuple(int(round(length / a_pc)) for length in atoms.cell.lengths())
+    if cells[0] != cells[1]:
+        raise ValueError(f"supercell {cells} must be square laterally")
+    if cells[0] % settings.probe_window_cells:
+        raise ValueError(
+            f"supercell {cells[0]}x{cells[1]} is not a multiple of probe_window_cells={settings.probe_window_cells}"
+        )
+    factor = cells[0] // settings.probe_window_cells
+    if settings.method == "multislice" and factor % 2 == 0:
+        raise ValueError(
+            f"multislice on a {cells[0]}x{cells[1]} cell would bin patterns by an even factor ({factor}), "
+            "which shifts the optical axis by half a pixel; use method: prism for this data set"
+        )
+    return Geometry(cells, a_pc, factor)
+
+
+def wavelength_angstrom(energy_kev: float) -> float:
+    import abtem
+
+    return float(abtem.core.energy.energy2wavelength(energy_kev * 1e3))
+
+
+def detector_mrad_per_px(a_pc: float, settings: SimulationSettings) -> float:
+    return 1e3 * wavelength_angstrom(settings.energy_kev) / (settings.probe_window_cells * a_pc)
+
+
+def _potential(atoms: ase.Atoms, geo: Geometry, settings: SimulationSettings):
+    import abtem
+
+    if settings.frozen_phonon_configs > 0:
+        atoms = abtem.FrozenPhonons(
+            atoms, num_configs=settings.frozen_phonon_configs,
+            sigmas=settings.frozen_phonon_sigma_angstrom, seed=settings.frozen_phonon_seed,
+        )
+    slice_thickness = settings.slice_thickness_angstrom or geo.a_pc / 2
+    gpts = (settings.gpts_per_cell * geo.cells[0], settings.gpts_per_cell * geo.cells[1])
+    return abtem.Potential(
+        atoms, gpts=gpts, slice_thickness=slice_thickness, projection="infinite",
+        parametrization="lobato", device=settings.device,
+    )
+
+
+class _Simulator:
+    """Builds what is shared by all scan rows once (the PRISM S-matrix), then simulates rows."""
+
+    def __init__(self, atoms: ase.Atoms, geo: Geometry, settings: SimulationSettings):
+        import abtem
+
+        self.geo, self.settings = geo, settings
+        self.detector = abtem.PixelatedDetector(max_angle="full")
+        potential = _potential(atoms, geo, settings)
+        energy = settings.energy_kev * 1e3
+        if settings.method == "prism":
+            self.smatrix = abtem.SMatrix(
+                potential=potential, energy=energy, semiangle_cutoff=settings.semiangle_mrad,
+                interpolation=geo.window_factor, downsample=False, device=settings.device,
+            ).build(lazy=False)
+        else:
+            self.potential = potential
+            self.probe = abtem.Probe(energy=energy, semiangle_cutoff=settings.semiangle_mrad, device=settings.device)
+
+    def rows(self, row_start: int, row_stop: int, scan_step: tuple[float, float]) -> np.ndarray:
+        """Patterns for scan rows [row_start, row_stop) as (rows, cols, det_rows, det_cols)."""
+        import abtem
+
+        ncols = self.settings.scan_px
+        scan = abtem.GridScan(
+            start=(0.0, row_start * scan_step[1]),
+            end=(self.geo.extent[0], row_stop * scan_step[1]),
+            gpts=(ncols, row_stop - row_start), endpoint=False,
+        )
+        if self.settings.method == "prism":
+            measured = self.smatrix.reduce(scan=scan, detectors=self.detector)
+        else:
+            measured = self.probe.scan(self.potential, scan=scan, detectors=self.detector, max_batch=64, lazy=False)
+        if measured.is_lazy:
+            measured = measured.compute(progress_bar=False)
+        array = np.asarray(measured.to_cpu().array if self.settings.device == "gpu" else measured.array)
+        array = array.reshape(ncols, row_stop - row_start, *array.shape[-2:])
+        # abTEM orders (scan_x, scan_y, k_x, k_y); the format is (row=y, col=x, k_y, k_x).
+        patterns = array.transpose(1, 0, 3, 2)
+        if self.settings.method == "multislice" and self.geo.window_factor > 1:
+            patterns = bin_centred(patterns, self.geo.window_factor)
+        return patterns.astype(np.float32)
+
+
+def bin_centred(patterns: np.ndarray, factor: int) -> np.ndarray:
+    """Sum factor x factor detector pixels, with the zero-frequency pixel (at n // 2, abTEM's
+    centred layout) in the middle of the central bin; factor must be odd."""
+    n_rows, n_cols = patterns.shape[-2:]
+    if factor % 2 == 0 or n_rows % factor or n_cols % factor:
+        raise ValueError(f"cannot bin {n_rows}x{n_cols} patterns by {factor}: needs an odd factor dividing both")
+    # move the zero-frequency pixel n // 2 to the middle of the central bin
+    shifts = [(n // factor // 2) * factor + factor // 2 - n // 2 for n in (n_rows, n_cols)]
+    shifted = np.roll(patterns, shifts, axis=(-2, -1))
+    lead = patterns.shape[:-2]
+    return shifted.reshape(*lead, n_rows // factor, factor, n_cols // factor, factor).sum(axis=(-3, -1))
+
+
+def dataset_attrs(name, atoms, geo, settings, classes, provenance_settings) -> dict:
+    import abtem
+
+    return {
+        "name": name,
+        "classes": list(classes),
+        "class_names": list(CLASS_NAMES),
+        "thickness_nm": geo.thickness_nm,
+        "supercell": "x".join(map(str, geo.cells)),
+        "polarization": atoms.info.get("polarization_class", "none"),
+        "nb_variant": atoms.info.get("variant", ""),
+        "nb_displacement_angstrom": float(atoms.info.get("nb_displacement_angstrom", 0.0)),
+        "energy_kev": settings.energy_kev,
+        "semiangle_mrad": settings.semiangle_mrad,
+        "detector_mrad_per_px": detector_mrad_per_px(geo.a_pc, settings),
+        "scan_step_angstrom": geo.extent[0] / settings.scan_px,
+        "source": f"abTEM {abtem.__version__} ({settings.method}, interpolation {geo.window_factor if settings.method == 'prism' else 1})",
+        "simulation_settings": json.dumps(asdict(settings), sort_keys=True),
+        **provenance_attrs(provenance_settings),
+    }
+
+
+def simulate(
+    atoms: ase.Atoms,
+    out_path: str | Path,
+    name: str,
+    settings: SimulationSettings,
+    classes: tuple[str, ...] = (),
+    provenance_settings: dict | None = None,
+    progress: bool = True,
+) -> None:
+    """Simulate a 4D-STEM data set of `atoms` into `out_path`.
+
+    Work survives interruption: rows go to `<out>.partial` with a completed-row counter, and a
+    rerun with the same settings continues from there. The final file appears atomically.
+    """
+    out_path = Path(out_path)
+    geo = geometry(atoms, settings)
+    label = class_index(classes[0]) if len(classes) == 1 else UNKNOWN_LABEL
+    provenance_settings = provenance_settings or {"simulation": asdict(settings), "name": name}
+    attrs = dataset_attrs(name, atoms, geo, settings, classes, provenance_settings)
+    attrs["structure_hash"] = config_hash({"numbers": atoms.numbers.tolist(), "positions": np.round(atoms.positions, 6).tolist(), "cell": atoms.cell.tolist()})
+    scan_shape = (settings.scan_px, settings.scan_px)
+    detector_shape = (settings.detector_px, settings.detector_px)
+    step = (geo.extent[0] / settings.scan_px, geo.extent[1] / settings.scan_px)
+    partial = out_path.with_name(out_path.name + ".partial")
+    rows_done = _resumable_rows(partial, attrs)
+    simulator = _Simulator(atoms, geo, settings)
+    compression = None if settings.compression == "none" else settings.compression
+    if rows_done == 0:
+        with io.create_dataset_file(partial, scan_shape, detector_shape, attrs, compression) as f:
+            f.attrs["rows_completed"] = 0
+    with h5py.File(partial, "r+") as f:
+        blocks = range(rows_done, settings.scan_px, settings.rows_per_block)
+        for row_start in tqdm(blocks, desc=f"simulate {name}", unit="block", disable=not progress):
+            row_stop = min(row_start + settings.rows_per_block, settings.scan_px)
+            patterns = simulator.rows(row_start, row_stop, step)
+            labels = np.full(patterns.shape[:2], label, dtype=np.int8)
+            io.write_rows(f, row_start, patterns, labels, source=name)
+            f.attrs["rows_completed"] = row_stop
+            f.flush()
+        del f.attrs["rows_completed"]
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    partial.replace(out_path)
+
+
+def _resumable_rows(partial: Path, attrs: dict) -> int:
+    """Rows already simulated in a partial file made with the same settings, else 0."""
+    if not partial.exists():
+        return 0
+    try:
+        with h5py.File(partial, "r") as f:
+            same = f.attrs.get("config_hash") == attrs["config_hash"] and f.attrs.get("structure_hash") == attrs["structure_hash"]
+            rows = int(f.attrs.get("rows_completed", 0))
+    except OSError:
+        same, rows = False, 0
+    if not same:
+        partial.unlink()
+        return 0
+    return rows

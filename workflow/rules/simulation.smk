@@ -1,0 +1,40 @@
+rule simulate:
+    """4D-STEM simulation of one data set with abTEM, streamed to HDF5 in scan-row blocks."""
+    input:
+        structure=rules.structure.output.xyz,
+    output:
+        f"{RESULTS}/datasets/{{dataset}}.h5",
+    params:
+        job=job_settings,
+    threads: 1
+    resources:
+        mem_mb=simulation_mem_mb,
+        runtime=120,
+        gpu=lambda wildcards: 1 if config["simulation"]["device"] == "gpu" else 0,
+    log:
+        f"{RESULTS}/logs/simulate/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/simulate/{{dataset}}.tsv"
+    conda:
+        "../../envs/simulation.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} NUMBA_NUM_THREADS={threads} "
+        "polarmap simulate --settings {params.job:q} --structure {input.structure} --out {output} > {log} 2>&1"
+
+
+rule dataset_summary:
+    """One line per simulated data set: shape, thickness, classes, CoM of the scan-mean pattern."""
+    input:
+        expand(f"{RESULTS}/datasets/{{dataset}}.h5", dataset=SIMULATED),
+    output:
+        report(
+            f"{RESULTS}/datasets/summary.tsv",
+            caption="../report/datasets.rst",
+            category="Data sets",
+        ),
+    log:
+        f"{RESULTS}/logs/dataset_summary.log",
+    conda:
+        "../../envs/simulation.yaml"
+    shell:
+        "polarmap summary {input} --out {output} > {log} 2>&1"
