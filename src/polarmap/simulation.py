@@ -11,6 +11,7 @@ jobs (and the command line's --help) should not pay.
 """
 
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -215,6 +216,8 @@ def simulate(
     step = (geo.extent[0] / settings.scan_px, geo.extent[1] / settings.scan_px)
     partial = out_path.with_name(out_path.name + ".partial")
     rows_done = _resumable_rows(partial, attrs)
+    if rows_done:
+        print(f"{name}: resuming from scan row {rows_done} of {settings.scan_px} ({partial})", file=sys.stderr)
     simulator = _Simulator(atoms, geo, settings)
     compression = None if settings.compression == "none" else settings.compression
     if rows_done == 0:

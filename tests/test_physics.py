@@ -1,0 +1,80 @@
+"""Real abTEM simulations: the CoM on the Nb column follows the projected Nb displacement."""
+
+import numpy as np
+import pytest
+
+from polarmap.classes import CLASS_NAMES, CLASS_ANGLES_DEG
+from polarmap.preprocessing import center_of_mass
+from polarmap.simulation import SimulationSettings, _Simulator, geometry, simulate
+from polarmap.structures import StructureSettings, build_supercell
+
+# 25 cells = 10 nm (the sign of the CoM is reversed below ~5 nm), 256 samples over the 2x2 cell.
+SETTINGS = SimulationSettings(method="multislice", gpts_per_cell=128, scan_px=4)
+
+
+def nb_column_com(class_name, structure=StructureSettings(), settings=SETTINGS):
+    """CoM shift (row, col) in pixels of the pattern with the probe on the Nb column."""
+    atoms = build_supercell((2, 2, 25), class_name, structure)
+    geo = geometry(atoms, settings)
+    step = geo.extent[0] / settings.scan_px  # a_pc / 2: position (1, 1) is the Nb column
+    patterns = _Simulator(atoms, geo, settings).rows(1, 2, (step, step))
+    return center_of_mass(patterns[0, 1]) - np.array(patterns.shape[-2:]) // 2
+
+
+@pytest.fixture(scope="module")
+def class_coms():
+    return {name: nb_column_com(name) for name in CLASS_NAMES}
+
+
+def test_com_points_along_each_class_angle_counter_clockwise(class_coms):
+    for name, expected in zip(CLASS_NAMES, CLASS_ANGLES_DEG):
+        d_row, d_col = class_coms[name]
+        assert np.hypot(d_row, d_col) > 0.2, name
+        angle = np.degrees(np.arctan2(d_row, d_col)) % 360
+        assert min(abs(angle - expected), 360 - abs(angle - expected)) < 2.0, (name, angle)
+    assert class_coms["MU"][0] > 0  # "up" is +row, as in the published data
+
+
+def test_com_flips_with_reversed_displacement(class_coms):
+    # diagonal variants lie in the plane: LU and RD are exact reversals
+    assert np.allclose(class_coms["RD"], -class_coms["LU"], atol=0.02)
+    assert np.allclose(class_coms["LD"], -class_coms["RU"], atol=0.02)
+    # axial variants with the same beam component mirror each other
+    assert np.allclose(class_coms["LM"], -class_coms["RM"], atol=0.02)
+
+
+def test_beam_component_of_axial_variants_changes_magnitude_not_direction(class_coms):
+    """(-1, 0, -1) is the full reversal of RM's (1, 0, +1): the CoM still points left, but the
+    beam-parallel Nb shift changes the dynamical scattering, so it is about 3x weaker."""
+    reversed_rm = nb_column_com("LM", StructureSettings(axial_beam_component=-1))
+    assert reversed_rm[1] < -0.05 and abs(reversed_rm[0]) < 0.01
+    assert abs(reversed_rm[1]) < 0.6 * abs(class_coms["RM"][1])
+
+
+def test_com_is_zero_for_the_undisplaced_reference():
+    assert np.abs(nb_column_com(None)).max() < 0.01
+
+
+def test_prism_matches_multislice(tmp_path):
+    atoms = build_supercell((2, 2, 10), "RU")
+    common = dict(gpts_per_cell=32, scan_px=4, rows_per_block=2)
+    simulate(atoms, tmp_path / "p.h5", "p", SimulationSettings(method="prism", **common), ("RU",), progress=False)
+    simulate(atoms, tmp_path / "m.h5", "m", SimulationSettings(method="multislice", **common), ("RU",), progress=False)
+    import h5py
+
+    with h5py.File(tmp_path / "p.h5") as p, h5py.File(tmp_path / "m.h5") as m:
+        prism, multislice = p["patterns"][()], m["patterns"][()]
+    assert np.abs(prism - multislice).max() / multislice.max() < 1e-5
+
+
+def test_larger_cells_share_the_training_detector_calibration(tmp_path):
+    """A 6x6 cell (PRISM interpolation 3) gives the same pattern size and mrad/px as 2x2."""
+    import h5py
+
+    settings = SimulationSettings(gpts_per_cell=16, scan_px=3, rows_per_block=3)
+    for cells in (2, 6):
+        simulate(build_supercell((cells, cells, 4), "LU"), tmp_path / f"{cells}.h5", str(cells), settings, ("LU",), progress=False)
+    with h5py.File(tmp_path / "2.h5") as small, h5py.File(tmp_path / "6.h5") as large:
+        assert small["patterns"].shape[2:] == large["patterns"].shape[2:] == (32, 32)
+        assert small.attrs["detector_mrad_per_px"] == pytest.approx(large.attrs["detector_mrad_per_px"])
+        assert large.attrs["source"].endswith("interpolation 3)")
