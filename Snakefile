@@ -15,6 +15,8 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/structures.smk"
 include: "workflow/rules/simulation.smk"
+include: "workflow/rules/experiment.smk"
+include: "workflow/rules/preprocessing.smk"
 
 
 rule all:

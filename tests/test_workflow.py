@@ -30,16 +30,21 @@ def study(tmp_path_factory):
     return workdir
 
 
-def test_every_data_set_is_simulated_valid_and_logged(study):
+def test_every_data_set_is_made_valid_and_logged(study):
     results = study / "results/tests"
     summary = (results / "datasets/summary.tsv").read_text().splitlines()
-    assert len(summary) == 1 + 8 + 7 + 1
+    # 8 training, 7 tests, 4 experiment-like (1E, 3E, 4E, dose_1000), their 3 clean sources, reference
+    assert len(summary) == 1 + 8 + 7 + 4 + 3 + 1
     for h5 in (results / "datasets").glob("*.h5"):
         with io.open_dataset(h5, check_values=True) as f:
             assert f["patterns"].shape == (4, 4, 32, 32)
-        assert (results / f"benchmarks/simulate/{h5.stem}.tsv").exists()
-        assert (results / f"logs/simulate/{h5.stem}.log").exists()
-        assert (results / f"qstem/{h5.stem}/{h5.stem}.qsc").exists()
+        with io.open_dataset(results / f"preprocessed/{h5.name}") as f:
+            assert f["patterns"].shape == (4, 4, 16, 16) and f["keep"].shape == (4, 4)
+        simulated = (results / f"qstem/{h5.stem}/{h5.stem}.qsc").exists()
+        assert simulated == (results / f"benchmarks/simulate/{h5.stem}.tsv").exists()
+    assert (results / "datasets/dose_1000.h5").exists() and not (results / "datasets/dose_1000_clean.h5").exists()
+    counts = (results / "preprocessed/filter_counts.tsv").read_text().splitlines()
+    assert counts[0].split() == ["class", "kept", "total", "fraction"] and len(counts) == 1 + 8 + 1
     assert not list(results.rglob("*.partial")) and not list(results.rglob("*.tmp"))
 
 
@@ -57,5 +62,17 @@ def test_changing_one_test_set_reruns_only_its_jobs(study):
     config = (study / "tests.yaml").read_text().replace("6S: {polarization: LD", "6S: {polarization: MD")
     (study / "changed.yaml").write_text(config)
     plan = planned_jobs(study, "--configfile", "changed.yaml")
-    counts = {line.split()[0]: int(line.split()[1]) for line in plan.splitlines() if line.split()[1:2] and line.split()[1].isdigit()}
-    assert counts == {"all": 1, "dataset_summary": 1, "qstem_inputs": 1, "simulate": 1, "structure": 1, "total": 5}, plan
+    counts = job_counts(plan)
+    assert counts == {"all": 1, "dataset_summary": 1, "preprocess": 1, "qstem_inputs": 1, "simulate": 1, "structure": 1, "total": 6}, plan
+
+
+def job_counts(plan):
+    return {line.split()[0]: int(line.split()[1]) for line in plan.splitlines() if line.split()[1:2] and line.split()[1].isdigit()}
+
+
+def test_changing_a_preprocessing_setting_reruns_no_simulation(study):
+    config = (study / "tests.yaml").read_text().replace("crop_px: 16", "crop_px: 15")
+    (study / "crop.yaml").write_text(config)
+    counts = job_counts(planned_jobs(study, "--configfile", "crop.yaml"))
+    assert "simulate" not in counts and "structure" not in counts
+    assert counts["preprocess"] == 8 + 7 + 4 + 3 + 1 and counts["filter_counts"] == 1

@@ -23,11 +23,11 @@ def _job_settings(args) -> dict:
 
 
 def _structure(job: dict):
-    from polarmap.structures import build_supercell
+    from polarmap.structures import apply_mistilt, build_supercell
 
     dataset = job["dataset"]
-    settings = study_config.structure_settings(job)
-    return build_supercell(tuple(dataset["supercell"]), dataset["polarization"], settings)
+    atoms = build_supercell(tuple(dataset["supercell"]), dataset["polarization"], study_config.structure_settings(job))
+    return apply_mistilt(atoms, dataset["mistilt_mrad"]) if any(dataset["mistilt_mrad"]) else atoms
 
 
 def cmd_structure(args) -> None:
@@ -63,14 +63,31 @@ def cmd_qstem(args) -> None:
     write_qsc(atoms, study_config.simulation_settings(job), f"{name}.cfg", f"{name}_patterns", out_dir / f"{name}.qsc")
 
 
-def cmd_import_tiff(args) -> None:
+def cmd_experiment_like(args) -> None:
+    from polarmap.experiment import ExperimentSettings, make_experiment_like
+
+    job = json.loads(args.settings)
+    detector = {k: tuple(v) if isinstance(v, list) else v for k, v in job["detector"].items()}
+    make_experiment_like(args.source, args.out, ExperimentSettings(**detector), job["name"], job["classes"])
+
+
+def cmd_import(args) -> None:
     from polarmap.classes import CLASS_NAMES
-    from polarmap.io import import_tiff_folder
+    from polarmap.io import READERS
     from polarmap.provenance import provenance_attrs
 
+    if args.settings:  # an experimental set declared in the study config
+        job = json.loads(args.settings)
+        args.format, args.path, args.name = job["format"], job["path"], job["name"]
+        args.scan_shape, args.dataset_path, args.accepted = job["scan_shape"], job["dataset_path"], job["accepted"]
+        args.thickness_nm, args.energy_kev, args.semiangle_mrad = job["thickness_nm"] or float("nan"), job["energy_kev"], job["semiangle_mrad"]
+        args.mrad_per_px, args.scan_step_angstrom = job["detector_mrad_per_px"] or float("nan"), job["scan_step_angstrom"] or float("nan")
+        args.label, args.supercell, args.source = None, "experimental", "detector"
+    if not (args.format and args.path and args.out):
+        raise ValueError("give FORMAT PATH OUT (or --settings JSON)")
     accepted = args.accepted or ([args.label] if args.label else [])
     attrs = {
-        "name": args.name or Path(args.folder).name,
+        "name": args.name or Path(args.path).stem,
         "classes": accepted,
         "class_names": list(CLASS_NAMES),
         "thickness_nm": args.thickness_nm,
@@ -80,9 +97,21 @@ def cmd_import_tiff(args) -> None:
         "detector_mrad_per_px": args.mrad_per_px,
         "scan_step_angstrom": args.scan_step_angstrom,
         "source": args.source,
-        **provenance_attrs({"import": str(Path(args.folder).resolve()), "label": args.label}),
+        **provenance_attrs({"import": str(Path(args.path).resolve()), "format": args.format, "label": args.label}),
     }
-    import_tiff_folder(args.folder, args.out, attrs, scan_shape=args.scan_shape, label=args.label)
+    options = {"dataset_path": args.dataset_path} if args.format == "hdf5" else {}
+    scan_shape = tuple(args.scan_shape) if args.scan_shape else None
+    READERS[args.format](args.path, args.out, attrs, scan_shape=scan_shape, label=args.label, **options)
+
+
+def cmd_preprocess(args) -> None:
+    from polarmap.preprocessing import PreprocessSettings, preprocess_dataset
+
+    job = json.loads(args.settings) if args.settings else {"training": args.training, "mode": args.mode, "crop_px": args.crop_px}
+    settings = PreprocessSettings(**{k: job[k] for k in ("mode", "crop_px", "threshold_percentile", "rows_per_block") if k in job})
+    summary = preprocess_dataset(args.source, args.out, settings, job["training"], provenance_settings=job)
+    if args.summary:
+        Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def cmd_info(args) -> None:
@@ -95,6 +124,12 @@ def cmd_summary(args) -> None:
     from polarmap.io import write_summary
 
     write_summary(args.files, args.out)
+
+
+def cmd_filter_counts(args) -> None:
+    from polarmap.preprocessing import write_filter_counts
+
+    write_filter_counts([json.loads(Path(p).read_text()) for p in args.summaries], args.out)
 
 
 def cmd_check_config(args) -> None:
@@ -126,10 +161,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--structure", help="extended-XYZ structure (default: build it from the config)")
     p.add_argument("--out-dir", required=True, help="output folder")
 
-    p = sub.add_parser("import-tiff", help="Import a folder of one-pattern TIFFs (QSTEM or detector export).")
-    p.add_argument("folder", help="folder of TIFFs, row-major scan index as the last number in each name")
-    p.add_argument("out", help="output .h5 path")
-    p.add_argument("--scan-shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="default: a square scan")
+    p = sub.add_parser("experiment-like", help="Detector and scan effects on a clean simulated set.")
+    p.add_argument("--settings", required=True, help=argparse.SUPPRESS)
+    p.add_argument("--source", required=True, help="clean simulated .h5")
+    p.add_argument("--out", required=True, help="output .h5 path")
+    p.set_defaults(func=cmd_experiment_like)
+
+    p = sub.add_parser("preprocess", help="CoM-centred crop, min-max, beam shift and filter of a data set.")
+    p.add_argument("--settings", help=argparse.SUPPRESS)
+    p.add_argument("--source", required=True, help="data set .h5")
+    p.add_argument("--out", required=True, help="output .h5 path")
+    p.add_argument("--summary", help="also write the filter counts as JSON here")
+    p.add_argument("--mode", default="corrected", choices=["corrected", "faithful"])
+    p.add_argument("--crop-px", type=int, default=64)
+    p.add_argument("--training", action="store_true", help="a training set: apply the beam-shift filter")
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("import", help="Import detector data (TIFF folder or stack, Merlin .mib, HDF5/EMD) into a data set.")
+    p.add_argument("format", nargs="?", choices=["tiff_folder", "tiff_stack", "mib", "hdf5"])
+    p.add_argument("path", nargs="?", help="file, or folder of one-pattern TIFFs (row-major index as the last number)")
+    p.add_argument("out", nargs="?", help="output .h5 path")
+    p.add_argument("--settings", help=argparse.SUPPRESS)
+    p.add_argument("--scan-shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="default: from the file, or a square scan")
+    p.add_argument("--dataset-path", default="", help="HDF5: the dataset holding the patterns")
     p.add_argument("--name", help="data set name (default: the folder name)")
     p.add_argument("--label", help="class of every pattern (e.g. RM); default: unknown (-1)")
     p.add_argument("--accepted", nargs="+", help="classes counted as correct (default: the label)")
@@ -139,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--semiangle-mrad", type=float, default=24.0)
     p.add_argument("--mrad-per-px", type=float, default=float("nan"), help="detector calibration")
     p.add_argument("--scan-step-angstrom", type=float, default=float("nan"))
-    p.add_argument("--source", default="QSTEM", help="simulator and version, or instrument")
-    p.set_defaults(func=cmd_import_tiff)
+    p.add_argument("--source", default="detector", help="simulator and version (e.g. QSTEM 2.5), or instrument")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("info", help="Validate a data set and summarise it.")
     p.add_argument("file")
@@ -151,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("--out", required=True, help="output .tsv path")
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("filter-counts", help="Per-class counts of training patterns kept by the filter.")
+    p.add_argument("summaries", nargs="+", help="preprocess --summary JSON files")
+    p.add_argument("--out", required=True, help="output .tsv path")
+    p.set_defaults(func=cmd_filter_counts)
 
     p = sub.add_parser("check-config", help="Validate a study config against the schema.")
     p.add_argument("config")

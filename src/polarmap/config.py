@@ -64,19 +64,60 @@ def simulation_settings(config: dict) -> SimulationSettings:
     return SimulationSettings(**{k: v for k, v in config["simulation"].items() if k in names})
 
 
+def _experiment_like_entries(config: dict) -> dict[str, dict]:
+    """Declared experiment-like sets plus one per swept value (named <sweep>_<value>), each with
+    the name of its clean simulated source: its own, or its base's when only a detector knob
+    varies (no re-simulation)."""
+    sets = {name: {**_copy(entry), "clean": f"{name}_clean"} for name, entry in config["datasets"]["experiment_like"].items()}
+    for sweep, spec in config["datasets"]["sweeps"].items():
+        if spec["base"] not in config["datasets"]["experiment_like"]:
+            raise ValueError(f"config: datasets.sweeps.{sweep}.base {spec['base']!r} is not an experiment_like set")
+        for value in spec["values"]:
+            name = f"{sweep}_{value:g}"
+            entry = {**_copy(config["datasets"]["experiment_like"][spec["base"]]), "clean": f"{spec['base']}_clean"}
+            if spec["knob"] == "thickness_cells":
+                entry["supercell"][2], entry["clean"] = int(value), f"{name}_clean"
+            else:
+                entry["detector"][spec["knob"]] = value
+            sets[name] = entry
+    return sets
+
+
 def simulated_datasets(config: dict) -> dict[str, dict]:
     """Every simulated data set: name -> {polarization (None for the reference), supercell,
-    classes accepted as correct, role}."""
+    mistilt_mrad, classes accepted as correct, role}."""
     sets = {}
     training = config["datasets"]["training"]
     for name in training["classes"]:
-        sets[f"train_{name}"] = {"polarization": name, "supercell": training["supercell"], "classes": [name], "role": "training"}
+        sets[f"train_{name}"] = {"polarization": name, "supercell": training["supercell"], "mistilt_mrad": [0, 0], "classes": [name], "role": "training"}
     for name, test in config["datasets"]["tests"].items():
         accepted = test.get("accepted") or [test["polarization"]]
-        sets[name] = {"polarization": test["polarization"], "supercell": test["supercell"], "classes": accepted, "role": "test"}
+        sets[name] = {"polarization": test["polarization"], "supercell": test["supercell"], "mistilt_mrad": test["mistilt_mrad"], "classes": accepted, "role": "test"}
+    for entry in _experiment_like_entries(config).values():
+        accepted = entry["accepted"] or [entry["polarization"]]
+        sets[entry["clean"]] = {"polarization": entry["polarization"], "supercell": entry["supercell"], "mistilt_mrad": entry["mistilt_mrad"], "classes": accepted, "role": "clean_source"}
     reference = config["datasets"]["reference"]
-    sets["reference"] = {"polarization": None, "supercell": reference["supercell"], "classes": [], "role": "reference"}
+    sets["reference"] = {"polarization": None, "supercell": reference["supercell"], "mistilt_mrad": [0, 0], "classes": [], "role": "reference"}
     return sets
+
+
+def experiment_like_datasets(config: dict) -> dict[str, dict]:
+    """name -> {clean (the simulated source's name), detector settings, classes}."""
+    return {
+        name: {"clean": entry["clean"], "detector": entry["detector"], "classes": entry["accepted"] or [entry["polarization"]]}
+        for name, entry in _experiment_like_entries(config).items()
+    }
+
+
+def dataset_roles(config: dict) -> dict[str, str]:
+    """Every data set of the study (simulated, experiment-like, experimental) -> its role."""
+    roles = {name: d["role"] for name, d in simulated_datasets(config).items()}
+    roles.update({name: "experiment_like" for name in experiment_like_datasets(config)})
+    roles.update({name: "experimental" for name in config["datasets"]["experimental"]})
+    duplicates = len(roles) != len(simulated_datasets(config)) + len(experiment_like_datasets(config)) + len(config["datasets"]["experimental"])
+    if duplicates:
+        raise ValueError("config: data set names must be unique across training, tests, experiment_like, sweeps and experimental")
+    return roles
 
 
 def dataset_job_settings(config: dict, name: str) -> dict:
@@ -86,3 +127,29 @@ def dataset_job_settings(config: dict, name: str) -> dict:
     if name not in sets:
         raise ValueError(f"unknown data set {name!r}; the config defines {', '.join(sets)}")
     return {"name": name, "dataset": sets[name], "structure": config["structure"], "simulation": config["simulation"]}
+
+
+def experiment_job_settings(config: dict, name: str) -> dict:
+    sets = experiment_like_datasets(config)
+    if name not in sets:
+        raise ValueError(f"unknown experiment-like data set {name!r}; the config defines {', '.join(sets) or 'none'}")
+    return {"name": name, **sets[name]}
+
+
+def experimental_job_settings(config: dict, name: str) -> dict:
+    sets = config["datasets"]["experimental"]
+    if name not in sets:
+        raise ValueError(f"unknown experimental data set {name!r}; the config defines {', '.join(sets) or 'none'}")
+    return {"name": name, **sets[name]}
+
+
+def preprocess_job_settings(config: dict, name: str) -> dict:
+    roles = dataset_roles(config)
+    if name not in roles:
+        raise ValueError(f"unknown data set {name!r}")
+    settings = config["preprocessing"]
+    return {
+        "name": name, "training": roles[name] == "training", "mode": config["mode"],
+        "crop_px": settings["crop_px"], "threshold_percentile": settings["threshold_percentile"],
+        "rows_per_block": settings["rows_per_block"],
+    }

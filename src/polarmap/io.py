@@ -10,6 +10,7 @@ Detector rows/cols and scan rows/cols share one orientation: +col is "right" (x)
 
 import json
 import re
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -165,7 +166,29 @@ def info(path, check_values: bool = True) -> str:
 _INDEX = re.compile(r"(\d+)(?!.*\d)")
 
 
-def import_tiff_folder(folder, out, attrs, scan_shape=None, label: str | None = None, compression=None) -> None:
+def import_frames(read_rows, n_frames: int, detector_shape, out, attrs, scan_shape, label=None, source="", compression=None) -> None:
+    """Write frames in row-major scan order into a data set. `read_rows(start, stop)` returns
+    frames [start, stop) as (n, det_rows, det_cols). An acquisition that stopped early (fewer
+    frames than the scan) is kept up to its last full row, with a warning."""
+    rows, cols = scan_shape
+    if n_frames < rows * cols:
+        full_rows = n_frames // cols
+        if full_rows == 0:
+            raise ValueError(f"{source}: {n_frames} frames do not fill one scan row of {cols}; check the scan shape")
+        warnings.warn(f"{source}: {n_frames} frames for a {rows}x{cols} scan (acquisition stopped early?); keeping the first {full_rows} full rows")
+        rows = full_rows
+    elif n_frames > rows * cols:
+        raise ValueError(f"{source}: {n_frames} frames for a {rows}x{cols} scan; give the right scan shape")
+    labels = np.full((1, cols), UNKNOWN_LABEL if label is None else class_index(label), dtype=np.int8)
+    with create_dataset_file(out, (rows, cols), detector_shape, attrs, compression) as f:
+        for row in tqdm(range(rows), desc=f"import {Path(str(source)).name}", unit="row"):
+            frames = np.asarray(read_rows(row * cols, (row + 1) * cols), dtype=np.float32)
+            if frames.shape != (cols, *detector_shape):
+                raise ValueError(f"{source}: scan row {row} has frames of shape {frames.shape[1:]}, expected {tuple(detector_shape)}")
+            write_rows(f, row, frames[None], labels, source=str(source))
+
+
+def import_tiff_folder(folder, out, attrs, scan_shape=None, label=None, compression=None) -> None:
     """A folder of one-pattern TIFFs (QSTEM output or detector exports), the pattern's row-major
     scan index as the last zero-padded number in each file name, into one data set."""
     folder = Path(folder)
@@ -180,35 +203,126 @@ def import_tiff_folder(folder, out, attrs, scan_shape=None, label: str | None = 
         by_index[int(match.group(1))] = p
     first = min(by_index)  # 0- or 1-based numbering both occur
     rows, cols = scan_shape or _square_scan(len(by_index), folder)
-    expected = range(first, first + rows * cols)
-    missing = [i for i in expected if i not in by_index]
+    present = len(by_index)
+    missing = [i for i in range(first, first + min(present, rows * cols)) if i not in by_index]
     if missing:
-        raise ValueError(f"{folder}: missing TIFF for scan index {missing[0]} ({len(missing)} of {rows * cols} missing); restore it or give the right scan shape")
-    if len(by_index) > rows * cols:
-        raise ValueError(f"{folder}: {len(by_index)} TIFFs for a {rows}x{cols} scan; give the right scan shape")
-    detector_shape = tifffile.imread(by_index[first]).shape
-    labels = np.full((1, cols), UNKNOWN_LABEL if label is None else class_index(label), dtype=np.int8)
-    with create_dataset_file(out, (rows, cols), detector_shape, attrs, compression) as f:
-        for row in tqdm(range(rows), desc=f"import {folder.name}", unit="row"):
-            block = np.empty((1, cols, *detector_shape), dtype=np.float32)
-            for col in range(cols):
-                block[0, col] = _read_tiff_pattern(by_index[first + row * cols + col], detector_shape)
-            write_rows(f, row, block, labels, source=str(folder))
+        raise ValueError(f"{folder}: missing TIFF for scan index {missing[0]} ({len(missing)} missing); restore it or give the right scan shape")
+    detector_shape = _read_tiff(by_index[first]).shape
+
+    def read_rows(start, stop):
+        return np.stack([_read_tiff(by_index[first + i], detector_shape) for i in range(start, stop)])
+
+    import_frames(read_rows, present, detector_shape, out, attrs, (rows, cols), label, str(folder), compression)
 
 
-def _square_scan(count: int, folder: Path) -> tuple[int, int]:
+def import_tiff_stack(path, out, attrs, scan_shape=None, label=None, compression=None) -> None:
+    """A multi-page TIFF, one pattern per page in row-major scan order (or one 3-D/4-D page)."""
+    path = Path(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            n_pages = len(tif.pages)
+            series_shape = tif.series[0].shape
+    except Exception as err:  # tifffile raises several types for damaged files
+        raise ValueError(f"{path}: unreadable TIFF ({err}); re-export it") from None
+    if n_pages == 1 and len(series_shape) in (3, 4):  # one page holding the whole stack
+        stack = tifffile.imread(path).reshape(-1, *series_shape[-2:])
+        n_frames, detector_shape = stack.shape[0], stack.shape[1:]
+        scan_shape = scan_shape or (tuple(series_shape[:2]) if len(series_shape) == 4 else _square_scan(n_frames, path))
+
+        def read_rows(start, stop):
+            return stack[start:stop]
+    else:
+        n_frames, detector_shape = n_pages, tuple(series_shape[-2:])
+        scan_shape = scan_shape or _square_scan(n_frames, path)
+
+        def read_rows(start, stop):
+            try:
+                return tifffile.imread(path, key=range(start, stop)).reshape(stop - start, *detector_shape)
+            except Exception as err:
+                raise ValueError(f"{path}: pages {start}-{stop - 1} unreadable ({err}); the file is damaged") from None
+
+    import_frames(read_rows, n_frames, detector_shape, out, attrs, scan_shape, label, str(path), compression)
+
+
+def import_mib(path, out, attrs, scan_shape=None, label=None, compression=None) -> None:
+    """A Quantum Detectors Merlin .mib file, read with RosettaSciIO. Frames are flipped along the
+    detector rows as RosettaSciIO's (and hyperspy's) reader does, so patterns match what users
+    of those tools see."""
+    from rsciio.quantumdetector import load_mib_data
+
+    path = Path(path)
+    try:
+        frames = load_mib_data(str(path), mmap_mode="r")
+    except Exception as err:  # RosettaSciIO raises several types for damaged files
+        raise ValueError(f"{path}: not a readable Merlin .mib file ({err})") from None
+    frames = frames.reshape(-1, *frames.shape[-2:])
+    scan_shape = scan_shape or _square_scan(frames.shape[0], path)
+
+    def read_rows(start, stop):
+        return np.flip(np.asarray(frames[start:stop], dtype=np.float32), axis=-2)
+
+    import_frames(read_rows, frames.shape[0], tuple(frames.shape[-2:]), out, attrs, scan_shape, label, str(path), compression)
+
+
+def import_hdf5(path, out, attrs, scan_shape=None, label=None, dataset_path="", compression=None) -> None:
+    """An HDF5/EMD file (py4DSTEM, other software): a 4-D (scan_rows, scan_cols, det_rows, det_cols)
+    or 3-D (frames, det_rows, det_cols) dataset at `dataset_path`, or the first such one found."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable HDF5 file ({err})") from None
+    with f:
+        name = dataset_path or _first_stack(f)
+        if name is None or name not in f or not isinstance(f[name], h5py.Dataset) or f[name].ndim not in (3, 4):
+            raise ValueError(f"{path}: no 3-D or 4-D pattern dataset{f' at {name!r}' if dataset_path else ''}; give its path")
+        data = f[name]
+        if data.ndim == 4:
+            scan_shape = scan_shape or tuple(data.shape[:2])
+            n_frames = data.shape[0] * data.shape[1]
+
+            if tuple(scan_shape) != data.shape[:2]:
+                raise ValueError(f"{path}: scan shape {tuple(scan_shape)} does not match the file's {data.shape[:2]}")
+
+            def read_rows(start, stop):  # import_frames asks for whole scan rows
+                return data[start // data.shape[1]]
+        else:
+            n_frames = data.shape[0]
+            scan_shape = scan_shape or _square_scan(n_frames, path)
+
+            def read_rows(start, stop):
+                return data[start:stop]
+
+        import_frames(read_rows, n_frames, tuple(data.shape[-2:]), out, attrs, scan_shape, label, str(path), compression)
+
+
+def _first_stack(f: h5py.File):
+    found = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and obj.ndim in (3, 4) and not found:
+            found.append(name)
+
+    f.visititems(visit)
+    return found[0] if found else None
+
+
+READERS = {"tiff_folder": import_tiff_folder, "tiff_stack": import_tiff_stack, "mib": import_mib, "hdf5": import_hdf5}
+
+
+def _square_scan(count: int, source) -> tuple[int, int]:
     side = int(round(np.sqrt(count)))
     if side * side != count:
-        raise ValueError(f"{folder}: {count} TIFFs are not a square scan; give the scan shape (e.g. --scan-shape 128 128)")
+        raise ValueError(f"{source}: {count} patterns are not a square scan; give the scan shape (e.g. --scan-shape 128 128)")
     return side, side
 
 
-def _read_tiff_pattern(path: Path, detector_shape) -> np.ndarray:
+def _read_tiff(path: Path, detector_shape=None) -> np.ndarray:
     try:
         image = tifffile.imread(path)
     except Exception as err:  # tifffile raises several types for damaged files
         raise ValueError(f"{path}: unreadable TIFF ({err}); re-export it") from None
-    if image.shape != tuple(detector_shape):
+    if detector_shape is not None and image.shape != tuple(detector_shape):
         raise ValueError(f"{path}: pattern shape {image.shape} differs from the first pattern's {tuple(detector_shape)}")
     return image
 

@@ -1,15 +1,241 @@
-"""Per-pattern maths on diffraction patterns (one pattern or a block, last two axes)."""
+"""Preprocessing of diffraction patterns (paper section 2.2): centre of mass, the disc-centred
+crop, min-max normalisation, beam shift, the training filter, augmentation and splits.
+
+The maths works on one pattern or a block of patterns (the last two axes); `preprocess_dataset`
+streams a data set through it in blocks of scan rows, so memory stays bounded at paper scale.
+
+Two behaviours (study-notes):
+  corrected  intensity-weighted CoM (Eq. 1); global CoM = mean of the per-pattern CoMs; the crop
+             is centred on that global CoM (the disc); beam shift = CoM - global CoM.
+  faithful   the published code: global CoM = centroid of the pixels of the mean pattern above
+             its 95th percentile; crop start = 2 * centre - CoM - crop // 2 (the offset applied
+             with the wrong sign) for detector data, a plain centre crop for simulated sets;
+             beam shift from the CoM of the uncropped pattern after min-max over the whole set,
+             measured from the thresholded global CoM.
+Even crops span [-n/2, n/2 - 1] about the centre pixel, which biases the CoM of the cropped
+pattern by up to half a pixel (0.3-0.4 px for a centred 24 mrad disc, as large as the
+polarization signal); odd crops (e.g. 65) are symmetric.
+"""
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
+from polarmap import io
+from polarmap.classes import CLASS_NAMES
+from polarmap.provenance import provenance_attrs
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    mode: str = "corrected"  # "corrected" or "faithful"
+    crop_px: int = 64
+    threshold_percentile: float = 95.0  # faithful global CoM
+    rows_per_block: int = 8
+
+    def __post_init__(self):
+        if self.mode not in ("corrected", "faithful"):
+            raise ValueError(f"mode must be 'corrected' or 'faithful', got {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class AugmentationSettings:
+    blur_sigma: tuple[float, float] = (2.0, 5.0)  # a standard deviation, not a variance
+    blur_p: float = 0.5
+    brightness_limit: float = 0.15
+    contrast_limit: float = 0.15
+    brightness_contrast_p: float = 0.3
+    # albumentations 2.0.8's default, stated so that a library upgrade cannot change it
+    noise_std_range: tuple[float, float] = (0.2, 0.44)
+    noise_p: float = 0.2
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    fractions: tuple[float, ...] = (0.8, 0.1, 0.1)  # train, validation, test
+    stratified: bool = True
+    faithful_seed: int = 0  # the published split is the same for every seed
 
 
 def center_of_mass(patterns: np.ndarray) -> np.ndarray:
-    """Intensity-weighted centre of mass (the paper's Eq. 1) of the last two axes, as
-    (..., 2) = (row, col) in pixels from the pattern's first pixel."""
-    patterns = np.asarray(patterns, dtype=np.float64)
+    """Intensity-weighted centre of mass (Eq. 1) over the last two axes, as (..., 2) =
+    (row, col) in pixels from the first pixel. Two reductions over the data, no float64 copy."""
+    patterns = np.asarray(patterns)
+    total = patterns.sum(axis=(-2, -1), dtype=np.float64)
     rows = np.arange(patterns.shape[-2], dtype=np.float64)
     cols = np.arange(patterns.shape[-1], dtype=np.float64)
-    total = patterns.sum(axis=(-2, -1))
-    row = np.einsum("...ij,i->...", patterns, rows) / total
-    col = np.einsum("...ij,j->...", patterns, cols) / total
+    row = patterns.sum(axis=-1, dtype=np.float64) @ rows / total
+    col = patterns.sum(axis=-2, dtype=np.float64) @ cols / total
     return np.stack([row, col], axis=-1)
+
+
+def threshold_centroid(pattern: np.ndarray, percentile: float = 95.0) -> np.ndarray:
+    """Centroid (row, col) of the binary mask of pixels above a percentile (the published code)."""
+    mask = pattern > np.percentile(pattern, percentile)
+    if not mask.any():
+        raise ValueError("pattern is flat: no pixel above the threshold percentile")
+    rows, cols = np.nonzero(mask)
+    return np.array([rows.mean(), cols.mean()])
+
+
+def crop_origin(detector_shape, crop_px: int, global_com, mode: str, simulated: bool) -> tuple[int, int]:
+    """Top-left pixel of the crop."""
+    centre = np.array(detector_shape) // 2
+    if mode == "faithful":
+        start = centre - crop_px // 2 if simulated else np.rint(2 * centre - np.asarray(global_com)).astype(int) - crop_px // 2
+    else:
+        start = np.rint(np.asarray(global_com)).astype(int) - crop_px // 2
+    if (start < 0).any() or (start + crop_px > np.array(detector_shape)).any():
+        raise ValueError(
+            f"a {crop_px}px crop at {tuple(start)} leaves the {detector_shape[0]}x{detector_shape[1]} detector; "
+            "use a smaller crop_px"
+        )
+    return int(start[0]), int(start[1])
+
+
+def min_max(patterns: np.ndarray, source: str = "", first_position=(0, 0)) -> np.ndarray:
+    """Per-pattern min-max to [0, 1]; a flat (e.g. all-zero) pattern is an error, not a NaN."""
+    low = patterns.min(axis=(-2, -1), keepdims=True)
+    span = patterns.max(axis=(-2, -1), keepdims=True) - low
+    if (span <= 0).any():
+        flat = np.argwhere(span[..., 0, 0] <= 0)[0]
+        raise ValueError(f"{source}: flat (e.g. all-zero) pattern at scan block index {tuple(int(i) for i in flat)} "
+                         f"(block starting at row {first_position[0]}); remove or mask it before preprocessing")
+    return ((patterns - low) / span).astype(np.float32)
+
+
+def _scan_statistics(patterns, rows_per_block: int, path: Path):
+    """Pass 1: per-pattern CoM, the mean pattern, and the global min and max."""
+    n_rows = patterns.shape[0]
+    com = np.empty((*patterns.shape[:2], 2))
+    mean_pattern = np.zeros(patterns.shape[2:], dtype=np.float64)
+    low, high = np.inf, -np.inf
+    for start in range(0, n_rows, rows_per_block):
+        block = patterns[start:start + rows_per_block]
+        if not np.isfinite(block).all():
+            raise ValueError(f"{path}: NaN or infinite intensities in scan rows {start}-{start + len(block) - 1}")
+        if (block.sum(axis=(-2, -1)) <= 0).any():
+            raise ValueError(f"{path}: empty (all-zero) pattern in scan rows {start}-{start + len(block) - 1}; mask it or re-export")
+        com[start:start + len(block)] = center_of_mass(block)
+        mean_pattern += block.sum(axis=(0, 1), dtype=np.float64)
+        low, high = min(low, float(block.min())), max(high, float(block.max()))
+    return com, mean_pattern / (patterns.shape[0] * patterns.shape[1]), low, high
+
+
+def preprocess_dataset(source, out, settings: PreprocessSettings, is_training: bool, provenance_settings=None, progress=True) -> dict:
+    """Crop, normalise and measure the beam shift of every pattern of a data set.
+
+    Writes a data set in the same format (cropped, [0, 1] patterns) plus /com, /beam_shift,
+    /beam_shift_magnitude and /keep (the training filter: M above the set's mean; all True for
+    sets that are not training sets). Returns a summary with the filter counts.
+    """
+    source, out = Path(source), Path(out)
+    with io.open_dataset(source) as f:
+        attrs = io.read_attrs(f)
+        patterns, labels = f["patterns"], f["labels"][()]
+        detector_data = attrs["supercell"] == "experimental" or bool(attrs.get("experiment_like", False))
+        com, mean_pattern, low, high = _scan_statistics(patterns, settings.rows_per_block, source)
+        if settings.mode == "faithful":
+            global_com = threshold_centroid(mean_pattern, settings.threshold_percentile)
+            # CoM of the uncropped pattern after min-max over the whole set: CoM of (I - min)
+            shifted_com = np.empty_like(com)
+            for start in range(0, patterns.shape[0], settings.rows_per_block):
+                block = patterns[start:start + settings.rows_per_block]
+                shifted_com[start:start + len(block)] = center_of_mass(block - np.float32(low))
+            beam_shift = shifted_com - global_com
+        else:
+            global_com = com.reshape(-1, 2).mean(axis=0)
+            beam_shift = com - global_com
+        magnitude = np.hypot(beam_shift[..., 0], beam_shift[..., 1])
+        keep = magnitude > magnitude.mean() if is_training else np.ones_like(magnitude, dtype=bool)
+        origin = crop_origin(patterns.shape[2:], settings.crop_px, global_com, settings.mode, not detector_data)
+        crop = (slice(origin[0], origin[0] + settings.crop_px), slice(origin[1], origin[1] + settings.crop_px))
+        new_attrs = {key: value for key, value in attrs.items() if key not in ("format", "format_version", "convention")}
+        new_attrs.update(
+            preprocessing=json.dumps(asdict(settings), sort_keys=True),
+            global_com_px=json.dumps([float(v) for v in global_com]),
+            crop_origin_px=json.dumps(list(origin)),
+            raw_intensity_range=json.dumps([low, high]),
+            source_file=str(source),
+            **{f"source_{k}": v for k, v in provenance_attrs(provenance_settings or asdict(settings)).items()},
+        )
+        crop_shape = (settings.crop_px, settings.crop_px)
+        with io.create_dataset_file(out, patterns.shape[:2], crop_shape, new_attrs) as g:
+            g.create_dataset("com", data=com.astype(np.float32))
+            g.create_dataset("beam_shift", data=beam_shift.astype(np.float32))
+            g.create_dataset("beam_shift_magnitude", data=magnitude.astype(np.float32))
+            g.create_dataset("keep", data=keep)
+            blocks = range(0, patterns.shape[0], settings.rows_per_block)
+            for start in tqdm(blocks, desc=f"preprocess {source.stem}", unit="block", disable=not progress):
+                block = patterns[start:start + settings.rows_per_block, :, crop[0], crop[1]]
+                io.write_rows(g, start, min_max(block, str(source), (start, 0)), labels[start:start + len(block)], str(source))
+    counts = {CLASS_NAMES[k] if k >= 0 else "unknown": int(keep[labels == k].sum()) for k in np.unique(labels)}
+    return {"name": attrs["name"], "kept": counts, "total": int(labels.size), "mean_beam_shift_px": float(magnitude.mean())}
+
+
+def write_filter_counts(summaries, out) -> None:
+    """TSV of kept / total training patterns per class, with the total."""
+    lines = ["class\tkept\ttotal\tfraction"]
+    kept_all = total_all = 0
+    for summary in summaries:
+        for name, kept in summary["kept"].items():
+            lines.append(f"{name}\t{kept}\t{summary['total']}\t{kept / summary['total']:.4f}")
+            kept_all, total_all = kept_all + kept, total_all + summary["total"]
+    lines.append(f"all\t{kept_all}\t{total_all}\t{kept_all / max(total_all, 1):.4f}")
+    tmp = io.temporary_path(Path(out))
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out)
+
+
+def augmentation_pipeline(settings: AugmentationSettings, seed: int):
+    """The paper's training augmentation with albumentations (pinned at 2.0.8), reproducible for a
+    seed. Applied after min-max normalisation: every transform clips float images to [0, 1]."""
+    import os
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations as A
+
+    return A.Compose(
+        [
+            A.GaussianBlur(blur_limit=0, sigma_limit=tuple(settings.blur_sigma), p=settings.blur_p),
+            A.RandomBrightnessContrast(
+                brightness_limit=settings.brightness_limit, contrast_limit=settings.contrast_limit,
+                p=settings.brightness_contrast_p,
+            ),
+            A.GaussNoise(std_range=tuple(settings.noise_std_range), p=settings.noise_p),
+        ],
+        seed=seed,
+    )
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A distinct, reproducible augmentation seed per (training seed, epoch)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def split_indices(labels: np.ndarray, settings: SplitSettings, seed: int) -> np.ndarray:
+    """Assign each pattern to a part (0 = train, 1 = validation, 2 = test, ...).
+
+    Stratified: every class is split in the given fractions, seeded by `seed`. Unstratified
+    (the published code): one permutation of the pooled patterns in their stored order, with the
+    same seed for every training seed."""
+    labels = np.asarray(labels).ravel()
+    fractions = np.asarray(settings.fractions, dtype=np.float64)
+    if not np.isclose(fractions.sum(), 1.0) or (fractions <= 0).any():
+        raise ValueError(f"split fractions must be positive and sum to 1, got {list(settings.fractions)}")
+    parts = np.empty(labels.size, dtype=np.int8)
+    if settings.stratified:
+        rng = np.random.default_rng(seed)
+        groups = [np.flatnonzero(labels == k) for k in np.unique(labels)]
+    else:
+        rng = np.random.default_rng(settings.faithful_seed)
+        groups = [np.arange(labels.size)]
+    for members in groups:
+        shuffled = rng.permutation(members)
+        bounds = np.rint(np.cumsum(fractions)[:-1] * len(shuffled)).astype(int)
+        for part, chunk in enumerate(np.split(shuffled, bounds)):
+            parts[chunk] = part
+    return parts

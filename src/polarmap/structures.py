@@ -105,6 +105,17 @@ def build_supercell(
     return atoms
 
 
+def apply_mistilt(atoms: ase.Atoms, mistilt_mrad) -> ase.Atoms:
+    """Tilt the crystal by small angles (about y: along x; about x: along y) by shearing each
+    atom laterally in proportion to its depth, which keeps the supercell periodic."""
+    tilted = atoms.copy()
+    tilt = np.tan(np.asarray(mistilt_mrad, dtype=float) * 1e-3)
+    tilted.positions[:, :2] += tilted.positions[:, 2:3] * tilt[None, :]
+    tilted.wrap()
+    tilted.info["mistilt_mrad"] = " ".join(f"{t:g}" for t in mistilt_mrad)
+    return tilted
+
+
 def _a_site_symbols(cells: np.ndarray, settings: StructureSettings) -> np.ndarray:
     if settings.a_site_order == "ordered":
         return np.where(cells.sum(axis=1) % 2 == 0, "K", "Na")

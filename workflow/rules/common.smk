@@ -1,6 +1,18 @@
 import json
+import re
 
-from polarmap.config import dataset_job_settings, simulated_datasets, validate_config
+from polarmap.config import (
+    dataset_job_settings,
+    dataset_roles,
+    experiment_job_settings,
+    experiment_like_datasets,
+    experimental_job_settings,
+    preprocess_job_settings,
+    simulated_datasets,
+    simulation_settings,
+    validate_config,
+)
+from polarmap.simulation import estimated_memory_mb
 
 # Snakemake's validate() above reports the first bad key; this fills every nested default
 # exactly as the `polarmap` command line does, so both see the same settings.
@@ -8,12 +20,21 @@ validate_config(config, "config")
 
 STUDY = config["study"]
 RESULTS = f"results/{STUDY}"
-DATASETS = simulated_datasets(config)
-SIMULATED = [name for name, d in DATASETS.items() if d["role"] != "reference" or config["datasets"]["reference"]["simulate"]]
+SIMULATED = simulated_datasets(config)
+EXPERIMENT_LIKE = experiment_like_datasets(config)
+EXPERIMENTAL = config["datasets"]["experimental"]
+ROLES = dataset_roles(config)
+# every data set in the HDF5 format (the reference only when asked for)
+DATASETS = [name for name, role in ROLES.items() if role != "reference" or config["datasets"]["reference"]["simulate"]]
+TRAINING = [name for name, role in ROLES.items() if role == "training"]
+
+
+def one_of(names):
+    return "|".join(re.escape(name) for name in names) or "(?!x)x"
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS),
+    dataset=one_of(ROLES),
 
 
 def job_settings(wildcards):
@@ -21,18 +42,26 @@ def job_settings(wildcards):
     return json.dumps(dataset_job_settings(config, wildcards.dataset), sort_keys=True)
 
 
+def experiment_settings(wildcards):
+    return json.dumps(experiment_job_settings(config, wildcards.dataset), sort_keys=True)
+
+
+def experimental_settings(wildcards):
+    return json.dumps(experimental_job_settings(config, wildcards.dataset), sort_keys=True)
+
+
+def preprocess_settings(wildcards):
+    return json.dumps(preprocess_job_settings(config, wildcards.dataset), sort_keys=True)
+
+
 def simulation_mem_mb(wildcards):
-    """Peak memory grows with the S-matrix (or wave batch): gpts^2 of the whole supercell."""
-    sim = config["simulation"]
-    cells = DATASETS[wildcards.dataset]["supercell"][0]
-    gpts = sim["gpts_per_cell"] * cells
-    return int(1000 + 2.5e-3 * gpts**2 * sim["rows_per_block"] * sim["scan_px"] / 64 + 4e-4 * gpts**2 * 200)
+    return estimated_memory_mb(simulation_settings(config), SIMULATED[wildcards.dataset]["supercell"][0])
 
 
 def all_outputs():
     return (
-        expand(f"{RESULTS}/structures/{{dataset}}.xyz", dataset=DATASETS)
-        + expand(f"{RESULTS}/qstem/{{dataset}}/{{dataset}}.qsc", dataset=DATASETS)
-        + expand(f"{RESULTS}/datasets/{{dataset}}.h5", dataset=SIMULATED)
-        + [f"{RESULTS}/datasets/summary.tsv"]
+        expand(f"{RESULTS}/structures/{{dataset}}.xyz", dataset=SIMULATED)
+        + expand(f"{RESULTS}/qstem/{{dataset}}/{{dataset}}.qsc", dataset=SIMULATED)
+        + expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=DATASETS)
+        + [f"{RESULTS}/datasets/summary.tsv", f"{RESULTS}/preprocessed/filter_counts.tsv"]
     )

@@ -4,6 +4,8 @@ rule simulate:
         structure=rules.structure.output.xyz,
     output:
         f"{RESULTS}/datasets/{{dataset}}.h5",
+    wildcard_constraints:
+        dataset=one_of(SIMULATED),
     params:
         job=job_settings,
     threads: 1
@@ -23,9 +25,9 @@ rule simulate:
 
 
 rule dataset_summary:
-    """One line per simulated data set: shape, thickness, classes, CoM of the scan-mean pattern."""
+    """One line per data set: shape, thickness, classes, CoM of the scan-mean pattern."""
     input:
-        expand(f"{RESULTS}/datasets/{{dataset}}.h5", dataset=SIMULATED),
+        expand(f"{RESULTS}/datasets/{{dataset}}.h5", dataset=DATASETS),
     output:
         report(
             f"{RESULTS}/datasets/summary.tsv",

@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+
+from polarmap import io
+from polarmap.classes import CLASS_NAMES, class_direction
+from polarmap.preprocessing import (
+    AugmentationSettings, PreprocessSettings, SplitSettings, augmentation_pipeline, center_of_mass,
+    crop_origin, epoch_seed, preprocess_dataset, split_indices,
+)
+from test_io import attrs
+
+
+def disc(size=64, radius=7.6, centre=None, oversample=4):
+    """An anti-aliased uniform disc (the bright-field disc) at a sub-pixel centre (row, col)."""
+    centre = np.array(centre if centre is not None else (size // 2, size // 2), dtype=float)
+    fine = (np.arange(size * oversample) + 0.5) / oversample - 0.5
+    rows, cols = np.meshgrid(fine, fine, indexing="ij")
+    inside = (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2
+    return inside.reshape(size, oversample, size, oversample).mean(axis=(1, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", CLASS_NAMES)
+def test_com_of_a_shifted_disc_follows_the_class_direction(name):
+    d_col, d_row = 1.5 * class_direction(name)  # "up" = +row
+    com = center_of_mass(disc(centre=(32 + d_row, 32 + d_col)))
+    assert com == pytest.approx([32 + d_row, 32 + d_col], abs=0.02)
+
+
+def write_descanned_set(path, descan, shifts, supercell="experimental", size=96):
+    """A 2x4 scan of discs displaced by a global descan plus per-pattern shifts (row, col)."""
+    patterns = np.stack([[disc(size, centre=(size // 2 + descan[0] + s[0], size // 2 + descan[1] + s[1])) for s in row] for row in shifts])
+    io.write_dataset(path, patterns, np.zeros(patterns.shape[:2], np.int8), attrs(supercell=supercell))
+    return patterns
+
+
+SHIFTS = np.array([[[0.5, 0], [-0.5, 0], [0, 0.5], [0, -0.5]], [[1.0, 0], [-1.0, 0], [0, 1.0], [0, -1.0]]])
+
+
+def test_corrected_crop_is_centred_on_the_descanned_disc(tmp_path):
+    write_descanned_set(tmp_path / "d.h5", (5, -7), SHIFTS)
+    summary = preprocess_dataset(tmp_path / "d.h5", tmp_path / "p.h5", PreprocessSettings(crop_px=33), is_training=True, progress=False)
+    with io.open_dataset(tmp_path / "p.h5") as f:
+        meta = io.read_attrs(f)
+        cropped, shift = f["patterns"][()], f["beam_shift"][()]
+        magnitude, keep = f["beam_shift_magnitude"][()], f["keep"][()]
+    assert meta["global_com_px"] == pytest.approx([48 + 5, 48 - 7], abs=0.01)
+    assert meta["crop_origin_px"] == [53 - 16, 41 - 16]
+    assert center_of_mass(cropped.sum(axis=(0, 1))) == pytest.approx([16, 16], abs=0.05)  # odd crop: no bias
+    assert shift == pytest.approx(SHIFTS, abs=0.02)
+    assert cropped.min() == 0 and cropped.max() == 1
+    # the filter keeps the four patterns shifted by 1 px (above the mean magnitude of 0.75)
+    assert keep.tolist() == [[False] * 4, [True] * 4] and magnitude.mean() == pytest.approx(0.75, abs=0.01)
+    assert summary["kept"] == {"RM": 4}
+
+
+def test_faithful_crop_moves_away_from_detector_data_discs_but_not_simulated_ones(tmp_path):
+    write_descanned_set(tmp_path / "d.h5", (5, -7), SHIFTS)
+    preprocess_dataset(tmp_path / "d.h5", tmp_path / "p.h5", PreprocessSettings(mode="faithful", crop_px=64), False, progress=False)
+    with io.open_dataset(tmp_path / "p.h5") as f:
+        origin, keep = io.read_attrs(f)["crop_origin_px"], f["keep"][()]
+    assert origin == [48 - 5 - 32, 48 + 7 - 32]  # the offset applied with the wrong sign
+    assert keep.all()  # not a training set: no filter
+    write_descanned_set(tmp_path / "s.h5", (5, -7), SHIFTS, supercell="2x2x50")
+    preprocess_dataset(tmp_path / "s.h5", tmp_path / "q.h5", PreprocessSettings(mode="faithful", crop_px=64), False, progress=False)
+    with io.open_dataset(tmp_path / "q.h5") as f:
+        assert io.read_attrs(f)["crop_origin_px"] == [16, 16]  # plain centre crop
+
+
+def test_even_crop_biases_the_com_by_half_a_pixel():
+    pattern = disc(64)
+    for size, expected_bias in ((32, 0.5), (33, 0.0)):
+        start = crop_origin(pattern.shape, size, (32, 32), "corrected", True)
+        crop = pattern[start[0]:start[0] + size, start[1]:start[1] + size]
+        bias = center_of_mass(crop) - (size - 1) / 2
+        assert bias == pytest.approx([expected_bias, expected_bias], abs=0.01)
+
+
+def test_flat_and_nan_patterns_are_named(tmp_path):
+    patterns = np.stack([[disc(32), np.zeros((32, 32), np.float32)]])
+    io.write_dataset(tmp_path / "z.h5", patterns, np.zeros((1, 2), np.int8), attrs())
+    with pytest.raises(ValueError, match=r"z\.h5: empty \(all-zero\) pattern in scan rows 0-0"):
+        preprocess_dataset(tmp_path / "z.h5", tmp_path / "p.h5", PreprocessSettings(crop_px=16), False, progress=False)
+    assert not (tmp_path / "p.h5").exists()
+
+
+def test_crop_larger_than_the_detector_is_refused():
+    with pytest.raises(ValueError, match="leaves the 32x32 detector; use a smaller crop_px"):
+        crop_origin((32, 32), 32, (20, 16), "corrected", True)
+
+
+def test_augmentation_is_reproducible_per_seed_and_epoch():
+    image = disc(32) * 0.8 + 0.1
+    settings = AugmentationSettings()
+    runs = [[augmentation_pipeline(settings, epoch_seed(888, e))(image=image)["image"] for e in range(6)] for _ in range(2)]
+    assert all(np.array_equal(a, b) for a, b in zip(*runs))
+    assert not all(np.array_equal(runs[0][0], other) for other in runs[0][1:])
+
+
+def test_noise_strength_is_the_stated_one():
+    """std_range (0.2, 0.44) of the [0, 1] range, as in albumentations 2.0.8: pinned, not assumed."""
+    only_noise = AugmentationSettings(blur_p=0, brightness_contrast_p=0, noise_p=1, noise_std_range=(0.2, 0.2))
+    image = np.full((128, 128), 0.5, np.float32)
+    noisy = augmentation_pipeline(only_noise, 1)(image=image)["image"]
+    assert np.std(noisy - image) == pytest.approx(0.2, abs=0.02)
+
+
+def test_stratified_split_is_per_class_and_seeded():
+    labels = np.repeat(np.arange(8), [100, 90, 80, 70, 60, 50, 40, 30])
+    parts = split_indices(labels, SplitSettings(), seed=888)
+    for k, n in enumerate([100, 90, 80, 70, 60, 50, 40, 30]):
+        counts = np.bincount(parts[labels == k], minlength=3)
+        assert abs(counts[0] - 0.8 * n) <= 1 and abs(counts[1] - 0.1 * n) <= 1
+    assert np.array_equal(parts, split_indices(labels, SplitSettings(), seed=888))
+    assert not np.array_equal(parts, split_indices(labels, SplitSettings(), seed=1212))
+
+
+def test_faithful_split_is_the_same_for_every_seed_and_unstratified():
+    labels = np.repeat(np.arange(8), 50)
+    unstratified = SplitSettings(stratified=False)
+    parts = split_indices(labels, unstratified, seed=888)
+    assert np.array_equal(parts, split_indices(labels, unstratified, seed=5000))
+    per_class_train = [np.sum(parts[labels == k] == 0) for k in range(8)]
+    assert len(set(per_class_train)) > 1  # classes are not split evenly
+    with pytest.raises(ValueError, match="sum to 1"):
+        split_indices(labels, SplitSettings(fractions=(0.8, 0.1)), seed=1)

@@ -1,0 +1,35 @@
+rule preprocess:
+    """CoM-centred crop, per-pattern min-max, beam shift and (training sets) the filter mask."""
+    input:
+        f"{RESULTS}/datasets/{{dataset}}.h5",
+    output:
+        data=f"{RESULTS}/preprocessed/{{dataset}}.h5",
+        summary=f"{RESULTS}/preprocessed/{{dataset}}.json",
+    params:
+        job=preprocess_settings,
+    log:
+        f"{RESULTS}/logs/preprocess/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/preprocess/{{dataset}}.tsv"
+    conda:
+        "../../envs/simulation.yaml"
+    shell:
+        "polarmap preprocess --settings {params.job:q} --source {input} --out {output.data} --summary {output.summary} > {log} 2>&1"
+
+
+rule filter_counts:
+    """Training patterns kept by the beam-shift filter, per class (the paper's D_t)."""
+    input:
+        expand(f"{RESULTS}/preprocessed/{{dataset}}.json", dataset=TRAINING),
+    output:
+        report(
+            f"{RESULTS}/preprocessed/filter_counts.tsv",
+            caption="../report/filter_counts.rst",
+            category="Preprocessing",
+        ),
+    log:
+        f"{RESULTS}/logs/filter_counts.log",
+    conda:
+        "../../envs/simulation.yaml"
+    shell:
+        "polarmap filter-counts {input} --out {output} > {log} 2>&1"
