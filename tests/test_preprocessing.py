@@ -78,7 +78,7 @@ def test_even_crop_biases_the_com_by_half_a_pixel():
 def test_flat_and_nan_patterns_are_named(tmp_path):
     patterns = np.stack([[disc(32), np.zeros((32, 32), np.float32)]])
     io.write_dataset(tmp_path / "z.h5", patterns, np.zeros((1, 2), np.int8), attrs())
-    with pytest.raises(ValueError, match=r"z\.h5: empty \(all-zero\) pattern in scan rows 0-0"):
+    with pytest.raises(ValueError, match=r"z\.h5: NaN, infinite or all-zero patterns in scan rows 0-0"):
         preprocess_dataset(tmp_path / "z.h5", tmp_path / "p.h5", PreprocessSettings(crop_px=16), False, progress=False)
     assert not (tmp_path / "p.h5").exists()
 

@@ -62,13 +62,18 @@ class SplitSettings:
 
 def center_of_mass(patterns: np.ndarray) -> np.ndarray:
     """Intensity-weighted centre of mass (Eq. 1) over the last two axes, as (..., 2) =
-    (row, col) in pixels from the first pixel. Two reductions over the data, no float64 copy."""
-    patterns = np.asarray(patterns)
-    total = patterns.sum(axis=(-2, -1), dtype=np.float64)
-    rows = np.arange(patterns.shape[-2], dtype=np.float64)
-    cols = np.arange(patterns.shape[-1], dtype=np.float64)
-    row = patterns.sum(axis=-1, dtype=np.float64) @ rows / total
-    col = patterns.sum(axis=-2, dtype=np.float64) @ cols / total
+    (row, col) in pixels from the first pixel.
+
+    One pass over the data: a float32 matrix product gives, for every detector row, its sum and
+    its column-weighted sum (exact enough: 256 terms), which are then reduced in float64."""
+    patterns = np.asarray(patterns, dtype=np.float32)
+    *lead, n_rows, n_cols = patterns.shape
+    weights = np.stack([np.ones(n_cols, np.float32), np.arange(n_cols, dtype=np.float32)], axis=1)
+    per_row = (patterns.reshape(-1, n_cols) @ weights).reshape(*lead, n_rows, 2).astype(np.float64)
+    total = per_row[..., 0].sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # an empty pattern gives NaN, for callers to report
+        row = per_row[..., 0] @ np.arange(n_rows, dtype=np.float64) / total
+        col = per_row[..., 1].sum(axis=-1) / total
     return np.stack([row, col], axis=-1)
 
 
@@ -107,22 +112,33 @@ def min_max(patterns: np.ndarray, source: str = "", first_position=(0, 0)) -> np
     return ((patterns - low) / span).astype(np.float32)
 
 
+def _blocks(patterns, rows_per_block: int, columns=slice(None)):
+    """Blocks of scan rows read into one reused buffer (no allocation per block)."""
+    n_rows = patterns.shape[0]
+    sample = patterns[:1, :1, columns[0], columns[1]] if isinstance(columns, tuple) else patterns[:1, :1]
+    buffer = np.empty((rows_per_block, patterns.shape[1], *sample.shape[2:]), dtype=np.float32)
+    for start in range(0, n_rows, rows_per_block):
+        stop = min(start + rows_per_block, n_rows)
+        view = buffer[: stop - start]
+        selection = np.s_[start:stop] if not isinstance(columns, tuple) else np.s_[start:stop, :, columns[0], columns[1]]
+        patterns.read_direct(view, selection)
+        yield start, view
+
+
 def _scan_statistics(patterns, rows_per_block: int, path: Path):
     """Pass 1: per-pattern CoM, the mean pattern, and the global min and max."""
-    n_rows = patterns.shape[0]
     com = np.empty((*patterns.shape[:2], 2))
-    mean_pattern = np.zeros(patterns.shape[2:], dtype=np.float64)
+    pattern_sum = np.zeros(patterns.shape[2:], dtype=np.float64)
     low, high = np.inf, -np.inf
-    for start in range(0, n_rows, rows_per_block):
-        block = patterns[start:start + rows_per_block]
-        if not np.isfinite(block).all():
-            raise ValueError(f"{path}: NaN or infinite intensities in scan rows {start}-{start + len(block) - 1}")
-        if (block.sum(axis=(-2, -1)) <= 0).any():
-            raise ValueError(f"{path}: empty (all-zero) pattern in scan rows {start}-{start + len(block) - 1}; mask it or re-export")
-        com[start:start + len(block)] = center_of_mass(block)
-        mean_pattern += block.sum(axis=(0, 1), dtype=np.float64)
+    for start, block in _blocks(patterns, rows_per_block):
+        rows = f"scan rows {start}-{start + len(block) - 1}"
+        block_com = center_of_mass(block)
+        if not np.isfinite(block_com).all():
+            raise ValueError(f"{path}: NaN, infinite or all-zero patterns in {rows}; mask them or re-export")
+        com[start:start + len(block)] = block_com
+        pattern_sum += block.sum(axis=(0, 1), dtype=np.float64)
         low, high = min(low, float(block.min())), max(high, float(block.max()))
-    return com, mean_pattern / (patterns.shape[0] * patterns.shape[1]), low, high
+    return com, pattern_sum / (patterns.shape[0] * patterns.shape[1]), low, high
 
 
 def preprocess_dataset(source, out, settings: PreprocessSettings, is_training: bool, provenance_settings=None, progress=True) -> dict:
@@ -142,8 +158,7 @@ def preprocess_dataset(source, out, settings: PreprocessSettings, is_training: b
             global_com = threshold_centroid(mean_pattern, settings.threshold_percentile)
             # CoM of the uncropped pattern after min-max over the whole set: CoM of (I - min)
             shifted_com = np.empty_like(com)
-            for start in range(0, patterns.shape[0], settings.rows_per_block):
-                block = patterns[start:start + settings.rows_per_block]
+            for start, block in _blocks(patterns, settings.rows_per_block):
                 shifted_com[start:start + len(block)] = center_of_mass(block - np.float32(low))
             beam_shift = shifted_com - global_com
         else:
@@ -168,9 +183,9 @@ def preprocess_dataset(source, out, settings: PreprocessSettings, is_training: b
             g.create_dataset("beam_shift", data=beam_shift.astype(np.float32))
             g.create_dataset("beam_shift_magnitude", data=magnitude.astype(np.float32))
             g.create_dataset("keep", data=keep)
-            blocks = range(0, patterns.shape[0], settings.rows_per_block)
-            for start in tqdm(blocks, desc=f"preprocess {source.stem}", unit="block", disable=not progress):
-                block = patterns[start:start + settings.rows_per_block, :, crop[0], crop[1]]
+            blocks = _blocks(patterns, settings.rows_per_block, crop)
+            total = -(-patterns.shape[0] // settings.rows_per_block)
+            for start, block in tqdm(blocks, total=total, desc=f"preprocess {source.stem}", unit="block", disable=not progress):
                 io.write_rows(g, start, min_max(block, str(source), (start, 0)), labels[start:start + len(block)], str(source))
     counts = {CLASS_NAMES[k] if k >= 0 else "unknown": int(keep[labels == k].sum()) for k in np.unique(labels)}
     return {"name": attrs["name"], "kept": counts, "total": int(labels.size), "mean_beam_shift_px": float(magnitude.mean())}
