@@ -123,3 +123,34 @@ def test_faithful_split_is_the_same_for_every_seed_and_unstratified():
     assert len(set(per_class_train)) > 1  # classes are not split evenly
     with pytest.raises(ValueError, match="sum to 1"):
         split_indices(labels, SplitSettings(fractions=(0.8, 0.1)), seed=1)
+
+
+def test_split_file_per_configuration_and_seed(tmp_path):
+    from polarmap.preprocessing import make_split, read_split
+
+    rng = np.random.default_rng(7)
+    paths = []
+    for k, name in enumerate(("RM", "LD")):
+        shifts = rng.normal(0, 1, size=(10, 10, 2))
+        patterns = np.stack([[disc(48, centre=(24 + s[0], 24 + s[1])) for s in row] for row in shifts])
+        io.write_dataset(tmp_path / f"{name}.h5", patterns, np.full((10, 10), 5 * k, np.int8), attrs(name=f"train_{name}", classes=[name], supercell="2x2x50"))
+        preprocess_dataset(tmp_path / f"{name}.h5", tmp_path / f"p_{name}.h5", PreprocessSettings(crop_px=33), True, progress=False)
+        paths.append(tmp_path / f"p_{name}.h5")
+    everything = make_split(paths, tmp_path / "none.npz", "none", 888, SplitSettings(), SplitSettings(fractions=(0.9, 0.1)))
+    filtered = make_split(paths, tmp_path / "filt.npz", "augmentation_filter", 888, SplitSettings(), SplitSettings(fractions=(0.9, 0.1)))
+    assert everything == {"train": 160, "validation": 20, "test": 20}
+    assert sum(filtered.values()) < 200
+    split = read_split(tmp_path / "filt.npz")
+    assert list(split["datasets"]) == ["train_RM", "train_LD"] and set(split["label"]) == {0, 5}
+    for i, path in enumerate(paths):
+        with io.open_dataset(path) as f:
+            keep = f["keep"][()]
+        rows, cols = split["row"][split["dataset_index"] == i], split["col"][split["dataset_index"] == i]
+        assert keep[rows, cols].all() and len(rows) == keep.sum()
+    assert split["meta"] == {"configuration": "augmentation_filter", "seed": 888, "split": {"fractions": [0.8, 0.1, 0.1], "stratified": True, "faithful_seed": 0},
+                             "pca_split": {"fractions": [0.9, 0.1], "stratified": True, "faithful_seed": 0}}
+    for label in (0, 5):
+        pca_test = split["pca_part"][split["label"] == label]
+        assert abs(pca_test.sum() - 0.1 * pca_test.size) <= 1  # 90/10 per class
+    with pytest.raises(ValueError, match="unknown preprocessing configuration 'more'"):
+        make_split(paths, tmp_path / "x.npz", "more", 1, SplitSettings(), SplitSettings())

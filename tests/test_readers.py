@@ -91,3 +91,22 @@ def test_experimental_declaration_with_unknown_class(tmp_path):
     (tmp_path / "c.yaml").write_text("datasets:\n  experimental:\n    5E: {path: x.mib, format: mib, accepted: [RM, UP]}\n")
     with pytest.raises(ValueError, match=r"c\.yaml: invalid value for 'datasets.experimental.5E.accepted.1'"):
         load_config(tmp_path / "c.yaml")
+
+
+def test_import_command_by_hand(tmp_path, scan):
+    import subprocess
+    import sys
+
+    from test_io import write_tiff_folder
+
+    write_tiff_folder(tmp_path / "qstem_out", scan)
+    command = [sys.executable, "-m", "polarmap.cli", "import", "tiff_folder", str(tmp_path / "qstem_out"),
+               "--out", str(tmp_path / "q.h5"), "--scan-shape", "3", "4", "--label", "MU", "--source", "QSTEM 2.5"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    with io.open_dataset(tmp_path / "q.h5") as f:
+        meta = io.read_attrs(f)
+        assert np.array_equal(f["patterns"][()], scan) and (f["labels"][()] == 2).all()
+    assert meta["classes"] == ["MU"] and meta["source"] == "QSTEM 2.5" and np.isnan(meta["detector_mrad_per_px"])
+    result = subprocess.run(command[:4] + ["tiff_folder", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.h5")], capture_output=True, text=True)
+    assert result.returncode == 2 and "nowhere: no .tif/.tiff files found" in result.stderr

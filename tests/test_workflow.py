@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
+import numpy as np
+import tifffile
+
 from polarmap import io
+from polarmap.preprocessing import center_of_mass
+from test_preprocessing import disc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,9 +27,14 @@ def snakemake(workdir, *args):
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
+    """The tests preset plus one "microscope" acquisition declared as an experimental set."""
     workdir = tmp_path_factory.mktemp("study")
     shutil.copy(ROOT / "config.yaml", workdir)
-    shutil.copy(ROOT / "workflow/presets/tests.yaml", workdir)
+    config = (ROOT / "workflow/presets/tests.yaml").read_text()
+    config = config.replace("  reference:", "  experimental:\n    5E: {path: scan.tif, format: tiff_stack, scan_shape: [4, 4], accepted: [RM, RD]}\n  reference:")
+    (workdir / "tests.yaml").write_text(config)
+    discs = [disc(32, centre=(17 + 0.3 * (i % 4), 14 - 0.2 * (i // 4)), radius=4) * 500 + 3 for i in range(16)]
+    tifffile.imwrite(workdir / "scan.tif", np.stack(discs).astype(np.uint16))
     result = snakemake(workdir, "--configfile", "tests.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
@@ -33,8 +43,9 @@ def study(tmp_path_factory):
 def test_every_data_set_is_made_valid_and_logged(study):
     results = study / "results/tests"
     summary = (results / "datasets/summary.tsv").read_text().splitlines()
-    # 8 training, 7 tests, 4 experiment-like (1E, 3E, 4E, dose_1000), their 3 clean sources, reference
-    assert len(summary) == 1 + 8 + 7 + 4 + 3 + 1
+    # 8 training, 7 tests, 4 experiment-like (1E, 3E, 4E, dose_1000), their 3 clean sources,
+    # the experimental 5E, the reference
+    assert len(summary) == 1 + 8 + 7 + 4 + 3 + 1 + 1
     for h5 in (results / "datasets").glob("*.h5"):
         with io.open_dataset(h5, check_values=True) as f:
             assert f["patterns"].shape == (4, 4, 32, 32)
@@ -43,9 +54,16 @@ def test_every_data_set_is_made_valid_and_logged(study):
         simulated = (results / f"qstem/{h5.stem}/{h5.stem}.qsc").exists()
         assert simulated == (results / f"benchmarks/simulate/{h5.stem}.tsv").exists()
     assert (results / "datasets/dose_1000.h5").exists() and not (results / "datasets/dose_1000_clean.h5").exists()
+    with io.open_dataset(results / "preprocessed/5E.h5") as f:
+        meta = io.read_attrs(f)
+        assert meta["classes"] == ["RM", "RD"] and (f["labels"][()] == -1).all()
+        expected = center_of_mass(tifffile.imread(study / "scan.tif").astype(np.float32)).mean(axis=0)
+        assert meta["global_com_px"] == pytest.approx(expected, abs=1e-4)
     counts = (results / "preprocessed/filter_counts.tsv").read_text().splitlines()
     assert counts[0].split() == ["class", "kept", "total", "fraction"] and len(counts) == 1 + 8 + 1
-    assert not list(results.rglob("*.partial")) and not list(results.rglob("*.tmp"))
+    assert sorted(p.name for p in (results / "splits").iterdir()) == [
+        "augmentation_filter_seed888.npz", "augmentation_seed888.npz", "none_seed888.npz"]
+    assert not list(results.rglob("*.partial")) and not list(results.rglob("*.tmp*"))
 
 
 def planned_jobs(workdir, *args):
@@ -75,4 +93,4 @@ def test_changing_a_preprocessing_setting_reruns_no_simulation(study):
     (study / "crop.yaml").write_text(config)
     counts = job_counts(planned_jobs(study, "--configfile", "crop.yaml"))
     assert "simulate" not in counts and "structure" not in counts
-    assert counts["preprocess"] == 8 + 7 + 4 + 3 + 1 and counts["filter_counts"] == 1
+    assert counts["preprocess"] == 8 + 7 + 4 + 3 + 1 + 1 and counts["filter_counts"] == 1 and counts["split"] == 3

@@ -76,32 +76,36 @@ def cmd_import(args) -> None:
     from polarmap.io import READERS
     from polarmap.provenance import provenance_attrs
 
-    if args.settings:  # an experimental set declared in the study config
-        job = json.loads(args.settings)
-        args.format, args.path, args.name = job["format"], job["path"], job["name"]
-        args.scan_shape, args.dataset_path, args.accepted = job["scan_shape"], job["dataset_path"], job["accepted"]
-        args.thickness_nm, args.energy_kev, args.semiangle_mrad = job["thickness_nm"] or float("nan"), job["energy_kev"], job["semiangle_mrad"]
-        args.mrad_per_px, args.scan_step_angstrom = job["detector_mrad_per_px"] or float("nan"), job["scan_step_angstrom"] or float("nan")
-        args.label, args.supercell, args.source = None, "experimental", "detector"
-    if not (args.format and args.path and args.out):
-        raise ValueError("give FORMAT PATH OUT (or --settings JSON)")
-    accepted = args.accepted or ([args.label] if args.label else [])
+    if args.settings:  # an experimental set declared in the study config (same keys as below)
+        job = {"label": None, "supercell": "experimental", "source": "detector", **json.loads(args.settings)}
+    elif args.format and args.path:
+        job = {
+            "name": args.name or Path(args.path).stem, "format": args.format, "path": args.path,
+            "scan_shape": args.scan_shape, "dataset_path": args.dataset_path, "label": args.label,
+            "accepted": args.accepted or ([args.label] if args.label else []), "thickness_nm": args.thickness_nm,
+            "energy_kev": args.energy_kev, "semiangle_mrad": args.semiangle_mrad,
+            "detector_mrad_per_px": args.mrad_per_px, "scan_step_angstrom": args.scan_step_angstrom,
+            "supercell": args.supercell, "source": args.source,
+        }
+    else:
+        raise ValueError("give FORMAT and PATH (or --settings JSON)")
+    unknown = float("nan")  # calibrations stated as 0 or not at all
     attrs = {
-        "name": args.name or Path(args.path).stem,
-        "classes": accepted,
+        "name": job["name"],
+        "classes": job["accepted"],
         "class_names": list(CLASS_NAMES),
-        "thickness_nm": args.thickness_nm,
-        "supercell": args.supercell,
-        "energy_kev": args.energy_kev,
-        "semiangle_mrad": args.semiangle_mrad,
-        "detector_mrad_per_px": args.mrad_per_px,
-        "scan_step_angstrom": args.scan_step_angstrom,
-        "source": args.source,
-        **provenance_attrs({"import": str(Path(args.path).resolve()), "format": args.format, "label": args.label}),
+        "thickness_nm": job["thickness_nm"] or unknown,
+        "supercell": job["supercell"],
+        "energy_kev": job["energy_kev"],
+        "semiangle_mrad": job["semiangle_mrad"],
+        "detector_mrad_per_px": job["detector_mrad_per_px"] or unknown,
+        "scan_step_angstrom": job["scan_step_angstrom"] or unknown,
+        "source": job["source"],
+        **provenance_attrs({key: job[key] for key in ("path", "format", "scan_shape", "label")}),
     }
-    options = {"dataset_path": args.dataset_path} if args.format == "hdf5" else {}
-    scan_shape = tuple(args.scan_shape) if args.scan_shape else None
-    READERS[args.format](args.path, args.out, attrs, scan_shape=scan_shape, label=args.label, **options)
+    options = {"dataset_path": job["dataset_path"]} if job["format"] == "hdf5" else {}
+    scan_shape = tuple(job["scan_shape"]) if job["scan_shape"] else None
+    READERS[job["format"]](job["path"], args.out, attrs, scan_shape=scan_shape, label=job["label"], **options)
 
 
 def cmd_preprocess(args) -> None:
@@ -118,6 +122,16 @@ def cmd_info(args) -> None:
     from polarmap.io import info
 
     print(info(args.file, check_values=not args.fast))
+
+
+def cmd_split(args) -> None:
+    from polarmap.preprocessing import SplitSettings, make_split
+
+    job = json.loads(args.settings)
+    settings = SplitSettings(fractions=tuple(job["fractions"]), stratified=job["stratified"])
+    pca_settings = SplitSettings(fractions=tuple(job["pca_fractions"]), stratified=job["stratified"])
+    counts = make_split(args.preprocessed, args.out, job["configuration"], job["seed"], settings, pca_settings)
+    print(json.dumps(counts))
 
 
 def cmd_summary(args) -> None:
@@ -180,19 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="Import detector data (TIFF folder or stack, Merlin .mib, HDF5/EMD) into a data set.")
     p.add_argument("format", nargs="?", choices=["tiff_folder", "tiff_stack", "mib", "hdf5"])
     p.add_argument("path", nargs="?", help="file, or folder of one-pattern TIFFs (row-major index as the last number)")
-    p.add_argument("out", nargs="?", help="output .h5 path")
+    p.add_argument("--out", required=True, help="output .h5 path")
     p.add_argument("--settings", help=argparse.SUPPRESS)
     p.add_argument("--scan-shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="default: from the file, or a square scan")
     p.add_argument("--dataset-path", default="", help="HDF5: the dataset holding the patterns")
     p.add_argument("--name", help="data set name (default: the folder name)")
     p.add_argument("--label", help="class of every pattern (e.g. RM); default: unknown (-1)")
     p.add_argument("--accepted", nargs="+", help="classes counted as correct (default: the label)")
-    p.add_argument("--thickness-nm", type=float, default=float("nan"))
+    p.add_argument("--thickness-nm", type=float, default=0.0, help="0 = unknown")
     p.add_argument("--supercell", default="experimental")
     p.add_argument("--energy-kev", type=float, default=200.0)
     p.add_argument("--semiangle-mrad", type=float, default=24.0)
-    p.add_argument("--mrad-per-px", type=float, default=float("nan"), help="detector calibration")
-    p.add_argument("--scan-step-angstrom", type=float, default=float("nan"))
+    p.add_argument("--mrad-per-px", type=float, default=0.0, help="detector calibration; 0 = unknown")
+    p.add_argument("--scan-step-angstrom", type=float, default=0.0, help="0 = unknown")
     p.add_argument("--source", default="detector", help="simulator and version (e.g. QSTEM 2.5), or instrument")
     p.set_defaults(func=cmd_import)
 
@@ -200,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--fast", action="store_true", help="skip the scan of every pattern for NaNs")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("split", help="Train/validation/test assignment of the training patterns for one configuration and seed.")
+    p.add_argument("preprocessed", nargs="+", help="preprocessed training sets")
+    p.add_argument("--settings", required=True, help="JSON: configuration, seed, stratified, fractions, pca_fractions")
+    p.add_argument("--out", required=True, help="output .npz path")
+    p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("summary", help="One TSV line per data set (shape, thickness, classes, mean CoM).")
     p.add_argument("files", nargs="+")

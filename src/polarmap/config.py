@@ -153,3 +153,11 @@ def preprocess_job_settings(config: dict, name: str) -> dict:
         "crop_px": settings["crop_px"], "threshold_percentile": settings["threshold_percentile"],
         "rows_per_block": settings["rows_per_block"],
     }
+
+
+def split_job_settings(config: dict, configuration: str, seed: int) -> dict:
+    settings = config["preprocessing"]
+    return {
+        "configuration": configuration, "seed": seed, "stratified": config["mode"] == "corrected",
+        "fractions": settings["split_fractions"], "pca_fractions": settings["pca_split_fractions"],
+    }

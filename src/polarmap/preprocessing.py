@@ -254,3 +254,51 @@ def split_indices(labels: np.ndarray, settings: SplitSettings, seed: int) -> np.
         for part, chunk in enumerate(np.split(shuffled, bounds)):
             parts[chunk] = part
     return parts
+
+
+CONFIGURATIONS = {  # the paper's Tables 1-3: (augment, filter)
+    "none": (False, False),
+    "augmentation": (True, False),
+    "augmentation_filter": (True, True),
+}
+
+
+def make_split(preprocessed, out, configuration: str, seed: int, settings: SplitSettings, pca_settings: SplitSettings) -> dict:
+    """Assign the training patterns of one preprocessing configuration to train / validation /
+    test (and PCA train / test) for one seed. Only patterns kept by the filter enter when the
+    configuration filters. Written as plain arrays (.npz, no pickle)."""
+    if configuration not in CONFIGURATIONS:
+        raise ValueError(f"unknown preprocessing configuration {configuration!r}; use {', '.join(CONFIGURATIONS)}")
+    _, use_filter = CONFIGURATIONS[configuration]
+    names, index, rows, cols, labels = [], [], [], [], []
+    for i, path in enumerate(map(Path, preprocessed)):
+        with io.open_dataset(path) as f:
+            keep = f["keep"][()] if use_filter else np.ones(f["labels"].shape, bool)
+            r, c = np.nonzero(keep)
+            names.append(io.read_attrs(f)["name"])
+            index.append(np.full(r.size, i, np.int16))
+            rows.append(r.astype(np.int32))
+            cols.append(c.astype(np.int32))
+            labels.append(f["labels"][()][r, c])
+    labels = np.concatenate(labels)
+    if (labels < 0).any():
+        raise ValueError("training sets must be labelled: found label -1")
+    arrays = {
+        "datasets": np.array(names), "dataset_index": np.concatenate(index), "row": np.concatenate(rows),
+        "col": np.concatenate(cols), "label": labels,
+        "part": split_indices(labels, settings, seed), "pca_part": split_indices(labels, pca_settings, seed),
+        "meta": np.array(json.dumps({"configuration": configuration, "seed": seed, "split": asdict(settings), "pca_split": asdict(pca_settings)})),
+    }
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(out)
+    return {name: int((arrays["part"] == k).sum()) for k, name in enumerate(("train", "validation", "test"))}
+
+
+def read_split(path) -> dict:
+    """A split file's arrays; never unpickles anything."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays["meta"] = json.loads(str(arrays["meta"]))
+    return arrays

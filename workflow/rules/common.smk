@@ -10,6 +10,7 @@ from polarmap.config import (
     preprocess_job_settings,
     simulated_datasets,
     simulation_settings,
+    split_job_settings,
     validate_config,
 )
 from polarmap.simulation import estimated_memory_mb
@@ -35,6 +36,8 @@ def one_of(names):
 
 wildcard_constraints:
     dataset=one_of(ROLES),
+    configuration=one_of(config["preprocessing"]["configurations"]),
+    seed=r"\d+",
 
 
 def job_settings(wildcards):
@@ -63,5 +66,6 @@ def all_outputs():
         expand(f"{RESULTS}/structures/{{dataset}}.xyz", dataset=SIMULATED)
         + expand(f"{RESULTS}/qstem/{{dataset}}/{{dataset}}.qsc", dataset=SIMULATED)
         + expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=DATASETS)
+        + expand(f"{RESULTS}/splits/{{configuration}}_seed{{seed}}.npz", configuration=config["preprocessing"]["configurations"], seed=config["seeds"])
         + [f"{RESULTS}/datasets/summary.tsv", f"{RESULTS}/preprocessed/filter_counts.tsv"]
     )

@@ -12,7 +12,7 @@ rule experiment_like:
     log:
         f"{RESULTS}/logs/experiment_like/{{dataset}}.log",
     conda:
-        "../../envs/simulation.yaml"
+        "../../envs/preprocessing.yaml"
     shell:
         "polarmap experiment-like --settings {params.job:q} --source {input} --out {output} > {log} 2>&1"
 
@@ -30,6 +30,6 @@ rule import_experimental:
     log:
         f"{RESULTS}/logs/import_experimental/{{dataset}}.log",
     conda:
-        "../../envs/simulation.yaml"
+        "../../envs/preprocessing.yaml"
     shell:
         "polarmap import --settings {params.job:q} --out {output} > {log} 2>&1"

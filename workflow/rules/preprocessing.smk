@@ -12,7 +12,7 @@ rule preprocess:
     benchmark:
         f"{RESULTS}/benchmarks/preprocess/{{dataset}}.tsv"
     conda:
-        "../../envs/simulation.yaml"
+        "../../envs/preprocessing.yaml"
     shell:
         "polarmap preprocess --settings {params.job:q} --source {input} --out {output.data} --summary {output.summary} > {log} 2>&1"
 
@@ -30,6 +30,22 @@ rule filter_counts:
     log:
         f"{RESULTS}/logs/filter_counts.log",
     conda:
-        "../../envs/simulation.yaml"
+        "../../envs/preprocessing.yaml"
     shell:
         "polarmap filter-counts {input} --out {output} > {log} 2>&1"
+
+
+rule split:
+    """Train / validation / test (and PCA) assignment for one configuration and seed."""
+    input:
+        expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=TRAINING),
+    output:
+        f"{RESULTS}/splits/{{configuration}}_seed{{seed}}.npz",
+    params:
+        job=lambda wildcards: json.dumps(split_job_settings(config, wildcards.configuration, int(wildcards.seed))),
+    log:
+        f"{RESULTS}/logs/split/{{configuration}}_seed{{seed}}.log",
+    conda:
+        "../../envs/preprocessing.yaml"
+    shell:
+        "polarmap split {input} --settings {params.job:q} --out {output} > {log} 2>&1"
