@@ -78,3 +78,19 @@ def test_larger_cells_share_the_training_detector_calibration(tmp_path):
         assert small["patterns"].shape[2:] == large["patterns"].shape[2:] == (32, 32)
         assert small.attrs["detector_mrad_per_px"] == pytest.approx(large.attrs["detector_mrad_per_px"])
         assert large.attrs["source"].endswith("interpolation 3)")
+
+
+def test_frozen_phonons_are_seeded(tmp_path):
+    import h5py
+
+    atoms = build_supercell((2, 2, 4), "RU")
+    common = dict(gpts_per_cell=16, scan_px=2, rows_per_block=2, frozen_phonon_configs=2)
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        simulate(atoms, tmp_path / f"{name}.h5", name, SimulationSettings(frozen_phonon_seed=seed, **common), ("RU",), progress=False)
+    simulate(atoms, tmp_path / "static.h5", "s", SimulationSettings(gpts_per_cell=16, scan_px=2, rows_per_block=2), ("RU",), progress=False)
+    data = {}
+    for name in ("a", "b", "c", "static"):
+        with h5py.File(tmp_path / f"{name}.h5") as f:
+            data[name] = f["patterns"][()]
+    assert np.array_equal(data["a"], data["b"])
+    assert not np.allclose(data["a"], data["c"]) and not np.allclose(data["a"], data["static"])

@@ -1,5 +1,6 @@
 """The tests preset end to end through Snakemake, then incremental reruns from its own plan."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def study(tmp_path_factory):
     config = (ROOT / "workflow/presets/tests.yaml").read_text()
     config = config.replace("  reference:", "  experimental:\n    5E: {path: scan.tif, format: tiff_stack, scan_shape: [4, 4], accepted: [RM, RD]}\n  reference:")
     (workdir / "tests.yaml").write_text(config)
-    discs = [disc(32, centre=(17 + 0.3 * (i % 4), 14 - 0.2 * (i // 4)), radius=4) * 500 + 3 for i in range(16)]
+    discs = [disc(48, centre=(25 + 0.3 * (i % 4), 22 - 0.2 * (i // 4)), radius=4) * 500 + 3 for i in range(16)]
     tifffile.imwrite(workdir / "scan.tif", np.stack(discs).astype(np.uint16))
     result = snakemake(workdir, "--configfile", "tests.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -48,9 +49,9 @@ def test_every_data_set_is_made_valid_and_logged(study):
     assert len(summary) == 1 + 8 + 7 + 4 + 3 + 1 + 1
     for h5 in (results / "datasets").glob("*.h5"):
         with io.open_dataset(h5, check_values=True) as f:
-            assert f["patterns"].shape == (4, 4, 32, 32)
+            assert f["patterns"].shape == (4, 4, 48, 48)
         with io.open_dataset(results / f"preprocessed/{h5.name}") as f:
-            assert f["patterns"].shape == (4, 4, 16, 16) and f["keep"].shape == (4, 4)
+            assert f["patterns"].shape == (4, 4, 32, 32) and f["keep"].shape == (4, 4)
         simulated = (results / f"qstem/{h5.stem}/{h5.stem}.qsc").exists()
         assert simulated == (results / f"benchmarks/simulate/{h5.stem}.tsv").exists()
     assert (results / "datasets/dose_1000.h5").exists() and not (results / "datasets/dose_1000_clean.h5").exists()
@@ -63,7 +64,13 @@ def test_every_data_set_is_made_valid_and_logged(study):
     assert counts[0].split() == ["class", "kept", "total", "fraction"] and len(counts) == 1 + 8 + 1
     assert sorted(p.name for p in (results / "splits").iterdir()) == [
         "augmentation_filter_seed888.npz", "augmentation_seed888.npz", "none_seed888.npz"]
-    assert not list(results.rglob("*.partial")) and not list(results.rglob("*.tmp*"))
+    models = {p.name for p in (results / "models").iterdir()}
+    assert len(models) == 9 + 2 + 3 and "vgg16-classification-none-scratch-seed888" in models
+    for model in models:
+        record = json.loads((results / "models" / model / "record.json").read_text())
+        assert "synthetic_test_accuracy" in record
+        assert (results / "models" / model / ("model.npz" if model.startswith("pca_knn") else "model.pt")).exists()
+    assert not list(results.rglob("*.partial")) and not list(results.rglob("*.tmp*")) and not list(results.rglob("checkpoint.pt"))
 
 
 def planned_jobs(workdir, *args):
@@ -89,8 +96,9 @@ def job_counts(plan):
 
 
 def test_changing_a_preprocessing_setting_reruns_no_simulation(study):
-    config = (study / "tests.yaml").read_text().replace("crop_px: 16", "crop_px: 15")
+    config = (study / "tests.yaml").read_text().replace("crop_px: 32", "crop_px: 33")
     (study / "crop.yaml").write_text(config)
     counts = job_counts(planned_jobs(study, "--configfile", "crop.yaml"))
     assert "simulate" not in counts and "structure" not in counts
+    assert counts["train"] == 11 and counts["train_pca_knn"] == 3  # models follow their inputs
     assert counts["preprocess"] == 8 + 7 + 4 + 3 + 1 + 1 and counts["filter_counts"] == 1 and counts["split"] == 3

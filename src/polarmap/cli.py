@@ -134,6 +134,33 @@ def cmd_split(args) -> None:
     print(json.dumps(counts))
 
 
+def cmd_train(args) -> None:
+    from polarmap.preprocessing import AugmentationSettings
+    from polarmap.training import TrainSettings, train
+
+    job = json.loads(args.settings)
+    job["augmentation"] = AugmentationSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["augmentation"].items()})
+    record = train(args.split, args.preprocessed, args.out_dir, TrainSettings(**job), progress=not args.quiet)
+    print(json.dumps({k: record[k] for k in ("epochs_run", "best_val_loss", "synthetic_test_accuracy", "device")}))
+
+
+def cmd_train_pca_knn(args) -> None:
+    from polarmap.preprocessing import AugmentationSettings
+    from polarmap.training import train_pca_knn
+
+    job = json.loads(args.settings)
+    augmentation = AugmentationSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["augmentation"].items()})
+    result = train_pca_knn(args.split, args.preprocessed, args.out, job["configuration"], job["seed"], job["mode"],
+                           job["components"], job["neighbors"], augmentation)
+    Path(args.record).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def cmd_fetch_weights(args) -> None:
+    from polarmap.models import fetch_imagenet_weights
+
+    print(fetch_imagenet_weights(args.encoder, args.torch_home))
+
+
 def cmd_summary(args) -> None:
     from polarmap.io import write_summary
 
@@ -220,6 +247,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", required=True, help="JSON: configuration, seed, stratified, fractions, pca_fractions")
     p.add_argument("--out", required=True, help="output .npz path")
     p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("train", help="Train one model (encoder x objective x configuration x pretraining x seed).")
+    p.add_argument("preprocessed", nargs="+", help="preprocessed training sets")
+    p.add_argument("--split", required=True, help="split .npz of the configuration and seed")
+    p.add_argument("--settings", required=True, help="JSON of polarmap.training.TrainSettings fields")
+    p.add_argument("--out-dir", required=True, help="folder for model.pt, metrics.csv, record.json (and checkpoint.pt while running)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-pca-knn", help="Fit PCA + kNN for one configuration and seed (saved as arrays).")
+    p.add_argument("preprocessed", nargs="+", help="preprocessed training sets")
+    p.add_argument("--split", required=True, help="split .npz of the configuration and seed")
+    p.add_argument("--settings", required=True, help="JSON: configuration, seed, mode, components, neighbors, augmentation")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--record", required=True, help="output .json with the synthetic test accuracy")
+    p.set_defaults(func=cmd_train_pca_knn)
+
+    p = sub.add_parser("fetch-weights", help="Fetch and check torchvision's ImageNet weights for an encoder.")
+    p.add_argument("encoder", choices=["vgg16", "resnet50"])
+    p.add_argument("--torch-home", default="resources/torch", help="TORCH_HOME the training jobs use")
+    p.set_defaults(func=cmd_fetch_weights)
 
     p = sub.add_parser("summary", help="One TSV line per data set (shape, thickness, classes, mean CoM).")
     p.add_argument("files", nargs="+")

@@ -161,3 +161,36 @@ def split_job_settings(config: dict, configuration: str, seed: int) -> dict:
         "configuration": configuration, "seed": seed, "stratified": config["mode"] == "corrected",
         "fractions": settings["split_fractions"], "pca_fractions": settings["pca_split_fractions"],
     }
+
+
+def training_jobs(config: dict) -> dict[str, dict]:
+    """Every model to train: '<encoder>-<objective>-<configuration>-<pretrained>-seed<seed>' ->
+    its TrainSettings fields."""
+    training = config["training"]
+    faithful = config["mode"] == "faithful"
+    jobs = {}
+    for run in training["runs"]:
+        for encoder in run["encoders"]:
+            pretrained_axis = ["scratch"] if encoder == "conv" else run.get("pretrained", training["pretrained"])
+            for objective in run["objectives"]:
+                for configuration in run.get("configurations", config["preprocessing"]["configurations"]):
+                    for pretrained in pretrained_axis:
+                        for seed in run.get("seeds", config["seeds"]):
+                            name = f"{encoder}-{objective}-{configuration}-{pretrained}-seed{seed}"
+                            jobs[name] = {
+                                "encoder": encoder, "objective": objective, "configuration": configuration,
+                                "pretrained": pretrained, "seed": seed, "mode": config["mode"],
+                                "lr": training["lr"], "batch_size": training["batch_size"],
+                                "weight_decay": training["weight_decay"] if training["weight_decay"] is not None else (1e-4 if faithful else 0.0),
+                                "max_epochs": run.get("max_epochs", training["max_epochs"]), "patience": training["patience"],
+                                "device": training["device"],
+                                "standardize_inputs": training["standardize_inputs"] if training["standardize_inputs"] is not None else not faithful,
+                                "augmentation": config["preprocessing"]["augmentation"],
+                            }
+    return jobs
+
+
+def pca_knn_job_settings(config: dict, configuration: str, seed: int) -> dict:
+    pca = config["training"]["pca_knn"]
+    return {"configuration": configuration, "seed": seed, "mode": config["mode"], "components": pca["components"],
+            "neighbors": pca["neighbors"], "augmentation": config["preprocessing"]["augmentation"]}

@@ -7,10 +7,12 @@ from polarmap.config import (
     experiment_job_settings,
     experiment_like_datasets,
     experimental_job_settings,
+    pca_knn_job_settings,
     preprocess_job_settings,
     simulated_datasets,
     simulation_settings,
     split_job_settings,
+    training_jobs,
     validate_config,
 )
 from polarmap.simulation import estimated_memory_mb
@@ -28,6 +30,7 @@ ROLES = dataset_roles(config)
 # every data set in the HDF5 format (the reference only when asked for)
 DATASETS = [name for name, role in ROLES.items() if role != "reference" or config["datasets"]["reference"]["simulate"]]
 TRAINING = [name for name, role in ROLES.items() if role == "training"]
+TRAINING_JOBS = training_jobs(config)
 
 
 def one_of(names):
@@ -38,6 +41,7 @@ wildcard_constraints:
     dataset=one_of(ROLES),
     configuration=one_of(config["preprocessing"]["configurations"]),
     seed=r"\d+",
+    model=one_of(TRAINING_JOBS),
 
 
 def job_settings(wildcards):
@@ -57,6 +61,16 @@ def preprocess_settings(wildcards):
     return json.dumps(preprocess_job_settings(config, wildcards.dataset), sort_keys=True)
 
 
+IMAGENET_FILES = {"vgg16": "vgg16-397923af.pth", "resnet50": "resnet50-0676ba61.pth"}
+
+
+def imagenet_weights_input(wildcards):
+    job = TRAINING_JOBS[wildcards.model]
+    if job["pretrained"] != "imagenet":
+        return []
+    return f"resources/torch/hub/checkpoints/{IMAGENET_FILES[job['encoder']]}"
+
+
 def simulation_mem_mb(wildcards):
     return estimated_memory_mb(simulation_settings(config), SIMULATED[wildcards.dataset]["supercell"][0])
 
@@ -67,5 +81,11 @@ def all_outputs():
         + expand(f"{RESULTS}/qstem/{{dataset}}/{{dataset}}.qsc", dataset=SIMULATED)
         + expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=DATASETS)
         + expand(f"{RESULTS}/splits/{{configuration}}_seed{{seed}}.npz", configuration=config["preprocessing"]["configurations"], seed=config["seeds"])
+        + expand(f"{RESULTS}/models/{{model}}/model.pt", model=TRAINING_JOBS)
+        + (
+            expand(f"{RESULTS}/models/pca_knn-{{configuration}}-seed{{seed}}/model.npz", configuration=config["preprocessing"]["configurations"], seed=config["seeds"])
+            if config["training"]["pca_knn"]["enabled"]
+            else []
+        )
         + [f"{RESULTS}/datasets/summary.tsv", f"{RESULTS}/preprocessed/filter_counts.tsv"]
     )

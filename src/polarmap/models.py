@@ -1,0 +1,314 @@
+"""Encoders, heads and objectives (paper section 2.3), each registered under the name the
+config uses. A model is encoder -> Linear(features, 512) + ReLU -> the objective's head.
+
+Encoders: the custom 3-layer Conv (average pooling in `corrected`, the published max pooling in
+`faithful`), VGG16 and ResNet50 from torchvision. With ImageNet weights the first convolution
+is made single-channel by averaging its RGB filters (`faithful`: a new random 1-channel conv).
+Feature sizes come from a dummy forward pass at the actual input size.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polarmap.classes import CLASS_NAMES, angle_to_class
+
+N_CLASSES = len(CLASS_NAMES)
+ENCODERS = {}
+OBJECTIVES = {}
+
+
+def register(table: dict, name: str):
+    def decorate(builder):
+        table[name] = builder
+        return builder
+
+    return decorate
+
+
+def _feature_size(encoder: nn.Module, input_px: int) -> int:
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            size = encoder(torch.zeros(2, 1, input_px, input_px)).shape[1]
+    except RuntimeError as err:
+        raise ValueError(f"a {input_px}x{input_px} input is too small for this encoder ({err}); use a larger preprocessing.crop_px") from None
+    encoder.train(was_training)
+    return size
+
+
+@register(ENCODERS, "conv")
+def conv_encoder(input_px: int, pretrained: str, mode: str) -> nn.Module:
+    if pretrained != "scratch":
+        raise ValueError("the conv encoder has no pretrained weights: use pretrained: scratch")
+    pool = nn.AvgPool2d if mode == "corrected" else nn.MaxPool2d
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3), nn.ReLU(),
+        nn.Conv2d(16, 32, 3), nn.ReLU(), pool(2),
+        nn.Conv2d(32, 64, 3), nn.ReLU(), pool(2),
+        nn.Flatten(),
+    )
+
+
+def _single_channel(conv: nn.Conv2d, pretrained: str, mode: str) -> nn.Conv2d:
+    """A 1-channel copy of an RGB input convolution."""
+    new = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    if pretrained == "imagenet" and mode == "corrected":
+        with torch.no_grad():
+            new.weight.copy_(conv.weight.mean(dim=1, keepdim=True))
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
+    return new
+
+
+def _imagenet_weights(weights_enum, pretrained: str):
+    if pretrained not in ("imagenet", "scratch"):
+        raise ValueError(f"pretrained must be 'imagenet' or 'scratch', got {pretrained!r}")
+    return weights_enum.IMAGENET1K_V1 if pretrained == "imagenet" else None
+
+
+@register(ENCODERS, "vgg16")
+def vgg16_encoder(input_px: int, pretrained: str, mode: str) -> nn.Module:
+    from torchvision.models import VGG16_Weights, vgg16
+
+    net = vgg16(weights=_imagenet_weights(VGG16_Weights, pretrained))
+    net.features[0] = _single_channel(net.features[0], pretrained, mode)
+    return nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU())
+
+
+@register(ENCODERS, "resnet50")
+def resnet50_encoder(input_px: int, pretrained: str, mode: str) -> nn.Module:
+    from torchvision.models import ResNet50_Weights, resnet50
+
+    net = resnet50(weights=_imagenet_weights(ResNet50_Weights, pretrained))
+    net.conv1 = _single_channel(net.conv1, pretrained, mode)
+    net.fc = nn.Identity()
+    return nn.Sequential(net, nn.Linear(2048, 256), nn.BatchNorm1d(256), nn.ReLU())
+
+
+IMAGENET_WEIGHTS = {"vgg16": "VGG16_Weights", "resnet50": "ResNet50_Weights"}
+
+
+def fetch_imagenet_weights(encoder: str, torch_home, timeout_s: float = 20.0) -> Path:
+    """Put torchvision's ImageNet weights for an encoder in TORCH_HOME/hub/checkpoints, checked
+    against the SHA-256 prefix that torchvision publishes in the file name. Without network it
+    fails at once, naming the file and where to place it."""
+    import hashlib
+    import urllib.request
+
+    import torchvision.models
+
+    if encoder not in IMAGENET_WEIGHTS:
+        raise ValueError(f"no ImageNet weights for encoder {encoder!r}; available: {', '.join(IMAGENET_WEIGHTS)}")
+    url = getattr(torchvision.models, IMAGENET_WEIGHTS[encoder]).IMAGENET1K_V1.url
+    target = Path(torch_home) / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+    expected = target.stem.rsplit("-", 1)[1]
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response, open(target.with_suffix(".part"), "wb") as f:
+                while block := response.read(1 << 22):
+                    f.write(block)
+        except OSError as err:
+            target.with_suffix(".part").unlink(missing_ok=True)
+            raise ValueError(f"cannot download {url} ({err}); place {target.name} from there in {target.parent}") from None
+        target.with_suffix(".part").replace(target)
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    if not digest.startswith(expected):
+        raise ValueError(f"{target}: SHA-256 {digest[:12]}... does not match the published {expected}; delete it and fetch again")
+    return target
+
+
+class Objective:
+    """What a model outputs, how it is trained, and how outputs become classes."""
+
+    out_features: int
+
+    def head(self) -> nn.Module:
+        return nn.Linear(512, self.out_features)
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict(self, outputs: torch.Tensor, prototypes: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@register(OBJECTIVES, "classification")
+class Classification(Objective):
+    out_features = N_CLASSES
+
+    def __init__(self, mode: str = "corrected"):
+        self.mode = mode
+
+    def loss(self, outputs, labels):
+        return F.cross_entropy(outputs, labels)
+
+    def predict(self, outputs, prototypes=None):
+        return outputs.argmax(dim=1)
+
+
+def class_unit_vectors(labels: torch.Tensor) -> torch.Tensor:
+    """(cos theta_k, sin theta_k) of each label."""
+    theta = labels.to(torch.float32) * (2 * math.pi / N_CLASSES)
+    return torch.stack([torch.cos(theta), torch.sin(theta)], dim=1)
+
+
+@register(OBJECTIVES, "regression")
+class Regression(Objective):
+    """(cos, sin) of the class angle through tanh, MSE; decoded by atan2 into 45-degree bins."""
+
+    out_features = 2
+
+    def __init__(self, mode: str = "corrected"):
+        self.mode = mode
+
+    def head(self):
+        return nn.Sequential(nn.Linear(512, 2), nn.Tanh())
+
+    def loss(self, outputs, labels):
+        return F.mse_loss(outputs, class_unit_vectors(labels))
+
+    def predict(self, outputs, prototypes=None):
+        angles = torch.atan2(outputs[:, 1], outputs[:, 0])
+        return torch.as_tensor(angle_to_class(angles.detach().cpu().numpy()), device=outputs.device)
+
+    def predict_external_faithfully(self, outputs):
+        """The published decoding of external sets: argmax over (cos, sin), so only RM or RU."""
+        return outputs.argmax(dim=1)
+
+
+def circular_soft_targets(labels: torch.Tensor, sigma: float = 1.25) -> torch.Tensor:
+    """Gaussian of the circular class distance min(|i - k|, 8 - |i - k|), normalised per row."""
+    classes = torch.arange(N_CLASSES, device=labels.device)
+    distance = (labels[:, None] - classes[None, :]).abs()
+    distance = torch.minimum(distance, N_CLASSES - distance).to(torch.float32)
+    weights = torch.exp(-(distance**2) / (2 * sigma**2))
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+@register(OBJECTIVES, "prototype")
+class Prototype(Objective):
+    """128-d embeddings; per-batch class-mean prototypes; log-softmax of negative Euclidean
+    distances against circular soft targets (KL). `corrected` masks classes absent from the
+    batch; the published code left them as zero prototypes inside the softmax."""
+
+    out_features = 128
+
+    def __init__(self, mode: str = "corrected", sigma: float = 1.25):
+        self.mode, self.sigma = mode, sigma
+
+    def loss(self, outputs, labels):
+        present = torch.zeros(N_CLASSES, dtype=torch.bool, device=outputs.device)
+        present[labels] = True
+        one_hot = F.one_hot(labels, N_CLASSES).to(outputs.dtype)
+        counts = one_hot.sum(dim=0)
+        prototypes = (one_hot.T @ outputs) / counts.clamp(min=1)[:, None]  # absent classes: zero
+        logits = -torch.cdist(outputs, prototypes)
+        targets = circular_soft_targets(labels, self.sigma)
+        if self.mode == "corrected":
+            logits = logits.masked_fill(~present[None, :], float("-inf"))
+            targets = targets * present[None, :]
+            targets = targets / targets.sum(dim=1, keepdim=True)
+        log_probs = F.log_softmax(logits, dim=1)
+        # KL(targets || probs), batch mean; absent classes (target 0) contribute nothing
+        terms = torch.where(targets > 0, targets * (torch.log(targets.clamp(min=1e-12)) - log_probs), torch.zeros_like(targets))
+        return terms.sum(dim=1).mean()
+
+    def predict(self, outputs, prototypes=None):
+        if prototypes is None:
+            raise ValueError("prototype models need class prototypes (from the validation split) to predict")
+        similarity = F.normalize(outputs, dim=1) @ F.normalize(prototypes, dim=1).T
+        return similarity.argmax(dim=1)
+
+
+def class_prototypes(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean embedding of each class (zero for a class without examples)."""
+    one_hot = F.one_hot(labels, N_CLASSES).to(embeddings.dtype)
+    return (one_hot.T @ embeddings) / one_hot.sum(dim=0).clamp(min=1)[:, None]
+
+
+class PolarizationModel(nn.Module):
+    def __init__(self, encoder: str, objective: str, input_px: int, pretrained: str = "scratch", mode: str = "corrected"):
+        super().__init__()
+        if encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {encoder!r}; registered: {', '.join(ENCODERS)}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; registered: {', '.join(OBJECTIVES)}")
+        self.objective = OBJECTIVES[objective](mode)
+        self.encoder = ENCODERS[encoder](input_px, pretrained, mode)
+        self.neck = nn.Sequential(nn.Linear(_feature_size(self.encoder, input_px), 512), nn.ReLU())
+        self.head = self.objective.head()
+        self.register_buffer("prototypes", torch.zeros(N_CLASSES, 128) if objective == "prototype" else torch.zeros(0))
+        # per-pixel input standardisation, set from the training split (identity by default)
+        self.register_buffer("input_mean", torch.zeros(1, 1, input_px, input_px))
+        self.register_buffer("input_std", torch.ones(1, 1, input_px, input_px))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = (images - self.input_mean) / self.input_std
+        return self.head(self.neck(self.encoder(images)))
+
+    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+        return self.objective.predict(outputs, self.prototypes if self.prototypes.numel() else None)
+
+
+class PcaKnn:
+    """StandardScaler -> PCA -> kNN, held as plain arrays (fitted with scikit-learn, saved and
+    applied without pickle). Ties in the kNN vote go to the smallest class, as scikit-learn does."""
+
+    def __init__(self, arrays: dict):
+        self.arrays = arrays
+
+    @classmethod
+    def fit(cls, features: np.ndarray, labels: np.ndarray, components: int, neighbors: int, fit_features: np.ndarray | None = None):
+        """Fit on `features` (n, d); the scaler and PCA may be fitted on other rows
+        (`fit_features`, the published code's leakage of the test split)."""
+        from sklearn.decomposition import PCA
+        from sklearn.preprocessing import StandardScaler
+
+        basis = features if fit_features is None else fit_features
+        scaler = StandardScaler().fit(basis)
+        pca = PCA(n_components=components, svd_solver="full").fit(scaler.transform(basis))
+        arrays = {
+            "scaler_mean": scaler.mean_, "scaler_scale": scaler.scale_, "pca_mean": pca.mean_,
+            "pca_components": pca.components_, "explained_variance_ratio": pca.explained_variance_ratio_,
+            "train_labels": labels.astype(np.int64), "neighbors": np.array(neighbors),
+        }
+        model = cls(arrays)
+        arrays["train_embeddings"] = model.embed(features)
+        return model
+
+    def embed(self, features: np.ndarray) -> np.ndarray:
+        a = self.arrays
+        return ((features - a["scaler_mean"]) / a["scaler_scale"] - a["pca_mean"]) @ a["pca_components"].T
+
+    def predict(self, features: np.ndarray, chunk: int = 512) -> np.ndarray:
+        a = self.arrays
+        reference, k = a["train_embeddings"], int(a["neighbors"])
+        predictions = []
+        for start in range(0, len(features), chunk):
+            z = self.embed(features[start:start + chunk])
+            distances = (z**2).sum(1)[:, None] - 2 * z @ reference.T + (reference**2).sum(1)[None, :]
+            nearest = np.argsort(distances, axis=1, kind="stable")[:, :k]
+            votes = np.apply_along_axis(np.bincount, 1, a["train_labels"][nearest], minlength=N_CLASSES)
+            predictions.append(votes.argmax(axis=1))
+        return np.concatenate(predictions) if predictions else np.zeros(0, np.int64)
+
+    def save(self, path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **self.arrays)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return cls({key: data[key] for key in data.files})
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: not a readable PCA+kNN model ({err}); refit it") from None

@@ -1,0 +1,103 @@
+"""Training on small preprocessed sets: determinism, resume after a kill, records, PCA+kNN."""
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+from polarmap import io
+from polarmap.classes import CLASS_NAMES, class_direction
+from polarmap.preprocessing import PreprocessSettings, SplitSettings, make_split, preprocess_dataset
+from polarmap.training import TrainSettings, load_model, train, train_pca_knn
+from test_io import attrs
+from test_preprocessing import disc
+
+
+@pytest.fixture(scope="module")
+def training_data(tmp_path_factory):
+    """8 classes of discs displaced along their class direction, 16x16 scans of 40x40 patterns."""
+    folder = tmp_path_factory.mktemp("training")
+    rng = np.random.default_rng(3)
+    preprocessed = []
+    for k, name in enumerate(CLASS_NAMES):
+        d_col, d_row = class_direction(name)
+        amplitude = rng.uniform(0, 1.5, size=(16, 16))
+        patterns = np.stack([[disc(40, centre=(20 + a * d_row, 20 + a * d_col), radius=6) for a in row] for row in amplitude])
+        io.write_dataset(folder / f"train_{name}.h5", patterns, np.full((16, 16), k, np.int8), attrs(name=f"train_{name}", classes=[name], supercell="2x2x50"))
+        preprocess_dataset(folder / f"train_{name}.h5", folder / f"p_{name}.h5", PreprocessSettings(crop_px=33), True, progress=False)
+        preprocessed.append(folder / f"p_{name}.h5")
+    split = folder / "split.npz"
+    make_split(preprocessed, split, "augmentation", 888, SplitSettings(), SplitSettings(fractions=(0.9, 0.1)))
+    return split, preprocessed
+
+
+SETTINGS = TrainSettings(encoder="conv", objective="classification", configuration="augmentation", max_epochs=3, lr=1e-3)
+
+
+def test_same_seed_same_weights_and_predictions(training_data, tmp_path):
+    split, preprocessed = training_data
+    first = train(split, preprocessed, tmp_path / "a", SETTINGS, progress=False)
+    second = train(split, preprocessed, tmp_path / "b", SETTINGS, progress=False)
+    a, b = load_model(tmp_path / "a/model.pt"), load_model(tmp_path / "b/model.pt")
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert first["synthetic_test_accuracy"] == second["synthetic_test_accuracy"]
+    assert first["best_val_loss"] == second["best_val_loss"]
+    unaugmented = TrainSettings(seed=1212, configuration="none", max_epochs=3, lr=1e-3)
+    other = train(split, preprocessed, tmp_path / "c", unaugmented, progress=False)
+    assert other["best_val_loss"] != first["best_val_loss"]
+    assert other["synthetic_test_accuracy"] > 0.5  # it learns: chance is 0.125
+    record = json.loads((tmp_path / "a/record.json").read_text())
+    assert record["settings"]["seed"] == 888 and record["device"] == "cpu" and len(record["inputs"]) == 1 + 8
+    assert (tmp_path / "a/metrics.csv").read_text().splitlines()[0] == "epoch,train_loss,val_loss,train_accuracy,seconds,patterns_per_s"
+    assert not (tmp_path / "a/checkpoint.pt").exists()
+
+
+def test_killed_training_resumes_to_the_same_model(training_data, tmp_path):
+    split, preprocessed = training_data
+    settings = TrainSettings(encoder="conv", objective="prototype", configuration="none", max_epochs=6, patience=6)
+    job = json.dumps({**asdict(settings)})
+    command = [sys.executable, "-m", "polarmap.cli", "train", *map(str, preprocessed), "--split", str(split), "--settings", job, "--quiet"]
+    reference = subprocess.run(command + ["--out-dir", str(tmp_path / "whole")], capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+
+    checkpoint = tmp_path / "cut" / "checkpoint.pt"
+    first = subprocess.Popen(command + ["--out-dir", str(tmp_path / "cut")], stderr=subprocess.PIPE, text=True)
+    while first.poll() is None and not checkpoint.exists():
+        time.sleep(0.05)
+    first.kill()
+    first.wait()
+    assert checkpoint.exists() and not (tmp_path / "cut/model.pt").exists()
+    second = subprocess.run(command + ["--out-dir", str(tmp_path / "cut")], capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert "resuming after epoch" in second.stdout
+    whole, resumed = load_model(tmp_path / "whole/model.pt"), load_model(tmp_path / "cut/model.pt")
+    assert all(torch.equal(whole.state_dict()[k], resumed.state_dict()[k]) for k in whole.state_dict())
+    assert whole.prototypes.abs().sum() > 0  # prototypes from the validation split travel with the model
+
+
+def test_model_files_are_tensors_only(training_data, tmp_path):
+    split, preprocessed = training_data
+    train(split, preprocessed, tmp_path / "m", TrainSettings(max_epochs=1), progress=False)
+    torch.load(tmp_path / "m/model.pt", weights_only=True)  # no code runs on opening
+    (tmp_path / "broken.pt").write_bytes(b"\x80\x04junk")
+    with pytest.raises(ValueError, match=r"broken\.pt: not a readable polarmap model"):
+        load_model(tmp_path / "broken.pt")
+
+
+def test_pca_knn_fits_on_the_training_part_only(training_data, tmp_path):
+    from polarmap.models import PcaKnn
+    from polarmap.preprocessing import AugmentationSettings
+
+    split, preprocessed = training_data
+    result = train_pca_knn(split, preprocessed, tmp_path / "pk.npz", "none", 888, "corrected", 20, 5, AugmentationSettings())
+    assert result["synthetic_test_accuracy"] > 0.5
+    model = PcaKnn.load(tmp_path / "pk.npz")
+    assert model.arrays["train_embeddings"].shape[1] == 20 and json.loads(str(model.arrays["meta"]))["mode"] == "corrected"
+    leaky = train_pca_knn(split, preprocessed, tmp_path / "leaky.npz", "none", 888, "faithful", 20, 5, AugmentationSettings())
+    assert not np.allclose(PcaKnn.load(tmp_path / "leaky.npz").arrays["scaler_mean"], model.arrays["scaler_mean"])
+    assert leaky["configuration"] == "none"

@@ -1,0 +1,63 @@
+rule train:
+    """One model: encoder x objective x preprocessing configuration x pretraining x seed. Sent to
+    a GPU node by the cluster profile; resumes from its checkpoint when interrupted."""
+    input:
+        split=lambda wildcards: f"{RESULTS}/splits/{TRAINING_JOBS[wildcards.model]['configuration']}_seed{TRAINING_JOBS[wildcards.model]['seed']}.npz",
+        preprocessed=expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=TRAINING),
+        weights=imagenet_weights_input,
+    output:
+        model=f"{RESULTS}/models/{{model}}/model.pt",
+        metrics=f"{RESULTS}/models/{{model}}/metrics.csv",
+        record=f"{RESULTS}/models/{{model}}/record.json",
+    params:
+        job=lambda wildcards: json.dumps(TRAINING_JOBS[wildcards.model], sort_keys=True),
+        out_dir=lambda wildcards, output: Path(output.model).parent,
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    log:
+        f"{RESULTS}/logs/train/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{model}}.tsv"
+    conda:
+        "../../envs/ml.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} TORCH_HOME=resources/torch polarmap train {input.preprocessed} --split {input.split} "
+        "--settings {params.job:q} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule imagenet_weights:
+    """torchvision's ImageNet weights, fetched once and checked (offline: place the file by hand)."""
+    output:
+        "resources/torch/hub/checkpoints/{weights_file}",
+    params:
+        encoder=lambda wildcards: wildcards.weights_file.split("-")[0],
+    log:
+        "resources/torch/fetch_{weights_file}.log",
+    conda:
+        "../../envs/ml.yaml"
+    shell:
+        "polarmap fetch-weights {params.encoder} --torch-home resources/torch > {log} 2>&1"
+
+
+rule train_pca_knn:
+    """PCA + kNN for one configuration and seed, saved as arrays."""
+    input:
+        split=f"{RESULTS}/splits/{{configuration}}_seed{{seed}}.npz",
+        preprocessed=expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=TRAINING),
+    output:
+        model=f"{RESULTS}/models/pca_knn-{{configuration}}-seed{{seed}}/model.npz",
+        record=f"{RESULTS}/models/pca_knn-{{configuration}}-seed{{seed}}/record.json",
+    params:
+        job=lambda wildcards: json.dumps(pca_knn_job_settings(config, wildcards.configuration, int(wildcards.seed)), sort_keys=True),
+    log:
+        f"{RESULTS}/logs/train_pca_knn/{{configuration}}_seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_pca_knn/{{configuration}}_seed{{seed}}.tsv"
+    conda:
+        "../../envs/ml.yaml"
+    shell:
+        "polarmap train-pca-knn {input.preprocessed} --split {input.split} --settings {params.job:q} "
+        "--out {output.model} --record {output.record} > {log} 2>&1"
