@@ -101,3 +101,26 @@ def test_pca_knn_fits_on_the_training_part_only(training_data, tmp_path):
     leaky = train_pca_knn(split, preprocessed, tmp_path / "leaky.npz", "none", 888, "faithful", 20, 5, AugmentationSettings())
     assert not np.allclose(PcaKnn.load(tmp_path / "leaky.npz").arrays["scaler_mean"], model.arrays["scaler_mean"])
     assert leaky["configuration"] == "none"
+
+
+def test_predict_any_model_and_the_faithful_decoding(training_data, tmp_path):
+    from polarmap.evaluation import com_baseline, predict_dataset, predict_patterns
+
+    split, preprocessed = training_data
+    ld = [p for p in preprocessed if p.name == "p_LD.h5"][0]
+    for mode in ("corrected", "faithful"):
+        train(split, preprocessed, tmp_path / mode, TrainSettings(objective="regression", configuration="augmentation", mode=mode, max_epochs=2, lr=1e-3), progress=False)
+    with io.open_dataset(ld) as f:
+        patterns = f["patterns"][()].reshape(-1, 33, 33)
+    faithful = predict_patterns(tmp_path / "faithful/model.pt", patterns)
+    assert set(faithful.tolist()) <= {0, 1}  # argmax over (cos, sin): only RM or RU
+    corrected = predict_patterns(tmp_path / "corrected/model.pt", patterns)
+    assert (corrected == 5).mean() > 0.5  # atan2 decoding recovers LD
+    result = predict_dataset("com", ld, tmp_path / "com.npz")
+    with io.open_dataset(ld) as f:
+        expected = com_baseline(f["beam_shift"][()])
+    predictions = np.load(tmp_path / "com.npz", allow_pickle=False)["predictions"]
+    assert np.array_equal(predictions, expected) and result["accuracy"] == pytest.approx((expected == 5).mean())
+    result = predict_dataset(tmp_path / "corrected/model.pt", ld, tmp_path / "nn.npz")
+    assert result["majority_class"] == "LD" and result["counts"]["LD"] == (corrected == 5).sum()
+    assert list(com_baseline(np.array([[1.0, 0.0], [0.0, -1.0]]))) == [2, 4]  # +row is MU, -col is LM

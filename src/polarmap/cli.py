@@ -161,6 +161,12 @@ def cmd_fetch_weights(args) -> None:
     print(fetch_imagenet_weights(args.encoder, args.torch_home))
 
 
+def cmd_predict(args) -> None:
+    from polarmap.evaluation import predict_dataset
+
+    print(json.dumps(predict_dataset(args.model, args.dataset, args.out), indent=2))
+
+
 def cmd_summary(args) -> None:
     from polarmap.io import write_summary
 
@@ -268,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("encoder", choices=["vgg16", "resnet50"])
     p.add_argument("--torch-home", default="resources/torch", help="TORCH_HOME the training jobs use")
     p.set_defaults(func=cmd_fetch_weights)
+
+    p = sub.add_parser("predict", help="Apply a model (model.pt, PCA+kNN model.npz, or 'com') to a preprocessed data set.")
+    p.add_argument("model", help="model.pt, model.npz, or com (the beam-shift direction, no learning)")
+    p.add_argument("dataset", help="preprocessed data set .h5")
+    p.add_argument("--out", required=True, help="output .npz with the per-pattern predictions on the scan grid")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("summary", help="One TSV line per data set (shape, thickness, classes, mean CoM).")
     p.add_argument("files", nargs="+")

@@ -1,0 +1,122 @@
+"""Training and inference throughput of each encoder at the paper's input (64x64, batch 128),
+on the CPU (and on CUDA when present), with the share of the input pipeline (augmentation).
+
+    python benchmarks/training.py [--steps 5]
+
+Each encoder runs in its own process so that its peak memory is its own. Writes
+benchmarks/training.md and benchmarks/training.json.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def child(encoder: str, steps: int, device: str) -> dict:
+    import torch
+
+    from polarmap.models import PolarizationModel
+    from polarmap.preprocessing import AugmentationSettings, augmentation_pipeline
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model = PolarizationModel(encoder, "classification", 64).to(dev)
+    layout = torch.channels_last if device == "cpu" else torch.contiguous_format
+    model = model.to(memory_format=layout)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
+    rng = np.random.default_rng(0)
+    images = rng.random((128, 1, 64, 64), dtype=np.float32)
+    labels = torch.from_numpy(rng.integers(0, 8, 128)).to(dev)
+    pipeline = augmentation_pipeline(AugmentationSettings(), 0)
+
+    def augment():
+        return np.stack([pipeline(image=image[0])["image"][None] for image in images])
+
+    def step(batch):
+        x = torch.from_numpy(batch).to(dev).contiguous(memory_format=layout)
+        with torch.autocast(dev.type, enabled=dev.type == "cuda"):
+            loss = model.objective.loss(model(x).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step(images)  # warm-up
+    augment_s, step_s = [], []
+    for _ in range(steps):
+        start = time.perf_counter()
+        batch = augment()
+        augment_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        step(batch)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        step_s.append(time.perf_counter() - start)
+    model.eval()
+    x = torch.from_numpy(images).to(dev).contiguous(memory_format=layout)
+    with torch.no_grad():
+        model(x)
+        start = time.perf_counter()
+        for _ in range(steps):
+            model(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        infer_s = (time.perf_counter() - start) / steps
+    augment_mean, step_mean = float(np.mean(augment_s)), float(np.mean(step_s))
+    return {
+        "encoder": encoder, "device": device,
+        "train_patterns_per_s": 128 / (augment_mean + step_mean),
+        "train_step_patterns_per_s": 128 / step_mean,
+        "input_pipeline_share": augment_mean / (augment_mean + step_mean),
+        "inference_patterns_per_s": 128 / infer_s,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child[0], args.steps, args.child[1])))
+        return
+    import torch
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results = []
+    for device in devices:
+        for encoder in ("conv", "vgg16", "resnet50"):
+            out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--child", encoder, device],
+                                 capture_output=True, text=True, check=True)
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    figures = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}", "results": results}
+    (HERE / "training.json").write_text(json.dumps(figures, indent=2) + "\n")
+    lines = [
+        f"Training benchmark ({figures['machine']}; 64x64 inputs, batch 128, classification, with the paper's augmentation).",
+        "",
+        "| encoder | device | training patterns/s (with augmentation) | training step alone | input pipeline share | inference patterns/s | peak memory |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['encoder']} | {r['device']} | {r['train_patterns_per_s']:.0f} | {r['train_step_patterns_per_s']:.0f} | "
+            f"{100 * r['input_pipeline_share']:.0f} % | {r['inference_patterns_per_s']:.0f} | {r['peak_rss_gb']:.2f} GB |"
+        )
+    conv = next(r for r in results if r["encoder"] == "conv" and r["device"] == "cpu")
+    lines += ["", f"Conv inference of a 16384-pattern set on the CPU: {16384 / conv['inference_patterns_per_s']:.1f} s."]
+    (HERE / "training.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

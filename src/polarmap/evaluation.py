@@ -1,0 +1,73 @@
+"""Applying a trained model (or PCA+kNN, or the CoM baseline) to any preprocessed data set.
+
+`faithful` reproduces the published evaluation defects for external data sets: training
+augmentations applied at test time, and regression decoded with argmax over (cos, sin), which
+can only answer RM or RU (study-notes, defects 1 and 3).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from polarmap import io
+from polarmap.classes import CLASS_NAMES, angle_to_class, class_index
+from polarmap.preprocessing import CONFIGURATIONS, AugmentationSettings, augmentation_pipeline
+
+
+def com_baseline(beam_shift: np.ndarray) -> np.ndarray:
+    """No learning: the direction of the beam shift (row, col; +row = "up") binned into classes."""
+    return angle_to_class(np.arctan2(beam_shift[..., 0], beam_shift[..., 1]))
+
+
+def predict_patterns(model_path, patterns: np.ndarray, batch_size: int = 512, external: bool = True) -> np.ndarray:
+    """Class predictions (n,) for preprocessed patterns (n, px, px) with a model.pt or model.npz."""
+    model_path = Path(model_path)
+    if model_path.suffix == ".npz":
+        from polarmap.models import PcaKnn
+
+        return PcaKnn.load(model_path).predict(patterns.reshape(len(patterns), -1))
+    from polarmap.training import load_model
+
+    model = load_model(model_path)
+    settings = json.loads(torch.load(model_path, map_location="cpu", weights_only=True)["settings"])
+    faithful = settings["mode"] == "faithful" and external
+    if faithful and CONFIGURATIONS[settings["configuration"]][0]:
+        pipeline = augmentation_pipeline(AugmentationSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings["augmentation"].items()}), settings["seed"])
+        patterns = np.stack([pipeline(image=p)["image"] for p in patterns])
+    predictions = []
+    with torch.no_grad():
+        for start in range(0, len(patterns), batch_size):
+            outputs = model(torch.from_numpy(np.ascontiguousarray(patterns[start:start + batch_size, None], dtype=np.float32)))
+            if faithful and settings["objective"] == "regression":
+                predictions.append(model.objective.predict_external_faithfully(outputs))
+            else:
+                predictions.append(model.predict(outputs))
+    return torch.cat(predictions).numpy() if predictions else np.zeros(0, np.int64)
+
+
+def predict_dataset(model_path, dataset_path, out) -> dict:
+    """Per-pattern predictions on the scan grid, accuracy against the set's accepted classes and
+    the majority class; written to `out` (.npz, arrays only)."""
+    with io.open_dataset(dataset_path) as f:
+        attrs = io.read_attrs(f)
+        patterns = f["patterns"][()]
+        beam_shift = f["beam_shift"][()] if "beam_shift" in f else None
+    scan_shape = patterns.shape[:2]
+    if str(model_path) == "com":
+        if beam_shift is None:
+            raise ValueError(f"{dataset_path}: the CoM baseline needs a preprocessed data set (/beam_shift)")
+        predictions = com_baseline(beam_shift).reshape(-1)
+    else:
+        predictions = predict_patterns(model_path, patterns.reshape(-1, *patterns.shape[2:]))
+    accepted = [class_index(name) for name in attrs["classes"]]
+    accuracy = float(np.isin(predictions, accepted).mean()) if accepted else float("nan")
+    counts = np.bincount(predictions, minlength=len(CLASS_NAMES))
+    result = {
+        "dataset": attrs["name"], "model": str(model_path), "accuracy": accuracy,
+        "majority_class": CLASS_NAMES[int(counts.argmax())],  # ties: the lowest class index
+        "accepted": attrs["classes"], "counts": dict(zip(CLASS_NAMES, counts.tolist())),
+    }
+    np.savez(out, predictions=predictions.reshape(scan_shape).astype(np.int8), meta=np.array(json.dumps(result)))
+    return result
