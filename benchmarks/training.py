@@ -22,7 +22,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def child(encoder: str, steps: int, device: str) -> dict:
+def child(encoder: str, steps: int, device: str, compiled: bool) -> dict:
     import torch
 
     from polarmap.models import PolarizationModel
@@ -33,6 +33,7 @@ def child(encoder: str, steps: int, device: str) -> dict:
     model = PolarizationModel(encoder, "classification", 64).to(dev)
     layout = torch.channels_last if device == "cpu" else torch.contiguous_format
     model = model.to(memory_format=layout)
+    forward = torch.compile(model) if compiled else model
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
     rng = np.random.default_rng(0)
     images = rng.random((128, 1, 64, 64), dtype=np.float32)
@@ -45,12 +46,12 @@ def child(encoder: str, steps: int, device: str) -> dict:
     def step(batch):
         x = torch.from_numpy(batch).to(dev).contiguous(memory_format=layout)
         with torch.autocast(dev.type, enabled=dev.type == "cuda"):
-            loss = model.objective.loss(model(x).float(), labels)
+            loss = model.objective.loss(forward(x).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    step(images)  # warm-up
+    step(images)  # warm-up (and compilation)
     augment_s, step_s = [], []
     for _ in range(steps):
         start = time.perf_counter()
@@ -63,17 +64,17 @@ def child(encoder: str, steps: int, device: str) -> dict:
         step_s.append(time.perf_counter() - start)
     model.eval()
     x = torch.from_numpy(images).to(dev).contiguous(memory_format=layout)
-    with torch.no_grad():
-        model(x)
+    with torch.inference_mode():
+        forward(x)
         start = time.perf_counter()
         for _ in range(steps):
-            model(x)
+            forward(x)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         infer_s = (time.perf_counter() - start) / steps
     augment_mean, step_mean = float(np.mean(augment_s)), float(np.mean(step_s))
     return {
-        "encoder": encoder, "device": device,
+        "encoder": encoder + (" (compiled)" if compiled else ""), "device": device,
         "train_patterns_per_s": 128 / (augment_mean + step_mean),
         "train_step_patterns_per_s": 128 / step_mean,
         "input_pipeline_share": augment_mean / (augment_mean + step_mean),
@@ -85,18 +86,18 @@ def child(encoder: str, steps: int, device: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], args.steps, args.child[1])))
+        print(json.dumps(child(args.child[0], args.steps, args.child[1], args.child[2] == "compiled")))
         return
     import torch
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results = []
     for device in devices:
-        for encoder in ("conv", "vgg16", "resnet50"):
-            out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--child", encoder, device],
+        for encoder, compiled in (("conv", "eager"), ("conv", "compiled"), ("vgg16", "eager"), ("resnet50", "eager")):
+            out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--child", encoder, device, compiled],
                                  capture_output=True, text=True, check=True)
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     figures = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}", "results": results}
@@ -112,8 +113,9 @@ def main() -> None:
             f"| {r['encoder']} | {r['device']} | {r['train_patterns_per_s']:.0f} | {r['train_step_patterns_per_s']:.0f} | "
             f"{100 * r['input_pipeline_share']:.0f} % | {r['inference_patterns_per_s']:.0f} | {r['peak_rss_gb']:.2f} GB |"
         )
-    conv = next(r for r in results if r["encoder"] == "conv" and r["device"] == "cpu")
-    lines += ["", f"Conv inference of a 16384-pattern set on the CPU: {16384 / conv['inference_patterns_per_s']:.1f} s."]
+    for name in ("conv", "conv (compiled)"):
+        conv = next(r for r in results if r["encoder"] == name and r["device"] == "cpu")
+        lines.append(f"\n{name} inference of a 16384-pattern set on the CPU: {16384 / conv['inference_patterns_per_s']:.1f} s.")
     (HERE / "training.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

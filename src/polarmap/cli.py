@@ -164,7 +164,7 @@ def cmd_fetch_weights(args) -> None:
 def cmd_predict(args) -> None:
     from polarmap.evaluation import predict_dataset
 
-    print(json.dumps(predict_dataset(args.model, args.dataset, args.out), indent=2))
+    print(json.dumps(predict_dataset(args.model, args.dataset, args.out, compile_model=args.compile), indent=2))
 
 
 def cmd_summary(args) -> None:
@@ -279,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model.pt, model.npz, or com (the beam-shift direction, no learning)")
     p.add_argument("dataset", help="preprocessed data set .h5")
     p.add_argument("--out", required=True, help="output .npz with the per-pattern predictions on the scan grid")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model first (faster on large sets)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("summary", help="One TSV line per data set (shape, thickness, classes, mean CoM).")

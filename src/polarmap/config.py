@@ -186,6 +186,7 @@ def training_jobs(config: dict) -> dict[str, dict]:
                                 "device": training["device"],
                                 "standardize_inputs": training["standardize_inputs"] if training["standardize_inputs"] is not None else not faithful,
                                 "augmentation": config["preprocessing"]["augmentation"],
+                                "compile": training["compile"],
                             }
     return jobs
 

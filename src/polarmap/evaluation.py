@@ -21,8 +21,10 @@ def com_baseline(beam_shift: np.ndarray) -> np.ndarray:
     return angle_to_class(np.arctan2(beam_shift[..., 0], beam_shift[..., 1]))
 
 
-def predict_patterns(model_path, patterns: np.ndarray, batch_size: int = 512, external: bool = True) -> np.ndarray:
-    """Class predictions (n,) for preprocessed patterns (n, px, px) with a model.pt or model.npz."""
+def predict_patterns(model_path, patterns: np.ndarray, batch_size: int = 512, external: bool = True, compile_model: bool = False) -> np.ndarray:
+    """Class predictions (n,) for preprocessed patterns (n, px, px) with a model.pt or model.npz.
+    `compile_model`: torch.compile first (tens of seconds once; Conv on 2 cores 760 -> 1150
+    patterns/s, worth it for full 128x128 sets)."""
     model_path = Path(model_path)
     if model_path.suffix == ".npz":
         from polarmap.models import PcaKnn
@@ -36,10 +38,13 @@ def predict_patterns(model_path, patterns: np.ndarray, batch_size: int = 512, ex
     if faithful and CONFIGURATIONS[settings["configuration"]][0]:
         pipeline = augmentation_pipeline(AugmentationSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings["augmentation"].items()}), settings["seed"])
         patterns = np.stack([pipeline(image=p)["image"] for p in patterns])
+    model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compile_model else model
     predictions = []
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, len(patterns), batch_size):
-            outputs = model(torch.from_numpy(np.ascontiguousarray(patterns[start:start + batch_size, None], dtype=np.float32)))
+            batch = torch.from_numpy(np.ascontiguousarray(patterns[start:start + batch_size, None], dtype=np.float32))
+            outputs = forward(batch.contiguous(memory_format=torch.channels_last))
             if faithful and settings["objective"] == "regression":
                 predictions.append(model.objective.predict_external_faithfully(outputs))
             else:
@@ -47,7 +52,7 @@ def predict_patterns(model_path, patterns: np.ndarray, batch_size: int = 512, ex
     return torch.cat(predictions).numpy() if predictions else np.zeros(0, np.int64)
 
 
-def predict_dataset(model_path, dataset_path, out) -> dict:
+def predict_dataset(model_path, dataset_path, out, compile_model: bool = False) -> dict:
     """Per-pattern predictions on the scan grid, accuracy against the set's accepted classes and
     the majority class; written to `out` (.npz, arrays only)."""
     with io.open_dataset(dataset_path) as f:
@@ -60,7 +65,7 @@ def predict_dataset(model_path, dataset_path, out) -> dict:
             raise ValueError(f"{dataset_path}: the CoM baseline needs a preprocessed data set (/beam_shift)")
         predictions = com_baseline(beam_shift).reshape(-1)
     else:
-        predictions = predict_patterns(model_path, patterns.reshape(-1, *patterns.shape[2:]))
+        predictions = predict_patterns(model_path, patterns.reshape(-1, *patterns.shape[2:]), compile_model=compile_model)
     accepted = [class_index(name) for name in attrs["classes"]]
     accuracy = float(np.isin(predictions, accepted).mean()) if accepted else float("nan")
     counts = np.bincount(predictions, minlength=len(CLASS_NAMES))

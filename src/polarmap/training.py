@@ -43,6 +43,7 @@ class TrainSettings:
     # Per-pixel standardisation from the training split, on top of the paper's min-max: without
     # it the Conv encoder sits at chance for hundreds of steps (README); the published code: off.
     standardize_inputs: bool = True
+    compile: bool = False  # torch.compile the training step: ~10 s once, then ~25 % faster on a CPU
     augmentation: AugmentationSettings = field(default_factory=AugmentationSettings)
 
 
@@ -116,6 +117,7 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    forward = torch.compile(model) if settings.compile else model  # shares the parameters of `model`
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
 
     checkpoint_path = out_dir / "checkpoint.pt"
@@ -146,7 +148,7 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
             y = torch.from_numpy(train_y[batch]).to(device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, enabled=device.type == "cuda"):
-                outputs = model(x)
+                outputs = forward(x)
                 loss = model.objective.loss(outputs.float(), y)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
