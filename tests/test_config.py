@@ -73,3 +73,10 @@ def test_snakemake_refuses_a_bad_config_before_any_job(tmp_path):
     assert "'fast' is not one of ['prism', 'multislice']" in output
     assert "instance['simulation']['method']" in output
     assert not (ROOT / "results" / "bad").exists()
+
+
+def test_snakemake_lint_is_clean():
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+    assert "No validator found" not in result.stdout + result.stderr

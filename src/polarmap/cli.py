@@ -139,7 +139,7 @@ def cmd_train(args) -> None:
     from polarmap.training import TrainSettings, train
 
     job = json.loads(args.settings)
-    job["augmentation"] = AugmentationSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["augmentation"].items()})
+    job["augmentation"] = AugmentationSettings.from_json(job["augmentation"])
     record = train(args.split, args.preprocessed, args.out_dir, TrainSettings(**job), progress=not args.quiet)
     print(json.dumps({k: record[k] for k in ("epochs_run", "best_val_loss", "synthetic_test_accuracy", "device")}))
 
@@ -149,9 +149,8 @@ def cmd_train_pca_knn(args) -> None:
     from polarmap.training import train_pca_knn
 
     job = json.loads(args.settings)
-    augmentation = AugmentationSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["augmentation"].items()})
     result = train_pca_knn(args.split, args.preprocessed, args.out, job["configuration"], job["seed"], job["mode"],
-                           job["components"], job["neighbors"], augmentation)
+                           job["components"], job["neighbors"], AugmentationSettings.from_json(job["augmentation"]))
     Path(args.record).write_text(json.dumps(result, indent=2) + "\n")
 
 

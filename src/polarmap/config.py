@@ -35,7 +35,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
     """Fill defaults in place and fail with one line naming the offending key."""
     with open(SCHEMA_FILE) as f:
         schema = yaml.safe_load(f)
-    validator = _with_defaults(jsonschema.Draft7Validator)(schema)
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"

@@ -36,7 +36,7 @@ def predict_patterns(model_path, patterns: np.ndarray, batch_size: int = 512, ex
     settings = json.loads(torch.load(model_path, map_location="cpu", weights_only=True)["settings"])
     faithful = settings["mode"] == "faithful" and external
     if faithful and CONFIGURATIONS[settings["configuration"]][0]:
-        pipeline = augmentation_pipeline(AugmentationSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings["augmentation"].items()}), settings["seed"])
+        pipeline = augmentation_pipeline(AugmentationSettings.from_json(settings["augmentation"]), settings["seed"])
         patterns = np.stack([pipeline(image=p)["image"] for p in patterns])
     model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if compile_model else model

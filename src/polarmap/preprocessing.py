@@ -52,6 +52,11 @@ class AugmentationSettings:
     noise_std_range: tuple[float, float] = (0.2, 0.44)
     noise_p: float = 0.2
 
+    @classmethod
+    def from_json(cls, values: dict) -> "AugmentationSettings":
+        """From the config or a record, where ranges arrive as lists."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
 
 @dataclass(frozen=True)
 class SplitSettings:
