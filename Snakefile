@@ -18,6 +18,7 @@ include: "workflow/rules/simulation.smk"
 include: "workflow/rules/experiment.smk"
 include: "workflow/rules/preprocessing.smk"
 include: "workflow/rules/training.smk"
+include: "workflow/rules/evaluation.smk"
 
 
 rule all:

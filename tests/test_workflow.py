@@ -70,6 +70,10 @@ def test_every_data_set_is_made_valid_and_logged(study):
         record = json.loads((results / "models" / model / "record.json").read_text())
         assert "synthetic_test_accuracy" in record
         assert (results / "models" / model / ("model.npz" if model.startswith("pca_knn") else "model.pt")).exists()
+    table = (results / "tables/accuracy.tsv").read_text().splitlines()
+    header = table[0].split("\t")
+    assert header[0] == "dataset" and "com" in header and "conv-prototype-none-scratch" in header and len(header) == 1 + 9 + 2 + 3 + 1
+    assert sorted(line.split("\t")[0] for line in table[1:]) == sorted(["1S", "2S", "3S", "4S", "5S", "6S", "7S", "1E", "3E", "4E", "dose_1000", "5E"])
     assert not list(results.rglob("*.partial")) and not list(results.rglob("*.tmp*")) and not list(results.rglob("checkpoint.pt"))
 
 
@@ -88,7 +92,9 @@ def test_changing_one_test_set_reruns_only_its_jobs(study):
     (study / "changed.yaml").write_text(config)
     plan = planned_jobs(study, "--configfile", "changed.yaml")
     counts = job_counts(plan)
-    assert counts == {"all": 1, "dataset_summary": 1, "preprocess": 1, "qstem_inputs": 1, "simulate": 1, "structure": 1, "total": 6}, plan
+    # its own chain, then every predictor re-evaluated (14 models + the CoM baseline... on all sets)
+    assert counts == {"accuracy_table": 1, "all": 1, "dataset_summary": 1, "predict": 9 + 2 + 3 + 1, "preprocess": 1,
+                      "qstem_inputs": 1, "simulate": 1, "structure": 1, "total": 6 + 15 + 1}, plan
 
 
 def job_counts(plan):

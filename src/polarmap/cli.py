@@ -166,6 +166,18 @@ def cmd_predict(args) -> None:
     print(json.dumps(predict_dataset(args.model, args.dataset, args.out, compile_model=args.compile), indent=2))
 
 
+def cmd_predict_many(args) -> None:
+    from polarmap.evaluation import predict_many
+
+    predict_many(args.model, args.datasets, args.out, args.metrics, compile_model=args.compile)
+
+
+def cmd_accuracy_table(args) -> None:
+    from polarmap.evaluation import accuracy_table
+
+    accuracy_table(args.metrics, args.out)
+
+
 def cmd_summary(args) -> None:
     from polarmap.io import write_summary
 
@@ -280,6 +292,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .npz with the per-pattern predictions on the scan grid")
     p.add_argument("--compile", action="store_true", help="torch.compile the model first (faster on large sets)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("predict-many", help="Apply one model to several preprocessed data sets.")
+    p.add_argument("model", help="model.pt, model.npz, or com")
+    p.add_argument("datasets", nargs="+", help="preprocessed data sets")
+    p.add_argument("--out", required=True, help="output .npz: one prediction grid per data set")
+    p.add_argument("--metrics", required=True, help="output .json: accuracy, majority class and counts per data set")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    p.set_defaults(func=cmd_predict_many)
+
+    p = sub.add_parser("accuracy-table", help="Accuracy per data set and model family, mean +- std over seeds.")
+    p.add_argument("metrics", nargs="+", help="predict-many metrics .json files, named <model>.json")
+    p.add_argument("--out", required=True, help="output .tsv")
+    p.set_defaults(func=cmd_accuracy_table)
 
     p = sub.add_parser("summary", help="One TSV line per data set (shape, thickness, classes, mean CoM).")
     p.add_argument("files", nargs="+")

@@ -6,6 +6,7 @@ can only answer RM or RU (study-notes, defects 1 and 3).
 """
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,53 @@ def predict_patterns(model_path, patterns: np.ndarray, batch_size: int = 512, ex
             else:
                 predictions.append(model.predict(outputs))
     return torch.cat(predictions).numpy() if predictions else np.zeros(0, np.int64)
+
+
+def predict_many(model_path, dataset_paths, out, metrics_out, compile_model: bool = False) -> list[dict]:
+    """One model on several preprocessed sets: prediction grids in one .npz (keyed by data set
+    name), metrics in one JSON."""
+    import tempfile
+
+    grids, results = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in dataset_paths:
+            result = predict_dataset(model_path, path, Path(tmp) / "p.npz", compile_model)
+            with np.load(Path(tmp) / "p.npz", allow_pickle=False) as data:
+                grids[result["dataset"]] = data["predictions"]
+            results.append(result)
+    out, metrics_out = Path(out), Path(metrics_out)
+    np.savez(out.with_name(out.name + ".tmp.npz"), **grids)
+    out.with_name(out.name + ".tmp.npz").replace(out)
+    metrics_out.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def accuracy_table(metrics_files, out) -> None:
+    """Accuracy per data set (rows) and model family (columns: encoder-objective-configuration-
+    pretraining, seeds pooled): mean +- population std over seeds, with the majority class over
+    all seeds' predictions marked right (+) or wrong (-)."""
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for path in metrics_files:
+        family = re.sub(r"-seed\d+$", "", Path(path).stem)
+        for result in json.loads(Path(path).read_text()):
+            cells.setdefault((result["dataset"], family), []).append(result)
+    datasets = sorted({d for d, _ in cells})
+    families = sorted({f for _, f in cells})
+    lines = ["dataset\t" + "\t".join(families)]
+    for dataset in datasets:
+        row = [dataset]
+        for family in families:
+            runs = cells.get((dataset, family), [])
+            if not runs:
+                row.append("")
+                continue
+            accuracy = np.array([r["accuracy"] for r in runs])
+            pooled = np.sum([[r["counts"][name] for name in CLASS_NAMES] for r in runs], axis=0)
+            majority = CLASS_NAMES[int(np.argmax(pooled))]  # ties: the lowest class index
+            mark = "+" if majority in runs[0]["accepted"] else "-"
+            row.append(f"{accuracy.mean():.3f} ± {accuracy.std():.3f} ({majority}{mark})")
+        lines.append("\t".join(row))
+    Path(out).write_text("\n".join(lines) + "\n")
 
 
 def predict_dataset(model_path, dataset_path, out, compile_model: bool = False) -> dict:

@@ -31,6 +31,14 @@ ROLES = dataset_roles(config)
 DATASETS = [name for name, role in ROLES.items() if role != "reference" or config["datasets"]["reference"]["simulate"]]
 TRAINING = [name for name, role in ROLES.items() if role == "training"]
 TRAINING_JOBS = training_jobs(config)
+# sets the models are evaluated on, and every predictor: trained models, PCA+kNN, the CoM baseline
+EVALUATED = [name for name, role in ROLES.items() if role in ("test", "experiment_like", "experimental")]
+PCA_KNN = (
+    [f"pca_knn-{c}-seed{s}" for c in config["preprocessing"]["configurations"] for s in config["seeds"]]
+    if config["training"]["pca_knn"]["enabled"]
+    else []
+)
+PREDICTORS = list(TRAINING_JOBS) + PCA_KNN + ["com"]
 
 
 def one_of(names):
@@ -42,6 +50,7 @@ wildcard_constraints:
     configuration=one_of(config["preprocessing"]["configurations"]),
     seed=r"\d+",
     model=one_of(TRAINING_JOBS),
+    predictor=one_of(PREDICTORS),
 
 
 def job_settings(wildcards):
@@ -71,6 +80,13 @@ def imagenet_weights_input(wildcards):
     return f"resources/torch/hub/checkpoints/{IMAGENET_FILES[job['encoder']]}"
 
 
+def model_file(wildcards):
+    if wildcards.predictor == "com":
+        return []
+    suffix = "model.npz" if wildcards.predictor.startswith("pca_knn-") else "model.pt"
+    return f"{RESULTS}/models/{wildcards.predictor}/{suffix}"
+
+
 def simulation_mem_mb(wildcards):
     return estimated_memory_mb(simulation_settings(config), SIMULATED[wildcards.dataset]["supercell"][0])
 
@@ -87,5 +103,5 @@ def all_outputs():
             if config["training"]["pca_knn"]["enabled"]
             else []
         )
-        + [f"{RESULTS}/datasets/summary.tsv", f"{RESULTS}/preprocessed/filter_counts.tsv"]
+        + [f"{RESULTS}/datasets/summary.tsv", f"{RESULTS}/preprocessed/filter_counts.tsv", f"{RESULTS}/tables/accuracy.tsv"]
     )
