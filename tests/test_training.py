@@ -43,7 +43,7 @@ def test_same_seed_same_weights_and_predictions(training_data, tmp_path):
     split, preprocessed = training_data
     first = train(split, preprocessed, tmp_path / "a", SETTINGS, progress=False)
     second = train(split, preprocessed, tmp_path / "b", SETTINGS, progress=False)
-    a, b = load_model(tmp_path / "a/model.pt"), load_model(tmp_path / "b/model.pt")
+    (a, _), (b, _) = load_model(tmp_path / "a/model.pt"), load_model(tmp_path / "b/model.pt")
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     assert first["synthetic_test_accuracy"] == second["synthetic_test_accuracy"]
     assert first["best_val_loss"] == second["best_val_loss"]
@@ -75,7 +75,7 @@ def test_killed_training_resumes_to_the_same_model(training_data, tmp_path):
     second = subprocess.run(command + ["--out-dir", str(tmp_path / "cut")], capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     assert "resuming after epoch" in second.stdout
-    whole, resumed = load_model(tmp_path / "whole/model.pt"), load_model(tmp_path / "cut/model.pt")
+    (whole, _), (resumed, _) = load_model(tmp_path / "whole/model.pt"), load_model(tmp_path / "cut/model.pt")
     assert all(torch.equal(whole.state_dict()[k], resumed.state_dict()[k]) for k in whole.state_dict())
     assert whole.prototypes.abs().sum() > 0  # prototypes from the validation split travel with the model
 

@@ -67,8 +67,8 @@ def cmd_experiment_like(args) -> None:
     from polarmap.experiment import ExperimentSettings, make_experiment_like
 
     job = json.loads(args.settings)
-    detector = {k: tuple(v) if isinstance(v, list) else v for k, v in job["detector"].items()}
-    make_experiment_like(args.source, args.out, ExperimentSettings(**detector), job["name"], job["classes"])
+    detector = study_config.settings_from_json(ExperimentSettings, job["detector"])
+    make_experiment_like(args.source, args.out, detector, job["name"], job["classes"])
 
 
 def cmd_import(args) -> None:
@@ -139,7 +139,7 @@ def cmd_train(args) -> None:
     from polarmap.training import TrainSettings, train
 
     job = json.loads(args.settings)
-    job["augmentation"] = AugmentationSettings.from_json(job["augmentation"])
+    job["augmentation"] = study_config.settings_from_json(AugmentationSettings, job["augmentation"])
     record = train(args.split, args.preprocessed, args.out_dir, TrainSettings(**job), progress=not args.quiet)
     print(json.dumps({k: record[k] for k in ("epochs_run", "best_val_loss", "synthetic_test_accuracy", "device")}))
 
@@ -150,7 +150,7 @@ def cmd_train_pca_knn(args) -> None:
 
     job = json.loads(args.settings)
     result = train_pca_knn(args.split, args.preprocessed, args.out, job["configuration"], job["seed"], job["mode"],
-                           job["components"], job["neighbors"], AugmentationSettings.from_json(job["augmentation"]))
+                           job["components"], job["neighbors"], study_config.settings_from_json(AugmentationSettings, job["augmentation"]))
     Path(args.record).write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -13,6 +13,11 @@ from polarmap.structures import StructureSettings
 SCHEMA_FILE = Path(__file__).with_name("data") / "config.schema.yaml"
 
 
+def settings_from_json(cls, values: dict):
+    """A frozen settings dataclass from the config or a record, where ranges arrive as lists."""
+    return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
+
+
 def _with_defaults(validator_class):
     """A validator that fills in each property's default before validating it."""
     validate_properties = validator_class.VALIDATORS["properties"]
@@ -111,11 +116,13 @@ def experiment_like_datasets(config: dict) -> dict[str, dict]:
 
 def dataset_roles(config: dict) -> dict[str, str]:
     """Every data set of the study (simulated, experiment-like, experimental) -> its role."""
-    roles = {name: d["role"] for name, d in simulated_datasets(config).items()}
-    roles.update({name: "experiment_like" for name in experiment_like_datasets(config)})
-    roles.update({name: "experimental" for name in config["datasets"]["experimental"]})
-    duplicates = len(roles) != len(simulated_datasets(config)) + len(experiment_like_datasets(config)) + len(config["datasets"]["experimental"])
-    if duplicates:
+    groups = [
+        {name: d["role"] for name, d in simulated_datasets(config).items()},
+        dict.fromkeys(experiment_like_datasets(config), "experiment_like"),
+        dict.fromkeys(config["datasets"]["experimental"], "experimental"),
+    ]
+    roles = {name: role for group in groups for name, role in group.items()}
+    if len(roles) != sum(map(len, groups)):
         raise ValueError("config: data set names must be unique across training, tests, experiment_like, sweeps and experimental")
     return roles
 

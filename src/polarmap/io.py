@@ -50,6 +50,21 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(path.name + ".tmp")
 
 
+def write_text_atomically(path, text: str) -> None:
+    path = Path(path)
+    tmp = temporary_path(path)
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def save_npz_atomically(path, arrays: dict) -> None:
+    """Plain arrays (readable with allow_pickle=False); np.savez needs the .npz suffix."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
 @contextmanager
 def create_dataset_file(path, scan_shape, detector_shape, attrs, compression=None):
     """Open a new data set for writing at a temporary path; it replaces `path` only when the
@@ -358,6 +373,4 @@ def write_summary(paths, out) -> None:
     out = Path(out)
     lines = ["\t".join(SUMMARY_COLUMNS)]
     lines += ["\t".join(str(row[c]) for c in SUMMARY_COLUMNS) for row in map(summary_row, paths)]
-    tmp = temporary_path(out)
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out)
+    write_text_atomically(out, "\n".join(lines) + "\n")

@@ -129,6 +129,9 @@ class Objective:
 
     out_features: int
 
+    def __init__(self, mode: str = "corrected"):
+        self.mode = mode
+
     def head(self) -> nn.Module:
         return nn.Linear(512, self.out_features)
 
@@ -142,9 +145,6 @@ class Objective:
 @register(OBJECTIVES, "classification")
 class Classification(Objective):
     out_features = N_CLASSES
-
-    def __init__(self, mode: str = "corrected"):
-        self.mode = mode
 
     def loss(self, outputs, labels):
         return F.cross_entropy(outputs, labels)
@@ -164,9 +164,6 @@ class Regression(Objective):
     """(cos, sin) of the class angle through tanh, MSE; decoded by atan2 into 45-degree bins."""
 
     out_features = 2
-
-    def __init__(self, mode: str = "corrected"):
-        self.mode = mode
 
     def head(self):
         return nn.Sequential(nn.Linear(512, 2), nn.Tanh())
@@ -201,7 +198,8 @@ class Prototype(Objective):
     out_features = 128
 
     def __init__(self, mode: str = "corrected", sigma: float = 1.25):
-        self.mode, self.sigma = mode, sigma
+        super().__init__(mode)
+        self.sigma = sigma
 
     def loss(self, outputs, labels):
         present = torch.zeros(N_CLASSES, dtype=torch.bool, device=outputs.device)
@@ -300,10 +298,9 @@ class PcaKnn:
         return np.concatenate(predictions) if predictions else np.zeros(0, np.int64)
 
     def save(self, path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **self.arrays)
-        tmp.replace(path)
+        from polarmap.io import save_npz_atomically
+
+        save_npz_atomically(path, self.arrays)
 
     @classmethod
     def load(cls, path):

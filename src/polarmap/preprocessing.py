@@ -52,11 +52,6 @@ class AugmentationSettings:
     noise_std_range: tuple[float, float] = (0.2, 0.44)
     noise_p: float = 0.2
 
-    @classmethod
-    def from_json(cls, values: dict) -> "AugmentationSettings":
-        """From the config or a record, where ranges arrive as lists."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
 
 @dataclass(frozen=True)
 class SplitSettings:
@@ -205,9 +200,7 @@ def write_filter_counts(summaries, out) -> None:
             lines.append(f"{name}\t{kept}\t{summary['total']}\t{kept / summary['total']:.4f}")
             kept_all, total_all = kept_all + kept, total_all + summary["total"]
     lines.append(f"all\t{kept_all}\t{total_all}\t{kept_all / max(total_all, 1):.4f}")
-    tmp = io.temporary_path(Path(out))
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out)
+    io.write_text_atomically(out, "\n".join(lines) + "\n")
 
 
 def augmentation_pipeline(settings: AugmentationSettings, seed: int):
@@ -294,10 +287,7 @@ def make_split(preprocessed, out, configuration: str, seed: int, settings: Split
         "part": split_indices(labels, settings, seed), "pca_part": split_indices(labels, pca_settings, seed),
         "meta": np.array(json.dumps({"configuration": configuration, "seed": seed, "split": asdict(settings), "pca_split": asdict(pca_settings)})),
     }
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(out)
+    io.save_npz_atomically(out, arrays)
     return {name: int((arrays["part"] == k).sum()) for k, name in enumerate(("train", "validation", "test"))}
 
 

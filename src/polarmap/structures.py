@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 
 from polarmap.classes import CLASS_NAMES, class_direction
+from polarmap.io import temporary_path
 
 DEFAULT_LATTICE_FILE = Path(__file__).with_name("data") / "knn_amm2.yaml"
 
@@ -129,7 +130,7 @@ def write_structure(atoms: ase.Atoms, path: str | Path) -> None:
     """Write extended XYZ (carries the class and variant) and a CIF beside it, atomically."""
     path = Path(path)
     for target, fmt in ((path, "extxyz"), (path.with_suffix(".cif"), "cif")):
-        tmp = target.with_name(target.name + ".tmp")
+        tmp = temporary_path(target)
         ase.io.write(tmp, atoms, format=fmt)
         tmp.replace(target)
 

@@ -9,7 +9,6 @@ exactly where an uninterrupted one does.
 import copy
 import csv
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,20 +49,22 @@ class TrainSettings:
 def load_training_data(split_path, preprocessed) -> dict:
     """Patterns and labels of every split part, in memory (float32, 1 channel)."""
     split = read_split(split_path)
-    files = {}
+    index = {str(name): i for i, name in enumerate(split["datasets"])}
+    images, found = None, set()
     for path in preprocessed:
         with io.open_dataset(path) as f:
-            files[io.read_attrs(f)["name"]] = Path(path)
-    images = np.empty((split["label"].size, 1, 0, 0), np.float32)
-    for i, name in enumerate(map(str, split["datasets"])):
-        if name not in files:
-            raise ValueError(f"{split_path}: needs the preprocessed set {name!r}, not given")
-        with io.open_dataset(files[name]) as f:
+            name = io.read_attrs(f)["name"]
+            if name not in index:
+                continue
             patterns = f["patterns"][()]
-        if images.shape[2] == 0:
+        if images is None:
             images = np.empty((split["label"].size, 1, *patterns.shape[2:]), np.float32)
-        members = np.flatnonzero(split["dataset_index"] == i)
+        members = np.flatnonzero(split["dataset_index"] == index[name])
         images[members, 0] = patterns[split["row"][members], split["col"][members]]
+        found.add(name)
+    missing = [name for name in index if name not in found]
+    if missing:
+        raise ValueError(f"{split_path}: needs the preprocessed set {missing[0]!r}, not given")
     return {"images": images, "labels": split["label"].astype(np.int64), "part": split["part"]}
 
 
@@ -120,11 +121,12 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
     forward = torch.compile(model) if settings.compile else model  # shares the parameters of `model`
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
 
+    split_hash = file_sha256(split_path)
     checkpoint_path = out_dir / "checkpoint.pt"
     state = {"epoch": -1, "best_val_loss": float("inf"), "wait": 0, "history": [], "best_model": None}
     if checkpoint_path.exists():
         saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if saved["settings"] == settings_json and saved["split_hash"] == file_sha256(split_path):
+        if saved["settings"] == settings_json and saved["split_hash"] == split_hash:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             state = {key: saved[key] for key in state}
@@ -171,7 +173,7 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
         state["epoch"] = epoch
         _save(checkpoint_path, {
             **state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "settings": settings_json, "split_hash": file_sha256(split_path),
+            "settings": settings_json, "split_hash": split_hash,
         })
 
     model.load_state_dict(state["best_model"])
@@ -198,9 +200,9 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
 
 
 def _save(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = io.temporary_path(path)
     torch.save(payload, tmp)
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 def _write_metrics(path: Path, history: list[dict]) -> None:
@@ -210,8 +212,9 @@ def _write_metrics(path: Path, history: list[dict]) -> None:
         writer.writerows(history)
 
 
-def load_model(path) -> PolarizationModel:
-    """A trained model from model.pt; the file holds tensors and plain values only."""
+def load_model(path) -> tuple[PolarizationModel, dict]:
+    """A trained model from model.pt and its training settings; the file holds tensors and
+    plain values only."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for damaged files
@@ -219,7 +222,7 @@ def load_model(path) -> PolarizationModel:
     settings = json.loads(saved["settings"])
     model = PolarizationModel(settings["encoder"], settings["objective"], saved["input_px"], "scratch", settings["mode"])
     model.load_state_dict(saved["state_dict"])
-    return model.eval()
+    return model.eval(), settings
 
 
 def train_pca_knn(split_path, preprocessed, out, configuration: str, seed: int, mode: str,
