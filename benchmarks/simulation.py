@@ -1,10 +1,10 @@
 """Simulation cost: PRISM against plain multislice on the paper's 2x2x50 training cell
 (256x256 patterns, 200 keV, 24 mrad), and the default study's simulation stage.
 
-    python benchmarks/simulation.py [--rows N] [--default-study results/default]
+    python benchmarks/simulation.py [--rows N] [--default-study results/default] [--device gpu --name simulation_gpu]
 
 Each engine runs in its own process so that its peak memory is its own. Writes
-benchmarks/simulation.md (the table quoted in the README) and benchmarks/simulation.json.
+benchmarks/<name>.md (the table quoted in the README) and benchmarks/<name>.json.
 """
 
 import argparse
@@ -22,12 +22,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def run_engine(method: str, scan_rows: int, out: Path) -> dict:
+def run_engine(method: str, scan_rows: int, out: Path, device: str, rows_per_block: int) -> dict:
     """Child process: simulate the first `scan_rows` rows of a 128x128 scan of train_RU."""
     from polarmap.simulation import SimulationSettings, simulate
     from polarmap.structures import build_supercell
 
-    settings = SimulationSettings(method=method, gpts_per_cell=128, scan_px=128, rows_per_block=8)
+    settings = SimulationSettings(method=method, gpts_per_cell=128, scan_px=128, rows_per_block=rows_per_block, device=device)
     atoms = build_supercell((2, 2, 50), "RU")
     start = time.perf_counter()
     if scan_rows == settings.scan_px:
@@ -41,7 +41,7 @@ def run_engine(method: str, scan_rows: int, out: Path) -> dict:
         geo = geometry(atoms, settings)
         step = geo.extent[0] / settings.scan_px
         simulator = _Simulator(atoms, geo, settings)
-        blocks = [simulator.rows(r, min(r + 8, scan_rows), (step, step)) for r in range(0, scan_rows, 8)]
+        blocks = [simulator.rows(r, min(r + rows_per_block, scan_rows), (step, step)) for r in range(0, scan_rows, rows_per_block)]
         with h5py.File(out, "w") as f:
             f["patterns"] = np.concatenate(blocks)
     seconds = time.perf_counter() - start
@@ -52,12 +52,18 @@ def run_engine(method: str, scan_rows: int, out: Path) -> dict:
     }
 
 
-def measure(method: str, scan_rows: int, out: Path) -> dict:
+def measure(method: str, scan_rows: int, out: Path, device: str, rows_per_block: int) -> dict:
     result = subprocess.run(
-        [sys.executable, __file__, "--child", method, "--rows", str(scan_rows), "--out", str(out)],
+        [sys.executable, __file__, "--child", method, "--rows", str(scan_rows), "--out", str(out), "--device", device, "--rows-per-block", str(rows_per_block)],
         capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def gpu_name() -> str:
+    import cupy
+
+    return cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
 
 
 def default_study(folder: Path) -> dict | None:
@@ -75,11 +81,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=8, help="scan rows for multislice (of 128)")
     parser.add_argument("--default-study", type=Path, default=Path("results/default"))
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--rows-per-block", type=int, default=8, help="scan rows simulated at once (simulation.rows_per_block)")
+    parser.add_argument("--name", default="simulation", help="output files benchmarks/<name>.md and .json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_engine(args.child, args.rows, args.out)))
+        print(json.dumps(run_engine(args.child, args.rows, args.out, args.device, args.rows_per_block)))
         return
 
     import h5py
@@ -87,22 +96,24 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        prism = measure("prism", 128, tmp / "prism.h5")
-        multislice = measure("multislice", args.rows, tmp / "multislice.h5")
+        prism = measure("prism", 128, tmp / "prism.h5", args.device, args.rows_per_block)
+        multislice = measure("multislice", args.rows, tmp / "multislice.h5", args.device, args.rows_per_block)
         with h5py.File(tmp / "prism.h5") as p, h5py.File(tmp / "multislice.h5") as m:
             a = p["patterns"][: args.rows].astype(np.float64)
             b = m["patterns"][()].astype(np.float64)
         max_rel_diff = float(np.abs(a - b).max() / np.abs(b).max())
     study = default_study(args.default_study)
     figures = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, abTEM on {args.device}" + (f" ({gpu_name()})" if args.device == "gpu" else "")
+        + f", {args.rows_per_block} scan rows per block",
         "prism_full_class": prism, "multislice_rows": multislice,
         "speedup": prism["patterns_per_s"] / multislice["patterns_per_s"],
         "max_relative_difference": max_rel_diff,
-        "paper_training_8_classes_estimate_min_2_cores": 8 * prism["seconds"] / 2 / 60,
+        # on 2 cores two single-threaded jobs run at once; one GPU runs one job at a time
+        "paper_training_8_classes_estimate_min": 8 * prism["seconds"] / (2 if args.device == "cpu" else 1) / 60,
         "default_study": study,
     }
-    (HERE / "simulation.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (HERE / f"{args.name}.json").write_text(json.dumps(figures, indent=2) + "\n")
     lines = [
         f"Simulation benchmark ({figures['machine']}; 2x2x50 KNN cell, 20 nm, 256x256 patterns, 200 keV, 24 mrad).",
         "",
@@ -112,8 +123,9 @@ def main() -> None:
         f"| plain multislice, first {args.rows} scan rows | {multislice['patterns']} | {multislice['seconds']:.1f} s | {multislice['patterns_per_s']:.1f} | {multislice['peak_rss_gb']:.2f} GB |",
         "",
         f"PRISM is {figures['speedup']:.0f}x faster; max relative difference on the shared rows: {max_rel_diff:.1e}.",
-        f"The 8 paper-scale training classes, two single-threaded jobs at a time on 2 cores: about "
-        f"{figures['paper_training_8_classes_estimate_min_2_cores']:.1f} min.",
+        f"The 8 paper-scale training classes, "
+        + ("two single-threaded jobs at a time on 2 cores" if args.device == "cpu" else "one job at a time on the GPU")
+        + f": about {figures['paper_training_8_classes_estimate_min']:.1f} min.",
     ]
     if study:
         lines += [
@@ -122,7 +134,7 @@ def main() -> None:
             f"{study['cpu_seconds']:.0f} s of job time in all, largest job {max(j['seconds'] for j in study['jobs']):.0f} s, "
             f"peak memory of one job {study['max_rss_mb']:.0f} MB.",
         ]
-    (HERE / "simulation.md").write_text("\n".join(lines) + "\n")
+    (HERE / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

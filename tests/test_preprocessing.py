@@ -5,7 +5,7 @@ from polarmap import io
 from polarmap.classes import CLASS_NAMES, class_direction
 from polarmap.preprocessing import (
     AugmentationSettings, PreprocessSettings, SplitSettings, augmentation_pipeline, center_of_mass,
-    crop_origin, epoch_seed, preprocess_dataset, split_indices,
+    crop_origin, derived_seed, preprocess_dataset, split_indices,
 )
 from test_io import attrs
 
@@ -91,7 +91,7 @@ def test_crop_larger_than_the_detector_is_refused():
 def test_augmentation_is_reproducible_per_seed_and_epoch():
     image = disc(32) * 0.8 + 0.1
     settings = AugmentationSettings()
-    runs = [[augmentation_pipeline(settings, epoch_seed(888, e))(image=image)["image"] for e in range(6)] for _ in range(2)]
+    runs = [[augmentation_pipeline(settings, derived_seed(888, e))(image=image)["image"] for e in range(6)] for _ in range(2)]
     assert all(np.array_equal(a, b) for a, b in zip(*runs))
     assert not all(np.array_equal(runs[0][0], other) for other in runs[0][1:])
 

@@ -57,6 +57,15 @@ def test_same_seed_same_weights_and_predictions(training_data, tmp_path):
     assert not (tmp_path / "a/checkpoint.pt").exists()
 
 
+def test_augmenting_worker_processes_do_not_change_the_model(training_data, tmp_path):
+    split, preprocessed = training_data
+    settings = TrainSettings(encoder="conv", objective="classification", configuration="augmentation", max_epochs=2, batch_size=64)
+    train(split, preprocessed, tmp_path / "serial", settings, progress=False, workers=0)
+    train(split, preprocessed, tmp_path / "workers", settings, progress=False, workers=2)
+    (a, _), (b, _) = load_model(tmp_path / "serial/model.pt"), load_model(tmp_path / "workers/model.pt")
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
 def test_killed_training_resumes_to_the_same_model(training_data, tmp_path):
     split, preprocessed = training_data
     settings = TrainSettings(encoder="conv", objective="prototype", configuration="none", max_epochs=6, patience=6)

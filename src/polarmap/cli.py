@@ -140,7 +140,7 @@ def cmd_train(args) -> None:
 
     job = json.loads(args.settings)
     job["augmentation"] = study_config.settings_from_json(AugmentationSettings, job["augmentation"])
-    record = train(args.split, args.preprocessed, args.out_dir, TrainSettings(**job), progress=not args.quiet)
+    record = train(args.split, args.preprocessed, args.out_dir, TrainSettings(**job), progress=not args.quiet, workers=args.workers)
     print(json.dumps({k: record[k] for k in ("epochs_run", "best_val_loss", "synthetic_test_accuracy", "device")}))
 
 
@@ -270,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", required=True, help="split .npz of the configuration and seed")
     p.add_argument("--settings", required=True, help="JSON of polarmap.training.TrainSettings fields")
     p.add_argument("--out-dir", required=True, help="folder for model.pt, metrics.csv, record.json (and checkpoint.pt while running)")
+    p.add_argument("--workers", type=int, help="processes that augment batches (default: none on the CPU, all but one core on a GPU; results do not depend on it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

@@ -141,6 +141,14 @@ class Objective:
     def predict(self, outputs: torch.Tensor, prototypes: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def class_probabilities(self, outputs: torch.Tensor, prototypes: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def angle(self, outputs: torch.Tensor, prototypes: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted polarization angle (radians): the circular mean of the class angles weighted
+        by the class probabilities the objective was trained with."""
+        return circular_mean(self.class_probabilities(outputs, prototypes))
+
 
 @register(OBJECTIVES, "classification")
 class Classification(Objective):
@@ -151,6 +159,16 @@ class Classification(Objective):
 
     def predict(self, outputs, prototypes=None):
         return outputs.argmax(dim=1)
+
+    def class_probabilities(self, outputs, prototypes=None):
+        return F.softmax(outputs, dim=1)
+
+
+def circular_mean(probabilities: torch.Tensor) -> torch.Tensor:
+    """Angle of sum_k p_k (cos theta_k, sin theta_k) for class probabilities (n, 8)."""
+    unit = class_unit_vectors(torch.arange(N_CLASSES, device=probabilities.device))
+    vector = probabilities.float() @ unit
+    return torch.atan2(vector[:, 1], vector[:, 0])
 
 
 def class_unit_vectors(labels: torch.Tensor) -> torch.Tensor:
@@ -174,6 +192,9 @@ class Regression(Objective):
     def predict(self, outputs, prototypes=None):
         angles = torch.atan2(outputs[:, 1], outputs[:, 0])
         return torch.as_tensor(angle_to_class(angles.detach().cpu().numpy()), device=outputs.device)
+
+    def angle(self, outputs, prototypes=None):
+        return torch.atan2(outputs[:, 1], outputs[:, 0])
 
     def predict_external_faithfully(self, outputs):
         """The published decoding of external sets: argmax over (cos, sin), so only RM or RU."""
@@ -224,6 +245,11 @@ class Prototype(Objective):
         similarity = F.normalize(outputs, dim=1) @ F.normalize(prototypes, dim=1).T
         return similarity.argmax(dim=1)
 
+    def class_probabilities(self, outputs, prototypes=None):
+        if prototypes is None:
+            raise ValueError("prototype models need class prototypes (from the validation split) to predict")
+        return F.softmax(-torch.cdist(outputs.float(), prototypes.float()), dim=1)  # as in the training loss
+
 
 def class_prototypes(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean embedding of each class (zero for a class without examples)."""
@@ -253,6 +279,9 @@ class PolarizationModel(nn.Module):
 
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         return self.objective.predict(outputs, self.prototypes if self.prototypes.numel() else None)
+
+    def angle(self, outputs: torch.Tensor) -> torch.Tensor:
+        return self.objective.angle(outputs, self.prototypes if self.prototypes.numel() else None)
 
 
 class PcaKnn:

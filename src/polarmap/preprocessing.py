@@ -224,9 +224,10 @@ def augmentation_pipeline(settings: AugmentationSettings, seed: int):
     )
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A distinct, reproducible augmentation seed per (training seed, epoch)."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+def derived_seed(*keys: int) -> int:
+    """A distinct, reproducible seed per key tuple: (training seed, epoch) for the shuffle,
+    (training seed, epoch, batch) for a batch's augmentation."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
 def split_indices(labels: np.ndarray, settings: SplitSettings, seed: int) -> np.ndarray:
