@@ -133,19 +133,3 @@ def test_predict_any_model_and_the_faithful_decoding(training_data, tmp_path):
     result = predict_dataset(tmp_path / "corrected/model.pt", ld, tmp_path / "nn.npz")
     assert result["majority_class"] == "LD" and result["counts"]["LD"] == (corrected == 5).sum()
     assert list(com_baseline(np.array([[1.0, 0.0], [0.0, -1.0]]))) == [2, 4]  # +row is MU, -col is LM
-
-
-def test_accuracy_table_pools_seeds(tmp_path):
-    from polarmap.evaluation import accuracy_table
-
-    def result(dataset, accuracy, counts, accepted):
-        return {"dataset": dataset, "accuracy": accuracy, "accepted": accepted,
-                "counts": {name: counts.get(name, 0) for name in CLASS_NAMES}}
-
-    (tmp_path / "conv-classification-none-scratch-seed1.json").write_text(json.dumps([result("4E", 0.5, {"RM": 5, "LU": 5}, ["RM", "RD"])]))
-    (tmp_path / "conv-classification-none-scratch-seed2.json").write_text(json.dumps([result("4E", 1.0, {"RD": 10}, ["RM", "RD"])]))
-    (tmp_path / "com.json").write_text(json.dumps([result("4E", 0.0, {"LU": 10, "RD": 10}, ["RM", "RD"])]))
-    accuracy_table(sorted(tmp_path.glob("*.json")), tmp_path / "t.tsv")
-    header, row = (line.split("\t") for line in (tmp_path / "t.tsv").read_text().splitlines())
-    assert header == ["dataset", "com", "conv-classification-none-scratch"]
-    assert row == ["4E", "0.000 ± 0.000 (LU-)", "0.750 ± 0.250 (RD+)"]  # a LU/RD tie goes to the lower index

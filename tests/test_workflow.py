@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import numpy as np
 import tifffile
 
 from polarmap import io
+from polarmap.evaluation import SYNTHETIC_TEST, read_table
 from polarmap.preprocessing import center_of_mass
 from test_preprocessing import disc
 
@@ -70,10 +72,23 @@ def test_every_data_set_is_made_valid_and_logged(study):
         record = json.loads((results / "models" / model / "record.json").read_text())
         assert "synthetic_test_accuracy" in record
         assert (results / "models" / model / ("model.npz" if model.startswith("pca_knn") else "model.pt")).exists()
-    table = (results / "tables/accuracy.tsv").read_text().splitlines()
-    header = table[0].split("\t")
-    assert header[0] == "dataset" and "com" in header and "conv-prototype-none-scratch" in header and len(header) == 1 + 9 + 2 + 3 + 1
-    assert sorted(line.split("\t")[0] for line in table[1:]) == sorted(["1S", "2S", "3S", "4S", "5S", "6S", "7S", "1E", "3E", "4E", "dose_1000", "5E"])
+    results_table = read_table(results / "tables/results.tsv")
+    assert set(results_table["predictor"]) == models | {"com"}
+    evaluated = ["1S", "2S", "3S", "4S", "5S", "6S", "7S", "1E", "3E", "4E", "dose_1000", "5E"]
+    assert sorted(set(results_table["dataset"])) == sorted(evaluated + [SYNTHETIC_TEST])
+    table = (results / "tables/table_none.md").read_text().splitlines()
+    assert table[0].startswith("| Dataset | Conv (Reg) | Conv (Cls) | Conv (Proto) | VGG (Cls) | ResNet (Cls) | PCA | CoM |")
+    assert table[2].startswith(f"| {SYNTHETIC_TEST} |") and any(line.startswith("| 1S-LU-4x4-") for line in table)
+    for configuration in ("none", "augmentation", "augmentation_filter"):
+        for suffix in ("md", "csv", "tex"):
+            assert (results / f"tables/table_{configuration}.{suffix}").stat().st_size > 0
+        for kind in ("distributions", "maps"):
+            assert (results / f"figures/{kind}_{configuration}.pdf").exists()
+            record = json.loads((results / f"figures/{kind}_{configuration}.record.json").read_text())
+            assert record["inputs"] and record["git_commit"] is not None and record["settings"]["configuration"] == configuration
+    assert (results / "figures/sweep_dose.png").exists() and (results / "figures/com_field.png").exists()
+    record = json.loads((results / "predictions/com.record.json").read_text())
+    assert len(record["inputs"]) == len(evaluated) and "wall_seconds" in record
     assert not list(results.rglob("*.partial")) and not list(results.rglob("*.tmp*")) and not list(results.rglob("checkpoint.pt"))
 
 
@@ -93,8 +108,9 @@ def test_changing_one_test_set_reruns_only_its_jobs(study):
     plan = planned_jobs(study, "--configfile", "changed.yaml")
     counts = job_counts(plan)
     # its own chain, then every predictor re-evaluated (14 models + the CoM baseline... on all sets)
-    assert counts == {"accuracy_table": 1, "all": 1, "dataset_summary": 1, "predict": 9 + 2 + 3 + 1, "preprocess": 1,
-                      "qstem_inputs": 1, "simulate": 1, "structure": 1, "total": 6 + 15 + 1}, plan
+    assert counts == {"all": 1, "dataset_summary": 1, "figure_distributions": 3, "figure_maps": 3, "figure_sweep": 1,
+                      "predict": 9 + 2 + 3 + 1, "preprocess": 1, "qstem_inputs": 1, "simulate": 1, "structure": 1, "tables": 1,
+                      "total": 5 + 15 + 1 + 3 + 3 + 1 + 1}, plan
 
 
 def job_counts(plan):
@@ -108,3 +124,24 @@ def test_changing_a_preprocessing_setting_reruns_no_simulation(study):
     assert "simulate" not in counts and "structure" not in counts
     assert counts["train"] == 11 and counts["train_pca_knn"] == 3  # models follow their inputs
     assert counts["preprocess"] == 8 + 7 + 4 + 3 + 1 + 1 and counts["filter_counts"] == 1 and counts["split"] == 3
+
+
+def test_changing_an_evaluation_setting_reruns_only_its_figure(study):
+    config = (study / "tests.yaml").read_text() + "evaluation:\n  com_field_dataset: 3S\n"
+    (study / "evaluation.yaml").write_text(config)
+    assert job_counts(planned_jobs(study, "--configfile", "evaluation.yaml")) == {"all": 1, "figure_com_field": 1, "total": 2}
+
+
+def test_report_and_archive(study):
+    result = snakemake(study, "--configfile", "tests.yaml", "--report", "report.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (study / "report.html").read_text()
+    assert "Tables 1-3 in the paper" in report or "One of Tables 1-3" in report
+    assert "Per-epoch training metrics" in report and "beam shift" in report
+    archive = subprocess.run([sys.executable, "-m", "polarmap.cli", "archive", "results/tests", "--out", "tests.tar.gz",
+                              "--config", "config.yaml", "tests.yaml", "--report", "report.html"], capture_output=True, text=True, cwd=study)
+    assert archive.returncode == 0, archive.stderr
+    with tarfile.open(study / "tests.tar.gz") as tar:
+        names = tar.getnames()
+    assert "tests/report.html" in names and "tests/tables/table_none.tex" in names and "tests/config/tests.yaml" in names
+    assert not any(name.endswith((".h5", ".pt")) for name in names)

@@ -9,9 +9,11 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from polarmap import config as study_config
+from polarmap.provenance import write_record
 
 
 def _job_settings(args) -> dict:
@@ -148,10 +150,11 @@ def cmd_train_pca_knn(args) -> None:
     from polarmap.preprocessing import AugmentationSettings
     from polarmap.training import train_pca_knn
 
+    started = time.perf_counter()
     job = json.loads(args.settings)
     result = train_pca_knn(args.split, args.preprocessed, args.out, job["configuration"], job["seed"], job["mode"],
                            job["components"], job["neighbors"], study_config.settings_from_json(AugmentationSettings, job["augmentation"]))
-    Path(args.record).write_text(json.dumps(result, indent=2) + "\n")
+    write_record(args.record, [args.split, *args.preprocessed], job, started, device="cpu", **result)
 
 
 def cmd_fetch_weights(args) -> None:
@@ -169,13 +172,57 @@ def cmd_predict(args) -> None:
 def cmd_predict_many(args) -> None:
     from polarmap.evaluation import predict_many
 
+    started = time.perf_counter()
     predict_many(args.model, args.datasets, args.out, args.metrics, compile_model=args.compile)
+    inputs = ([] if args.model == "com" else [args.model]) + args.datasets
+    _record(args.out, inputs, {"model": args.model, "compile": args.compile}, started, device="cpu")
 
 
-def cmd_accuracy_table(args) -> None:
-    from polarmap.evaluation import accuracy_table
+def _record(out, inputs, settings, started, **extra) -> None:
+    """The provenance record next to a result: <out without suffix>.record.json."""
+    out = Path(out)
+    write_record(out.with_name(out.name.split(".")[0] + ".record.json"), inputs, settings, started, **extra)
 
-    accuracy_table(args.metrics, args.out)
+
+def cmd_tables(args) -> None:
+    from polarmap.evaluation import write_tables
+
+    started = time.perf_counter()
+    write_tables(args.metrics, args.records, args.out_dir, args.mode)
+    _record(Path(args.out_dir) / "tables", args.metrics + args.records, {"mode": args.mode}, started)
+
+
+def cmd_compare_modes(args) -> None:
+    from polarmap.evaluation import compare_modes
+
+    started = time.perf_counter()
+    compare_modes(args.summary, args.other, args.out)
+    _record(args.out, [args.summary, args.other], {}, started)
+
+
+def cmd_figure(args) -> None:
+    from polarmap import figures
+    from polarmap.evaluation import read_table
+
+    started = time.perf_counter()
+    settings = {"figure": args.kind, "configuration": args.configuration, "sweep": args.sweep}
+    if args.kind == "distributions":
+        figures.distributions_from_results(read_table(args.inputs[0]), args.configuration, args.out)
+    elif args.kind == "maps":
+        figures.maps_from_predictions(args.inputs, args.configuration, args.out)
+    elif args.kind == "com-field":
+        figures.com_field_from_files(args.inputs[0], args.inputs[1], args.out)
+    else:
+        sweep = json.loads(args.sweep)
+        figures.sweep_from_results(read_table(args.inputs[0]), sweep["points"], sweep["knob"], args.out)
+    _record(args.out, args.inputs, settings, started)
+
+
+def cmd_archive(args) -> None:
+    from polarmap.provenance import archive
+
+    path, members = archive(args.results, args.out, args.config, args.report, args.include)
+    print(f"{path}: {members} files")
 
 
 def cmd_summary(args) -> None:
@@ -302,10 +349,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model first")
     p.set_defaults(func=cmd_predict_many)
 
-    p = sub.add_parser("accuracy-table", help="Accuracy per data set and model family, mean +- std over seeds.")
-    p.add_argument("metrics", nargs="+", help="predict-many metrics .json files, named <model>.json")
-    p.add_argument("--out", required=True, help="output .tsv")
-    p.set_defaults(func=cmd_accuracy_table)
+    p = sub.add_parser("tables", help="Results, per-family summary and the paper's Tables 1-3 (Markdown, CSV, LaTeX).")
+    p.add_argument("metrics", nargs="+", help="predict-many metrics .json files, named <predictor>.json")
+    p.add_argument("--records", nargs="*", default=[], help="models/<model>/record.json files (the synthetic test row)")
+    p.add_argument("--mode", required=True, choices=("corrected", "faithful"), help="the study's mode, recorded in summary.tsv")
+    p.add_argument("--out-dir", required=True, help="folder for results.tsv, summary.tsv, table_<configuration>.{md,csv,tex}")
+    p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("compare-modes", help="Two studies' summary.tsv (corrected and faithful) side by side.")
+    p.add_argument("summary", help="this study's tables/summary.tsv")
+    p.add_argument("other", help="the other mode's tables/summary.tsv")
+    p.add_argument("--out", required=True, help="output .md")
+    p.set_defaults(func=cmd_compare_modes)
+
+    p = sub.add_parser("figure", help="One evaluation figure as PNG and PDF.")
+    p.add_argument("kind", choices=("distributions", "maps", "com-field", "sweep"))
+    p.add_argument("inputs", nargs="+", help="distributions, sweep: results.tsv; maps: prediction .npz files; com-field: preprocessed .h5 and its structure .xyz")
+    p.add_argument("--configuration", help="preprocessing configuration (distributions, maps)")
+    p.add_argument("--sweep", help="sweep as JSON {knob, points: [{dataset, value}]} (sweep)")
+    p.add_argument("--out", required=True, help="output path without suffix (.png and .pdf are written)")
+    p.set_defaults(func=cmd_figure)
+
+    p = sub.add_parser("archive", help="Pack a study's results, records, config and report into one .tar.gz for publication.")
+    p.add_argument("results", help="the study's results folder, e.g. results/default")
+    p.add_argument("--out", required=True, help="output .tar.gz")
+    p.add_argument("--config", nargs="*", default=[], help="config files of the study (config.yaml, a preset)")
+    p.add_argument("--report", help="the HTML report from snakemake --report")
+    p.add_argument("--include", nargs="*", default=[], choices=("models", "datasets"), help="also pack model weights / HDF5 data sets (large)")
+    p.set_defaults(func=cmd_archive)
 
     p = sub.add_parser("summary", help="One TSV line per data set (shape, thickness, classes, mean CoM).")
     p.add_argument("files", nargs="+")

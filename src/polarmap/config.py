@@ -114,6 +114,18 @@ def experiment_like_datasets(config: dict) -> dict[str, dict]:
     }
 
 
+def sweep_points(config: dict) -> dict[str, dict]:
+    """Each sweep: its knob and the (data set, value) points, the base set's own value first."""
+    sweeps = {}
+    for sweep, spec in config["datasets"]["sweeps"].items():
+        base = config["datasets"]["experiment_like"][spec["base"]]
+        base_value = base["supercell"][2] if spec["knob"] == "thickness_cells" else base["detector"].get(spec["knob"])
+        points = [{"dataset": spec["base"], "value": base_value}] if base_value is not None else []
+        points += [{"dataset": f"{sweep}_{value:g}", "value": value} for value in spec["values"]]
+        sweeps[sweep] = {"knob": spec["knob"], "points": points}
+    return sweeps
+
+
 def dataset_roles(config: dict) -> dict[str, str]:
     """Every data set of the study (simulated, experiment-like, experimental) -> its role."""
     groups = [

@@ -6,7 +6,6 @@ can only answer RM or RU (study-notes, defects 1 and 3).
 """
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -24,22 +23,23 @@ def com_baseline(beam_shift: np.ndarray) -> np.ndarray:
 
 
 def load_predictor(model_path, batch_size: int = 512, external: bool = True, compile_model: bool = False):
-    """A function (patterns (n, px, px), beam_shift (n, 2) or None) -> classes (n,) for a
-    model.pt, a PCA+kNN model.npz, or "com". The model is loaded (and compiled) once.
+    """A function (patterns (n, px, px), beam_shift (n, 2) or None) -> (classes (n,), angles (n,)
+    in radians or None) for a model.pt, a PCA+kNN model.npz, or "com". The model is loaded (and
+    compiled) once. PCA+kNN gives no angle.
     `compile_model`: torch.compile first (tens of seconds once; Conv on 2 cores 760 -> 1150
     patterns/s, worth it for full 128x128 sets)."""
     if str(model_path) == "com":
         def predict_com(patterns, beam_shift):
             if beam_shift is None:
                 raise ValueError("the CoM baseline needs a preprocessed data set (/beam_shift)")
-            return com_baseline(beam_shift)
+            return com_baseline(beam_shift), np.arctan2(beam_shift[..., 0], beam_shift[..., 1])
         return predict_com
     model_path = Path(model_path)
     if model_path.suffix == ".npz":
         from polarmap.models import PcaKnn
 
         pca_knn = PcaKnn.load(model_path)
-        return lambda patterns, beam_shift: pca_knn.predict(patterns.reshape(len(patterns), -1))
+        return lambda patterns, beam_shift: (pca_knn.predict(patterns.reshape(len(patterns), -1)), None)
     from polarmap.training import load_model
 
     model, settings = load_model(model_path)
@@ -53,7 +53,7 @@ def load_predictor(model_path, batch_size: int = 512, external: bool = True, com
     def predict_nn(patterns, beam_shift):
         if pipeline is not None:
             patterns = np.stack([pipeline(image=p)["image"] for p in patterns])
-        predictions = []
+        predictions, angles = [], []
         with torch.inference_mode():
             for start in range(0, len(patterns), batch_size):
                 batch = torch.from_numpy(np.ascontiguousarray(patterns[start:start + batch_size, None], dtype=np.float32))
@@ -62,83 +62,318 @@ def load_predictor(model_path, batch_size: int = 512, external: bool = True, com
                     predictions.append(model.objective.predict_external_faithfully(outputs))
                 else:
                     predictions.append(model.predict(outputs))
-        return torch.cat(predictions).numpy() if predictions else np.zeros(0, np.int64)
+                angles.append(model.angle(outputs))
+        if not predictions:
+            return np.zeros(0, np.int64), np.zeros(0)
+        return torch.cat(predictions).numpy(), torch.cat(angles).numpy().astype(np.float64)
 
     return predict_nn
 
 
 def predict_patterns(model_path, patterns: np.ndarray, batch_size: int = 512, external: bool = True, compile_model: bool = False) -> np.ndarray:
     """Class predictions (n,) for preprocessed patterns (n, px, px) with a model.pt or model.npz."""
-    return load_predictor(model_path, batch_size, external, compile_model)(patterns, None)
+    return load_predictor(model_path, batch_size, external, compile_model)(patterns, None)[0]
 
 
-def _predict_one(predictor, model_path, dataset_path) -> tuple[dict, np.ndarray]:
-    """Metrics and the prediction grid of one preprocessed data set."""
+def angular_error_deg(angles: np.ndarray, accepted: list[int]) -> np.ndarray:
+    """Circular distance (degrees) from each predicted angle to the nearest accepted class angle."""
+    targets = np.deg2rad(np.array(accepted) * 360.0 / len(CLASS_NAMES))
+    difference = np.angle(np.exp(1j * (np.asarray(angles)[:, None] - targets[None, :])))
+    return np.degrees(np.abs(difference).min(axis=1))
+
+
+def dataset_label(attrs: dict) -> str:
+    """The paper's row label: name-classes-supercell(a x b)-thickness for simulated sets
+    (1S-LU-6x6-20nm), name-classes for detector data."""
+    label = "-".join([attrs["name"]] + ["/".join(attrs["classes"])] * bool(attrs["classes"]))
+    cells = str(attrs.get("supercell", "")).split("x")
+    if len(cells) == 3 and all(c.isdigit() for c in cells):
+        label += f"-{cells[0]}x{cells[1]}-{float(attrs['thickness_nm']):g}nm"
+    return label
+
+
+def _predict_one(predictor, model_path, dataset_path) -> tuple[dict, np.ndarray, np.ndarray | None]:
+    """Metrics, the prediction grid and the angle grid (or None) of one preprocessed data set."""
     with io.open_dataset(dataset_path) as f:
         attrs = io.read_attrs(f)
         patterns = f["patterns"][()]
         beam_shift = f["beam_shift"][()].reshape(-1, 2) if "beam_shift" in f else None
     scan_shape = patterns.shape[:2]
     try:
-        predictions = predictor(patterns.reshape(-1, *patterns.shape[2:]), beam_shift)
+        predictions, angles = predictor(patterns.reshape(-1, *patterns.shape[2:]), beam_shift)
     except ValueError as err:
         raise ValueError(f"{dataset_path}: {err}") from None
     accepted = [class_index(name) for name in attrs["classes"]]
     accuracy = float(np.isin(predictions, accepted).mean()) if accepted else float("nan")
     counts = np.bincount(predictions, minlength=len(CLASS_NAMES))
     result = {
-        "dataset": attrs["name"], "model": str(model_path), "accuracy": accuracy,
+        "dataset": attrs["name"], "label": dataset_label(attrs), "model": str(model_path), "accuracy": accuracy,
+        "angular_error_deg": float(angular_error_deg(angles, accepted).mean()) if angles is not None and accepted else float("nan"),
         "majority_class": CLASS_NAMES[int(counts.argmax())],  # ties: the lowest class index
         "accepted": attrs["classes"], "counts": dict(zip(CLASS_NAMES, counts.tolist())),
     }
-    return result, predictions.reshape(scan_shape).astype(np.int8)
+    angle_grid = angles.reshape(scan_shape).astype(np.float32) if angles is not None else None
+    return result, predictions.reshape(scan_shape).astype(np.int8), angle_grid
 
 
 def predict_many(model_path, dataset_paths, out, metrics_out, compile_model: bool = False) -> list[dict]:
     """One model on several preprocessed sets: prediction grids in one .npz (keyed by data set
-    name), metrics in one JSON."""
+    name; angles, where the model gives them, as <name>.angle), metrics in one JSON."""
     predictor = load_predictor(model_path, compile_model=compile_model)
     grids, results = {}, []
     for path in dataset_paths:
-        result, grid = _predict_one(predictor, model_path, path)
+        result, grid, angles = _predict_one(predictor, model_path, path)
         grids[result["dataset"]] = grid
+        if angles is not None:
+            grids[f"{result['dataset']}.angle"] = angles
         results.append(result)
     io.save_npz_atomically(out, grids)
     io.write_text_atomically(metrics_out, json.dumps(results, indent=2) + "\n")
     return results
 
 
-def accuracy_table(metrics_files, out) -> None:
-    """Accuracy per data set (rows) and model family (columns: encoder-objective-configuration-
-    pretraining, seeds pooled): mean +- population std over seeds, with the majority class over
-    all seeds' predictions marked right (+) or wrong (-)."""
-    cells: dict[tuple[str, str], list[dict]] = {}
-    for path in metrics_files:
-        family = re.sub(r"-seed\d+$", "", Path(path).stem)
-        for result in json.loads(Path(path).read_text()):
-            cells.setdefault((result["dataset"], family), []).append(result)
-    datasets = sorted({d for d, _ in cells})
-    families = sorted({f for _, f in cells})
-    lines = ["dataset\t" + "\t".join(families)]
-    for dataset in datasets:
-        row = [dataset]
-        for family in families:
-            runs = cells.get((dataset, family), [])
-            if not runs:
-                row.append("")
-                continue
-            accuracy = np.array([r["accuracy"] for r in runs])
-            pooled = np.sum([[r["counts"][name] for name in CLASS_NAMES] for r in runs], axis=0)
-            majority = CLASS_NAMES[int(np.argmax(pooled))]  # ties: the lowest class index
-            mark = "+" if majority in runs[0]["accepted"] else "-"
-            row.append(f"{accuracy.mean():.3f} ± {accuracy.std():.3f} ({majority}{mark})")
-        lines.append("\t".join(row))
-    io.write_text_atomically(out, "\n".join(lines) + "\n")
-
-
 def predict_dataset(model_path, dataset_path, out, compile_model: bool = False) -> dict:
     """Per-pattern predictions on the scan grid, accuracy against the set's accepted classes and
     the majority class; written to `out` (.npz, arrays only)."""
-    result, grid = _predict_one(load_predictor(model_path, compile_model=compile_model), model_path, dataset_path)
-    io.save_npz_atomically(out, {"predictions": grid, "meta": np.array(json.dumps(result))})
+    result, grid, angles = _predict_one(load_predictor(model_path, compile_model=compile_model), model_path, dataset_path)
+    arrays = {"predictions": grid, "meta": np.array(json.dumps(result))}
+    if angles is not None:
+        arrays["angles"] = angles
+    io.save_npz_atomically(out, arrays)
     return result
+
+
+# ---- tables ----------------------------------------------------------------------------------
+
+ENCODER_LABELS = {"conv": "Conv", "vgg16": "VGG", "resnet50": "ResNet"}
+OBJECTIVE_LABELS = {"regression": "Reg", "classification": "Cls", "prototype": "Proto"}
+SYNTHETIC_TEST = "Synthetic test"
+COUNT_COLUMNS = [f"count_{name}" for name in CLASS_NAMES]
+
+
+def describe_predictor(name: str) -> dict:
+    """Model family, column label, configuration and seed of a predictor name:
+    <encoder>-<objective>-<configuration>-<pretrained>-seed<N>, pca_knn-<configuration>-seed<N>, com."""
+    if name == "com":
+        return {"family": "com", "label": "CoM", "encoder": "com", "objective": "", "configuration": "", "pretrained": "", "seed": -1}
+    parts = name.split("-")
+    seed = int(parts[-1].removeprefix("seed"))
+    if parts[0] == "pca_knn":
+        return {"family": f"pca_knn-{parts[1]}", "label": "PCA", "encoder": "pca_knn", "objective": "", "configuration": parts[1], "pretrained": "", "seed": seed}
+    encoder, objective, configuration, pretrained = parts[:4]
+    label = f"{ENCODER_LABELS[encoder]} ({OBJECTIVE_LABELS[objective]}{', ImageNet' if pretrained == 'imagenet' else ''})"
+    return {"family": "-".join(parts[:4]), "label": label, "encoder": encoder, "objective": objective,
+            "configuration": configuration, "pretrained": pretrained, "seed": seed}
+
+
+def results_frame(metrics_files, record_files=()):
+    """One row per predictor x data set (pandas): accuracy, angular error, pooled counts, plus
+    the synthetic test accuracy of each trained model from its record.json."""
+    import pandas as pd
+
+    rows = []
+    for path in map(Path, metrics_files):
+        info = describe_predictor(path.stem)
+        for r in json.loads(path.read_text()):
+            rows.append({**info, "predictor": path.stem, "dataset": r["dataset"], "dataset_label": r.get("label", r["dataset"]),
+                         "accepted": "/".join(r["accepted"]), "accuracy": r["accuracy"],
+                         "angular_error_deg": r.get("angular_error_deg", float("nan")),
+                         **{f"count_{k}": r["counts"][k] for k in CLASS_NAMES}})
+    for path in map(Path, record_files):
+        record = json.loads(path.read_text())
+        info = describe_predictor(path.parent.name)
+        rows.append({**info, "predictor": path.parent.name, "dataset": SYNTHETIC_TEST, "dataset_label": SYNTHETIC_TEST,
+                     "accepted": "", "accuracy": record["synthetic_test_accuracy"], "angular_error_deg": float("nan"),
+                     **dict.fromkeys(COUNT_COLUMNS, 0)})
+    if not rows:
+        raise ValueError("no predictions to tabulate: the metrics files are empty")
+    return pd.DataFrame(rows)
+
+
+def summarize(results):
+    """Per model family and data set: accuracy mean +- population std over seeds, mean angular
+    error, and the majority class of the predictions pooled over seeds (ties: lowest index),
+    marked right when it is an accepted class."""
+    import pandas as pd
+
+    rows = []
+    for (family, dataset), group in results.groupby(["family", "dataset"], sort=False):
+        pooled = group[COUNT_COLUMNS].to_numpy().sum(axis=0)
+        majority = CLASS_NAMES[int(np.argmax(pooled))] if pooled.sum() else ""
+        first = group.iloc[0]
+        rows.append({
+            "family": family, "label": first["label"], "encoder": first["encoder"], "objective": first["objective"],
+            "configuration": first["configuration"], "pretrained": first["pretrained"], "dataset": dataset,
+            "dataset_label": first["dataset_label"], "seeds": len(group), "accuracy_mean": group["accuracy"].mean(),
+            "accuracy_std": group["accuracy"].std(ddof=0), "angular_error_deg": group["angular_error_deg"].mean(),
+            "majority_class": majority, "majority_correct": bool(majority) and majority in first["accepted"].split("/"),
+        })
+    return pd.DataFrame(rows)
+
+
+def _column_order(summary, configuration: str) -> list[str]:
+    """The paper's columns for one configuration: Conv, VGG, ResNet x (Reg, Cls, Proto), PCA;
+    then the CoM baseline, which needs no training."""
+    mine = summary[(summary["configuration"] == configuration) | (summary["family"] == "com")]
+    encoders, objectives = list(ENCODER_LABELS) + ["pca_knn", "com"], list(OBJECTIVE_LABELS) + [""]
+    keyed = {(encoders.index(r.encoder), objectives.index(r.objective), r.pretrained): r.family for r in mine.itertuples()}
+    return [keyed[key] for key in sorted(keyed)]
+
+
+def paper_table(summary, configuration: str) -> list[dict]:
+    """Rows of one of Tables 1-3: per data set an accuracy row (percent, mean +- std, best in the
+    row marked) and a majority-class row (marked right or wrong), and an angular-error row where
+    a model gives angles. Each cell: {"text", "best", "correct"}."""
+    families = _column_order(summary, configuration)
+    by_key = {(r.family, r.dataset): r for r in summary.itertuples()}
+    datasets = list(dict.fromkeys(d for d in summary["dataset"] if any((f, d) in by_key for f in families)))
+    datasets.sort(key=lambda d: d != SYNTHETIC_TEST)  # stable: the synthetic test first, then config order
+    header = ["Dataset"] + [by_key[next((f, d) for d in datasets if (f, d) in by_key)].label for f in families]
+    rows = [{"kind": "header", "cells": [{"text": h} for h in header]}]
+    for dataset in datasets:
+        entries = [by_key.get((f, dataset)) for f in families]
+        shown = [round(100 * e.accuracy_mean, 1) if e is not None else None for e in entries]
+        best = max((v for v in shown if v is not None), default=None)
+        label = entries[[e is not None for e in entries].index(True)].dataset_label
+        rows.append({"kind": "accuracy", "cells": [{"text": label}] + [
+            {"text": f"{100 * e.accuracy_mean:.1f} ± {100 * e.accuracy_std:.1f}", "best": v == best} if e is not None else {"text": ""}
+            for e, v in zip(entries, shown)]})
+        if dataset != SYNTHETIC_TEST:
+            rows.append({"kind": "majority", "cells": [{"text": "Maj. class"}] + [
+                {"text": e.majority_class, "correct": e.majority_correct} if e is not None else {"text": ""} for e in entries]})
+            if any(e is not None and np.isfinite(e.angular_error_deg) for e in entries):
+                rows.append({"kind": "angle", "cells": [{"text": "Ang. error (deg)"}] + [
+                    {"text": f"{e.angular_error_deg:.1f}"} if e is not None and np.isfinite(e.angular_error_deg) else {"text": ""}
+                    for e in entries]})
+    return rows
+
+
+def render_markdown(rows: list[dict]) -> str:
+    def cell(c):
+        if c.get("best"):
+            return f"**{c['text']}**"
+        if "correct" in c:
+            return f"{c['text']} {'✓' if c['correct'] else '✗'}"
+        return c["text"]
+
+    lines = ["| " + " | ".join(c["text"] for c in rows[0]["cells"]) + " |", "|" + "---|" * len(rows[0]["cells"])]
+    lines += ["| " + " | ".join(cell(c) for c in row["cells"]) + " |" for row in rows[1:]]
+    return "\n".join(lines) + "\n"
+
+
+def render_latex(rows: list[dict], caption: str) -> str:
+    def cell(c):
+        text = c["text"].replace("±", "$\\pm$")
+        if c.get("best"):
+            return f"\\textbf{{{text}}}"
+        if "correct" in c and text:
+            return f"\\textcolor{{{'green!50!black' if c['correct'] else 'red'}}}{{{text}}}"
+        return text
+
+    n = len(rows[0]["cells"])
+    lines = [
+        "% needs \\usepackage[table]{xcolor}", "\\begin{table}", "\\centering", "\\footnotesize",
+        f"\\caption{{{caption}}}", f"\\begin{{tabular}}{{l{'c' * (n - 1)}}}", "\\hline",
+        " & ".join(cell(c) for c in rows[0]["cells"]) + " \\\\", "\\hline",
+    ]
+    lines += [" & ".join(cell(c) for c in row["cells"]) + " \\\\" for row in rows[1:]]
+    lines += ["\\hline", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(rows: list[dict]) -> str:
+    import csv
+    import io as text_io
+
+    def cell(c):
+        if "correct" in c and c["text"]:
+            return f"{c['text']} ({'right' if c['correct'] else 'wrong'})"
+        return c["text"] + (" (best)" if c.get("best") else "")
+
+    buffer = text_io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([c["text"] for c in rows[0]["cells"]])
+    for row in rows[1:]:
+        writer.writerow([cell(c) for c in row["cells"]])
+    return buffer.getvalue()
+
+
+CONFIGURATION_TITLES = {
+    "none": "no augmentation and no filtering",
+    "augmentation": "augmentation and no filtering",
+    "augmentation_filter": "augmentation and filtering",
+}
+
+
+def write_tables(metrics_files, record_files, out_dir, mode: str) -> list[Path]:
+    """results.tsv (one row per predictor x data set), summary.tsv (per model family) and one
+    table per preprocessing configuration as Markdown, CSV and LaTeX (paper Tables 1-3)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = results_frame(metrics_files, record_files)
+    summary = summarize(results)
+    summary.insert(0, "mode", mode)
+    written = [out_dir / "results.tsv", out_dir / "summary.tsv"]
+    io.write_text_atomically(written[0], results.to_csv(sep="\t", index=False, na_rep="nan"))
+    io.write_text_atomically(written[1], summary.to_csv(sep="\t", index=False, na_rep="nan"))
+    for configuration in [c for c in CONFIGURATION_TITLES if c in set(summary["configuration"])]:
+        rows = paper_table(summary, configuration)
+        caption = (f"Accuracy (top row, percent, mean $\\pm$ std over seeds; best in bold) and majority class "
+                   f"(green right, red wrong) for the {CONFIGURATION_TITLES[configuration]} configuration ({mode} mode).")
+        for suffix, text in ((".md", render_markdown(rows)), (".csv", render_csv(rows)), (".tex", render_latex(rows, caption))):
+            written.append(out_dir / f"table_{configuration}{suffix}")
+            io.write_text_atomically(written[-1], text)
+    return written
+
+
+def read_table(path):
+    """results.tsv / summary.tsv back as pandas: empty text stays empty, "nan" is missing."""
+    import pandas as pd
+
+    return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["nan"])
+
+
+def compare_modes(summary_a, summary_b, out) -> None:
+    """Accuracy and majority class of the same model families and data sets in two studies run in
+    different modes (`corrected`, `faithful`), side by side, with the change: what the published
+    code's defects do to each number. Markdown."""
+    a, b = read_table(summary_a), read_table(summary_b)
+    mode_a, mode_b = a["mode"].iloc[0], b["mode"].iloc[0]
+    if mode_a == mode_b:
+        raise ValueError(f"{summary_a} and {summary_b} are both in {mode_a!r} mode: compare a corrected study with a faithful one")
+    merged = a.merge(b, on=["family", "dataset"], suffixes=("_a", "_b"))
+    if merged.empty:
+        raise ValueError(f"{summary_a} and {summary_b} share no model family and data set: run the same models and sets in both modes")
+    lines = [f"| Dataset | Model | Configuration | {mode_a} | {mode_b} | change (points) | majority {mode_a} | majority {mode_b} |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in merged.itertuples():
+        def majority(name, correct):
+            return f"{name} {'✓' if correct else '✗'}" if name else ""
+        lines.append(
+            f"| {r.dataset_label_a} | {r.label_a} | {r.configuration_a} | "
+            f"{100 * r.accuracy_mean_a:.1f} ± {100 * r.accuracy_std_a:.1f} | {100 * r.accuracy_mean_b:.1f} ± {100 * r.accuracy_std_b:.1f} | "
+            f"{100 * (r.accuracy_mean_b - r.accuracy_mean_a):+.1f} | {majority(r.majority_class_a, r.majority_correct_a)} | "
+            f"{majority(r.majority_class_b, r.majority_correct_b)} |")
+    io.write_text_atomically(out, "\n".join(lines) + "\n")
+
+
+# ---- defect study ----------------------------------------------------------------------------
+
+def disagreement_score(classes: np.ndarray, window: int = 3) -> np.ndarray:
+    """Per scan position, the fraction of the positions in a window x window neighbourhood whose
+    class differs from the map's majority class: high where the map departs from its domain."""
+    from scipy.ndimage import uniform_filter
+
+    majority = np.bincount(classes.ravel(), minlength=len(CLASS_NAMES)).argmax()
+    return uniform_filter((classes != majority).astype(np.float64), size=window, mode="nearest")
+
+
+def localisation_auc(classes: np.ndarray, defect_mask: np.ndarray, window: int = 3) -> float:
+    """ROC AUC of the disagreement score against the defect mask: 1 means the misclassified
+    region is exactly around the vacancy, 0.5 means it says nothing about where it is."""
+    from sklearn.metrics import roc_auc_score
+
+    mask = np.asarray(defect_mask, bool)
+    if mask.all() or not mask.any():
+        raise ValueError("the defect mask must mark some scan positions and not all of them")
+    return float(roc_auc_score(mask.ravel(), disagreement_score(classes, window).ravel()))

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from polarmap import io
 from polarmap.models import PcaKnn, PolarizationModel, class_prototypes
 from polarmap.preprocessing import CONFIGURATIONS, AugmentationSettings, augmentation_pipeline, derived_seed, read_split
-from polarmap.provenance import config_hash, file_sha256, provenance_attrs
+from polarmap.provenance import file_sha256, write_record
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
 
@@ -218,15 +218,11 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
 
     _save(out_dir / "model.pt", {"state_dict": model.state_dict(), "settings": settings_json, "input_px": int(train_x.shape[-1])})
     _write_metrics(out_dir / "metrics.csv", state["history"])
-    record = {
-        "settings": asdict(settings), "config_hash": config_hash(asdict(settings)), "device": str(device),
-        "epochs_run": len(state["history"]), "best_val_loss": state["best_val_loss"], "synthetic_test_accuracy": test_accuracy,
-        "patterns": {"train": len(train_y), "validation": len(val_y), "test": len(test_y)},
-        "inputs": {str(p): file_sha256(p) for p in [split_path, *preprocessed]},
-        "wall_seconds": time.perf_counter() - started, "torch": torch.__version__,
-        **{k: v for k, v in provenance_attrs(asdict(settings)).items() if k in ("code_version", "package_versions")},
-    }
-    (out_dir / "record.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    record = write_record(
+        out_dir / "record.json", [split_path, *preprocessed], asdict(settings), started,
+        seed=settings.seed, device=str(device), epochs_run=len(state["history"]), best_val_loss=state["best_val_loss"],
+        synthetic_test_accuracy=test_accuracy, patterns={"train": len(train_y), "validation": len(val_y), "test": len(test_y)},
+    )
     checkpoint_path.unlink(missing_ok=True)
     return record
 

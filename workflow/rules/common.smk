@@ -12,6 +12,7 @@ from polarmap.config import (
     simulated_datasets,
     simulation_settings,
     split_job_settings,
+    sweep_points,
     training_jobs,
     validate_config,
 )
@@ -39,6 +40,18 @@ PCA_KNN = (
     else []
 )
 PREDICTORS = list(TRAINING_JOBS) + PCA_KNN + ["com"]
+# Tables 1-3: one per preprocessing configuration with any trained predictor, in the paper's order
+TABLE_NUMBERS = {"none": 1, "augmentation": 2, "augmentation_filter": 3}
+TABLE_CONFIGURATIONS = [
+    c for c in TABLE_NUMBERS if any(job["configuration"] == c for job in TRAINING_JOBS.values()) or any(f"-{c}-" in p for p in PCA_KNN)
+]
+SWEEPS = sweep_points(config)
+COM_FIELD_DATASET = config["evaluation"]["com_field_dataset"] or next(iter(config["datasets"]["tests"]), "reference")
+
+
+def predictors_of(configuration):
+    """The predictors whose maps go in one configuration's figure (the CoM baseline in each)."""
+    return [p for p in PREDICTORS if p == "com" or TRAINING_JOBS.get(p, {}).get("configuration") == configuration or p.startswith(f"pca_knn-{configuration}-")]
 
 
 def one_of(names):
@@ -48,6 +61,7 @@ def one_of(names):
 wildcard_constraints:
     dataset=one_of(ROLES),
     configuration=one_of(config["preprocessing"]["configurations"]),
+    sweep=one_of(SWEEPS),
     seed=r"\d+",
     model=one_of(TRAINING_JOBS),
     predictor=one_of(PREDICTORS),
@@ -103,5 +117,9 @@ def all_outputs():
             if config["training"]["pca_knn"]["enabled"]
             else []
         )
-        + [f"{RESULTS}/datasets/summary.tsv", f"{RESULTS}/preprocessed/filter_counts.tsv", f"{RESULTS}/tables/accuracy.tsv"]
+        + [f"{RESULTS}/datasets/summary.tsv", f"{RESULTS}/preprocessed/filter_counts.tsv", f"{RESULTS}/tables/summary.tsv"]
+        + expand(f"{RESULTS}/figures/{{kind}}_{{configuration}}.png", kind=["distributions", "maps"], configuration=TABLE_CONFIGURATIONS)
+        + expand(f"{RESULTS}/figures/sweep_{{sweep}}.png", sweep=SWEEPS)
+        + [f"{RESULTS}/figures/com_field.png"]
+        + ([f"{RESULTS}/tables/modes.md"] if config["evaluation"]["compare_with"] else [])
     )

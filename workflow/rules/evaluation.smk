@@ -6,6 +6,7 @@ rule predict:
     output:
         grids=f"{RESULTS}/predictions/{{predictor}}.npz",
         metrics=f"{RESULTS}/predictions/{{predictor}}.json",
+        record=f"{RESULTS}/predictions/{{predictor}}.record.json",
     params:
         model=lambda wildcards, input: input.model or "com",
     threads: 2
@@ -20,19 +21,120 @@ rule predict:
         "--out {output.grids} --metrics {output.metrics} > {log} 2>&1"
 
 
-rule accuracy_table:
-    """Accuracy of every model family on every evaluation set, mean +- std over seeds."""
+rule tables:
+    """Per-pattern results pooled into results.tsv, the per-family summary, and Tables 1-3."""
     input:
-        expand(f"{RESULTS}/predictions/{{predictor}}.json", predictor=PREDICTORS),
+        metrics=expand(f"{RESULTS}/predictions/{{predictor}}.json", predictor=PREDICTORS),
+        records=expand(f"{RESULTS}/models/{{model}}/record.json", model=list(TRAINING_JOBS) + PCA_KNN),
     output:
-        report(
-            f"{RESULTS}/tables/accuracy.tsv",
-            caption="../report/accuracy.rst",
-            category="Evaluation",
-        ),
+        results=report(f"{RESULTS}/tables/results.tsv", caption="../report/results.rst", category="Evaluation", subcategory="Tables"),
+        summary=report(f"{RESULTS}/tables/summary.tsv", caption="../report/summary.rst", category="Evaluation", subcategory="Tables"),
+        markdown=[
+            report(f"{RESULTS}/tables/table_{c}.md", caption="../report/table.rst", category="Evaluation", subcategory="Tables",
+                   labels={"table": f"Table {TABLE_NUMBERS[c]}", "configuration": c})
+            for c in TABLE_CONFIGURATIONS
+        ],
+        other_formats=expand(f"{RESULTS}/tables/table_{{configuration}}.{{suffix}}", configuration=TABLE_CONFIGURATIONS, suffix=["csv", "tex"]),
+        record=f"{RESULTS}/tables/tables.record.json",
+    params:
+        out_dir=lambda wildcards, output: Path(output.results).parent,
+        mode=config["mode"],
     log:
-        f"{RESULTS}/logs/accuracy_table.log",
+        f"{RESULTS}/logs/tables.log",
     conda:
         "../../envs/ml.yaml"
     shell:
-        "polarmap accuracy-table {input} --out {output} > {log} 2>&1"
+        "polarmap tables {input.metrics} --records {input.records} --mode {params.mode} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule compare_modes:
+    """This study's numbers beside the other mode's (evaluation.compare_with)."""
+    input:
+        summary=f"{RESULTS}/tables/summary.tsv",
+        other=f"{config['evaluation']['compare_with']}/tables/summary.tsv",
+    output:
+        table=report(f"{RESULTS}/tables/modes.md", caption="../report/modes.rst", category="Evaluation", subcategory="Tables"),
+        record=f"{RESULTS}/tables/modes.record.json",
+    log:
+        f"{RESULTS}/logs/compare_modes.log",
+    conda:
+        "../../envs/ml.yaml"
+    shell:
+        "polarmap compare-modes {input.summary} {input.other} --out {output.table} > {log} 2>&1"
+
+
+rule figure_distributions:
+    """Fig. 3/4: predicted class fractions per data set and model, mean and std over seeds."""
+    input:
+        f"{RESULTS}/tables/results.tsv",
+    output:
+        png=report(f"{RESULTS}/figures/distributions_{{configuration}}.png", caption="../report/distributions.rst",
+                   category="Evaluation", subcategory="Prediction distributions", labels={"configuration": "{configuration}"}),
+        pdf=f"{RESULTS}/figures/distributions_{{configuration}}.pdf",
+        record=f"{RESULTS}/figures/distributions_{{configuration}}.record.json",
+    params:
+        out=lambda wildcards, output: output.png.removesuffix(".png"),
+    log:
+        f"{RESULTS}/logs/figures/distributions_{{configuration}}.log",
+    conda:
+        "../../envs/ml.yaml"
+    shell:
+        "polarmap figure distributions {input} --configuration {wildcards.configuration} --out {params.out} > {log} 2>&1"
+
+
+rule figure_maps:
+    """Fig. 5/6: class maps on the scan grid, majority vote over seeds."""
+    input:
+        lambda wildcards: expand(f"{RESULTS}/predictions/{{predictor}}.npz", predictor=predictors_of(wildcards.configuration)),
+    output:
+        png=report(f"{RESULTS}/figures/maps_{{configuration}}.png", caption="../report/maps.rst",
+                   category="Evaluation", subcategory="Class maps", labels={"configuration": "{configuration}"}),
+        pdf=f"{RESULTS}/figures/maps_{{configuration}}.pdf",
+        record=f"{RESULTS}/figures/maps_{{configuration}}.record.json",
+    params:
+        out=lambda wildcards, output: output.png.removesuffix(".png"),
+    log:
+        f"{RESULTS}/logs/figures/maps_{{configuration}}.log",
+    conda:
+        "../../envs/ml.yaml"
+    shell:
+        "polarmap figure maps {input} --configuration {wildcards.configuration} --out {params.out} > {log} 2>&1"
+
+
+rule figure_com_field:
+    """Fig. 7: the beam-shift field over one unit cell with the projected structure."""
+    input:
+        preprocessed=f"{RESULTS}/preprocessed/{COM_FIELD_DATASET}.h5",
+        structure=f"{RESULTS}/structures/{COM_FIELD_DATASET}.xyz",
+    output:
+        png=report(f"{RESULTS}/figures/com_field.png", caption="../report/com_field.rst", category="Evaluation", subcategory="Physics"),
+        pdf=f"{RESULTS}/figures/com_field.pdf",
+        record=f"{RESULTS}/figures/com_field.record.json",
+    params:
+        out=lambda wildcards, output: output.png.removesuffix(".png"),
+    log:
+        f"{RESULTS}/logs/figures/com_field.log",
+    conda:
+        "../../envs/ml.yaml"
+    shell:
+        "polarmap figure com-field {input.preprocessed} {input.structure} --out {params.out} > {log} 2>&1"
+
+
+rule figure_sweep:
+    """Accuracy against a swept domain-gap knob, per model."""
+    input:
+        f"{RESULTS}/tables/results.tsv",
+    output:
+        png=report(f"{RESULTS}/figures/sweep_{{sweep}}.png", caption="../report/sweep.rst",
+                   category="Evaluation", subcategory="Domain gap", labels={"sweep": "{sweep}"}),
+        pdf=f"{RESULTS}/figures/sweep_{{sweep}}.pdf",
+        record=f"{RESULTS}/figures/sweep_{{sweep}}.record.json",
+    params:
+        sweep=lambda wildcards: json.dumps(SWEEPS[wildcards.sweep]),
+        out=lambda wildcards, output: output.png.removesuffix(".png"),
+    log:
+        f"{RESULTS}/logs/figures/sweep_{{sweep}}.log",
+    conda:
+        "../../envs/ml.yaml"
+    shell:
+        "polarmap figure sweep {input} --sweep {params.sweep:q} --out {params.out} > {log} 2>&1"

@@ -7,7 +7,12 @@ rule train:
         weights=imagenet_weights_input,
     output:
         model=f"{RESULTS}/models/{{model}}/model.pt",
-        metrics=f"{RESULTS}/models/{{model}}/metrics.csv",
+        metrics=report(
+            f"{RESULTS}/models/{{model}}/metrics.csv",
+            caption="../report/training.rst",
+            category="Training",
+            labels=lambda wildcards: {key: str(TRAINING_JOBS[wildcards.model][key]) for key in ("encoder", "objective", "configuration", "pretrained", "seed")},
+        ),
         record=f"{RESULTS}/models/{{model}}/record.json",
     params:
         job=lambda wildcards: json.dumps(TRAINING_JOBS[wildcards.model], sort_keys=True),

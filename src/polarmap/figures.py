@@ -1,0 +1,242 @@
+"""Figures of the evaluation, each written as PNG and PDF: prediction distributions (paper Fig. 3,
+4), class maps on the scan grid (Fig. 5, 6), the CoM beam-shift field over a unit cell (Fig. 7),
+defect maps (Fig. 8) and accuracy against a swept knob. One colour per class in every figure; the
+scan grid is drawn with +row up, as the classes are defined."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from polarmap.classes import CLASS_NAMES  # noqa: E402
+
+# colour-blind-safe (Okabe-Ito plus two), neighbouring directions in distinct hues
+CLASS_COLOURS = ("#0072B2", "#56B4E9", "#009E73", "#F0E442", "#E69F00", "#D55E00", "#CC79A7", "#7F3C8D")
+CLASS_CMAP = ListedColormap(CLASS_COLOURS, name="polarization_classes")
+ELEMENT_COLOURS = {"K": "#9467bd", "Na": "#e7ba52", "Nb": "#2ca02c", "O": "#d62728"}
+
+
+def save(fig, out):
+    """`out` without suffix -> out.png and out.pdf, each written whole or not at all. Returns
+    the figure (closed for pyplot, still inspectable)."""
+    out = Path(out)
+    for suffix in (".png", ".pdf"):
+        path = out.with_name(out.name + suffix)
+        tmp = path.with_name(path.name + ".tmp" + suffix)
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        tmp.replace(path)
+    plt.close(fig)
+    return fig
+
+
+def class_legend(ax, **kwargs) -> None:
+    ax.legend(handles=[Patch(color=c, label=n) for n, c in zip(CLASS_NAMES, CLASS_COLOURS)], **kwargs)
+
+
+def _panel_grid(n: int, columns: int, width: float, height: float):
+    rows = max(1, -(-n // columns))
+    fig, axes = plt.subplots(rows, min(n, columns), figsize=(width * min(n, columns), height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.flat
+
+
+def prediction_distributions(fractions: dict, title: str, out):
+    """Fraction of patterns predicted as each class, one panel per data set, one bar group per
+    model: `fractions[dataset][model] = (mean (8,), std (8,))` over seeds."""
+    datasets = list(fractions)
+    fig, axes = _panel_grid(len(datasets), 3, 5.2, 3.0)
+    x = np.arange(len(CLASS_NAMES))
+    for ax, dataset in zip(axes, datasets):
+        models = list(fractions[dataset])
+        width = 0.8 / max(len(models), 1)
+        for i, model in enumerate(models):
+            mean, std = fractions[dataset][model]
+            ax.bar(x - 0.4 + (i + 0.5) * width, mean, width, yerr=std, capsize=1.5, label=model,
+                   color=plt.cm.tab20(i % 20), error_kw={"lw": 0.6})
+        ax.set_xticks(x, CLASS_NAMES)
+        for tick, colour in zip(ax.get_xticklabels(), CLASS_COLOURS):
+            tick.set_color(colour)
+            tick.set_fontweight("bold")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("fraction of patterns")
+        ax.set_title(dataset, fontsize=10)
+    axes[0].legend(fontsize=6, ncol=2, loc="upper right")
+    fig.suptitle(title)
+    return save(fig, out)
+
+
+def majority_vote(grids: list[np.ndarray]) -> np.ndarray:
+    """Per-pattern majority class over seeds; ties go to the lowest class index."""
+    stacked = np.stack(grids).astype(np.int64)
+    votes = np.stack([(stacked == k).sum(axis=0) for k in range(len(CLASS_NAMES))])
+    return votes.argmax(axis=0)
+
+
+def class_maps(maps: dict, title: str, out):
+    """Class maps on the scan grid: `maps[model][dataset]` = (scan_rows, scan_cols) classes."""
+    models = list(maps)
+    datasets = list(dict.fromkeys(d for m in models for d in maps[m]))
+    fig, axes = plt.subplots(len(models), len(datasets), figsize=(1.7 * len(datasets) + 1.5, 1.7 * len(models) + 0.8), squeeze=False)
+    for i, model in enumerate(models):
+        for j, dataset in enumerate(datasets):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if dataset in maps[model]:
+                ax.imshow(maps[model][dataset], cmap=CLASS_CMAP, vmin=-0.5, vmax=len(CLASS_NAMES) - 0.5, origin="lower", interpolation="nearest")
+            else:
+                ax.set_visible(False)
+            if i == 0:
+                ax.set_title(dataset, fontsize=8)
+            if j == 0:
+                ax.set_ylabel(model, fontsize=7)
+    class_legend(fig, loc="lower center", ncol=len(CLASS_NAMES), fontsize=7, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title)
+    return save(fig, out)
+
+
+def com_field(beam_shift: np.ndarray, scan_step: float, cell: float, atoms, title: str, out):
+    """The beam-shift vector (row, col) at each scan position of the first unit cell, with the
+    projected atom columns of `atoms` (ase) overlaid; axes in Angstrom, +row up."""
+    n = max(1, int(round(cell / scan_step)))
+    field = beam_shift[:n, :n]
+    rows, cols = np.mgrid[:n, :n] * scan_step
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    xy = atoms.positions[:, :2]
+    inside = (xy[:, 0] < n * scan_step) & (xy[:, 1] < n * scan_step)
+    for symbol, colour in ELEMENT_COLOURS.items():
+        mine = inside & (np.array(atoms.get_chemical_symbols()) == symbol)
+        if mine.any():
+            ax.scatter(xy[mine, 0], xy[mine, 1], s=160, color=colour, alpha=0.35, label=symbol, edgecolors="none")
+    magnitude = np.hypot(field[..., 0], field[..., 1])
+    quiver = ax.quiver(cols, rows, field[..., 1], field[..., 0], magnitude, cmap="viridis", pivot="middle")
+    fig.colorbar(quiver, ax=ax, label="beam shift (detector px)", shrink=0.8)
+    ax.set_xlabel("x = col (Angstrom)")
+    ax.set_ylabel("y = row (Angstrom)")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=7)
+    ax.set_title(title, fontsize=10)
+    return save(fig, out)
+
+
+def defect_maps(maps: dict, masks: dict, scores: dict, title: str, out):
+    """Class maps with the defect region outlined, one row per model and one column per
+    configuration: `maps[model][configuration]`, `masks[configuration]`, `scores` the ROC AUC."""
+    models = list(maps)
+    configurations = list(dict.fromkeys(c for m in models for c in maps[m]))
+    fig, axes = plt.subplots(len(models), len(configurations), figsize=(2.6 * len(configurations) + 0.5, 2.6 * len(models) + 0.8), squeeze=False)
+    for i, model in enumerate(models):
+        for j, configuration in enumerate(configurations):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if configuration not in maps[model]:
+                ax.set_visible(False)
+                continue
+            ax.imshow(maps[model][configuration], cmap=CLASS_CMAP, vmin=-0.5, vmax=len(CLASS_NAMES) - 0.5, origin="lower", interpolation="nearest")
+            ax.contour(masks[configuration].astype(float), levels=[0.5], colors="white", linewidths=1.2, origin="lower")
+            ax.set_title(f"{configuration}\nAUC {scores[model][configuration]:.2f}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(model, fontsize=8)
+    class_legend(fig, loc="lower center", ncol=len(CLASS_NAMES), fontsize=7, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title)
+    return save(fig, out)
+
+
+def accuracy_against_knob(points: dict, knob: str, title: str, out, log_x: bool = False):
+    """`points[model] = (values, mean accuracies, std)`: one line with error bars per model."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (model, (values, mean, std)) in enumerate(points.items()):
+        order = np.argsort(values)
+        ax.errorbar(np.asarray(values)[order], np.asarray(mean)[order], yerr=np.asarray(std)[order], marker="o", ms=3,
+                    capsize=2, label=model, color=plt.cm.tab20(i % 20))
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(knob)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.axhline(1 / len(CLASS_NAMES), color="grey", lw=0.8, ls=":", label="chance")
+    ax.legend(fontsize=6, ncol=2)
+    ax.set_title(title, fontsize=10)
+    return save(fig, out)
+
+
+# ---- from the evaluation's files ---------------------------------------------------------------
+
+def _family_labels(results) -> dict[str, str]:
+    return dict(zip(results["family"], results["label"]))
+
+
+def distributions_from_results(results, configuration: str, out):
+    """Fig. 3/4 for one configuration from results.tsv (pandas): class fractions per data set and
+    model family, mean and std over seeds."""
+    from polarmap.evaluation import COUNT_COLUMNS, SYNTHETIC_TEST
+
+    mine = results[((results["configuration"] == configuration) | (results["family"] == "com")) & (results["dataset"] != SYNTHETIC_TEST)]
+    if mine.empty:
+        raise ValueError(f"no predictions for configuration {configuration!r}")
+    labels = _family_labels(mine)
+    fractions: dict = {}
+    for (dataset_label, family), group in mine.groupby(["dataset_label", "family"], sort=False):
+        counts = group[COUNT_COLUMNS].to_numpy(dtype=float)
+        share = counts / counts.sum(axis=1, keepdims=True)
+        fractions.setdefault(dataset_label, {})[labels[family]] = (share.mean(axis=0), share.std(axis=0))
+    return prediction_distributions(fractions, f"Predicted classes, {configuration} configuration (mean ± std over seeds)", out)
+
+
+def maps_from_predictions(prediction_files, configuration: str, out):
+    """Fig. 5/6 for one configuration: per model family and data set, the per-pattern majority
+    vote over seeds of the predictions.npz files."""
+    from polarmap.evaluation import describe_predictor
+
+    grids: dict = {}
+    for path in map(Path, prediction_files):
+        info = describe_predictor(path.stem)
+        if info["configuration"] not in (configuration, ""):
+            continue
+        with np.load(path, allow_pickle=False) as data:
+            for name in data.files:
+                if not name.endswith(".angle"):
+                    grids.setdefault(info["label"], {}).setdefault(name, []).append(data[name])
+    if not grids:
+        raise ValueError(f"no prediction grids for configuration {configuration!r}")
+    maps = {model: {dataset: majority_vote(g) for dataset, g in sets.items()} for model, sets in grids.items()}
+    return class_maps(maps, f"Class maps, {configuration} configuration (majority vote over seeds)", out)
+
+
+def com_field_from_files(preprocessed, structure, out):
+    """Fig. 7: the measured beam-shift field of a preprocessed simulated set over its first unit
+    cell, with the projected structure it was simulated from."""
+    from polarmap import io
+    from polarmap.structures import read_structure
+
+    with io.open_dataset(preprocessed) as f:
+        attrs = io.read_attrs(f)
+        beam_shift = f["beam_shift"][()]
+    atoms = read_structure(structure)
+    repeats = [int(c) for c in str(attrs["supercell"]).split("x")]
+    cell = atoms.cell.lengths()[0] / repeats[0]
+    return com_field(beam_shift, float(attrs["scan_step_angstrom"]), cell, atoms,
+                     f"Beam shift over one unit cell, {attrs['name']} ({'/'.join(attrs['classes'])})", out)
+
+
+def sweep_from_results(results, sweep: list[dict], knob: str, out):
+    """Accuracy against a swept knob: `sweep` lists {dataset, value}; one line per model family
+    (all configurations), mean and std over seeds."""
+    values = {point["dataset"]: point["value"] for point in sweep}
+    mine = results[results["dataset"].isin(list(values))]
+    if mine.empty:
+        raise ValueError(f"no predictions for the {knob} sweep's data sets ({', '.join(values)})")
+    points = {}
+    for family, group in mine.groupby("family", sort=False):
+        stats = group.groupby("dataset")["accuracy"].agg(["mean", lambda a: a.std(ddof=0)])
+        label = group["label"].iloc[0] + ("" if family == "com" else f" [{group['configuration'].iloc[0]}]")
+        points[label] = ([values[d] for d in stats.index], stats.iloc[:, 0].to_numpy(), stats.iloc[:, 1].to_numpy())
+    spread = max(values.values()) / max(min(values.values()), 1e-12)
+    return accuracy_against_knob(points, knob, f"Accuracy against {knob}", out, log_x=min(values.values()) > 0 and spread >= 100)

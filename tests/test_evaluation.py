@@ -1,0 +1,184 @@
+"""Tables, angles, the defect score, figures and the archive, from hand-made predictions."""
+
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from polarmap import io
+from polarmap.classes import CLASS_NAMES
+from polarmap.evaluation import (
+    SYNTHETIC_TEST, angular_error_deg, compare_modes, dataset_label, describe_predictor, localisation_auc,
+    paper_table, read_table, render_csv, render_latex, render_markdown, results_frame, summarize, write_tables,
+)
+from polarmap.models import OBJECTIVES, circular_mean
+
+
+def metrics(dataset, accuracy, counts, accepted, angular_error=float("nan")):
+    return {"dataset": dataset, "label": f"{dataset}-{'/'.join(accepted)}", "accuracy": accuracy, "accepted": accepted,
+            "angular_error_deg": angular_error, "counts": {name: counts.get(name, 0) for name in CLASS_NAMES}}
+
+
+@pytest.fixture
+def study(tmp_path):
+    """Two seeds of a Conv classifier and a Conv regressor, PCA+kNN and the CoM baseline."""
+    files = {
+        "conv-classification-none-scratch-seed1": [metrics("4E", 0.5, {"RM": 5, "LU": 5}, ["RM", "RD"]), metrics("3S", 0.9, {"RM": 9, "RU": 1}, ["RM"])],
+        "conv-classification-none-scratch-seed2": [metrics("4E", 1.0, {"RD": 10}, ["RM", "RD"]), metrics("3S", 0.7, {"RM": 7, "MU": 3}, ["RM"])],
+        "conv-regression-none-scratch-seed1": [metrics("4E", 0.2, {"LU": 8, "RM": 2}, ["RM", "RD"], 80.0), metrics("3S", 0.9, {"RM": 9, "RU": 1}, ["RM"], 10.0)],
+        "pca_knn-none-seed1": [metrics("4E", 0.0, {"LU": 10}, ["RM", "RD"]), metrics("3S", 0.3, {"RM": 3, "LM": 7}, ["RM"])],
+        "com": [metrics("4E", 0.0, {"LU": 10, "RD": 10}, ["RM", "RD"], 90.0), metrics("3S", 1.0, {"RM": 10}, ["RM"], 5.0)],
+    }
+    for name, content in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(content))
+    records = []
+    for name, accuracy in (("conv-classification-none-scratch-seed1", 1.0), ("conv-classification-none-scratch-seed2", 0.98)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "record.json").write_text(json.dumps({"synthetic_test_accuracy": accuracy}))
+        records.append(tmp_path / name / "record.json")
+    return sorted(tmp_path.glob("*.json")), records
+
+
+def test_predictor_names_are_parsed():
+    assert describe_predictor("vgg16-prototype-augmentation_filter-imagenet-seed888") == {
+        "family": "vgg16-prototype-augmentation_filter-imagenet", "label": "VGG (Proto, ImageNet)", "encoder": "vgg16",
+        "objective": "prototype", "configuration": "augmentation_filter", "pretrained": "imagenet", "seed": 888}
+    assert describe_predictor("pca_knn-none-seed5")["label"] == "PCA" and describe_predictor("com")["label"] == "CoM"
+
+
+def test_summary_pools_seeds_accepts_two_classes_and_breaks_ties_low(study):
+    summary = summarize(results_frame(*study)).set_index(["family", "dataset"])
+    conv = summary.loc[("conv-classification-none-scratch", "4E")]
+    assert conv.accuracy_mean == pytest.approx(0.75) and conv.accuracy_std == pytest.approx(0.25)  # population std
+    assert conv.majority_class == "RD" and conv.majority_correct  # RD is accepted beside RM
+    com = summary.loc[("com", "4E")]
+    assert com.majority_class == "LU" and not com.majority_correct  # a LU/RD tie goes to the lower index
+    assert summary.loc[("conv-classification-none-scratch", SYNTHETIC_TEST)].accuracy_mean == pytest.approx(0.99)
+    assert summary.loc[("conv-regression-none-scratch", "3S")].angular_error_deg == pytest.approx(10.0)
+
+
+def test_paper_table_layout_bold_and_marks(study):
+    summary = summarize(results_frame(*study))
+    rows = paper_table(summary, "none")
+    assert [c["text"] for c in rows[0]["cells"]] == ["Dataset", "Conv (Reg)", "Conv (Cls)", "PCA", "CoM"]
+    assert [r["kind"] for r in rows[1:]] == ["accuracy", "accuracy", "majority", "angle", "accuracy", "majority", "angle"]
+    synthetic = rows[1]["cells"]
+    assert synthetic[0]["text"] == SYNTHETIC_TEST and synthetic[2]["text"] == "99.0 ± 1.0" and synthetic[1]["text"] == ""
+    three_s = rows[5]["cells"]  # 3S: CoM is best at 100 %
+    assert [c.get("best") for c in three_s[1:]] == [False, False, False, True]
+    markdown = render_markdown(rows)
+    assert "| **100.0 ± 0.0** |" in markdown and "RD ✓" in markdown and "LU ✗" in markdown
+    latex = render_latex(rows, "Table 1")
+    assert "\\textbf{100.0 $\\pm$ 0.0}" in latex and "\\textcolor{red}{LU}" in latex and "\\textcolor{green!50!black}{RD}" in latex
+    assert "RD (right)" in render_csv(rows) and "100.0 ± 0.0 (best)" in render_csv(rows)
+
+
+def test_tables_are_written_and_modes_compared(study, tmp_path):
+    written = write_tables(*study, tmp_path / "corrected", "corrected")
+    assert {p.name for p in written} >= {"results.tsv", "summary.tsv", "table_none.md", "table_none.csv", "table_none.tex"}
+    summary = read_table(tmp_path / "corrected/summary.tsv")
+    assert summary.loc[summary["family"] == "com", "configuration"].iloc[0] == ""  # empty text survives the round trip
+    faithful = summary.assign(mode="faithful", accuracy_mean=summary["accuracy_mean"] - 0.25)
+    faithful.to_csv(tmp_path / "faithful.tsv", sep="\t", index=False, na_rep="nan")
+    compare_modes(tmp_path / "corrected/summary.tsv", tmp_path / "faithful.tsv", tmp_path / "modes.md")
+    table = (tmp_path / "modes.md").read_text()
+    assert "| corrected | faithful |" in table and "| -25.0 |" in table
+    with pytest.raises(ValueError, match="both in 'corrected' mode"):
+        compare_modes(tmp_path / "corrected/summary.tsv", tmp_path / "corrected/summary.tsv", tmp_path / "same.md")
+
+
+def test_angular_error_and_predicted_angles():
+    accepted = [0, 7]  # RM or RD
+    errors = angular_error_deg(np.deg2rad([10.0, -30.0, 180.0, 350.0]), accepted)
+    assert errors == pytest.approx([10.0, 15.0, 135.0, 10.0])
+    regression = OBJECTIVES["regression"]()
+    angle = regression.angle(torch.tensor([[0.0, 1.0], [-1.0, 0.0]]))
+    assert angle.tolist() == pytest.approx([np.pi / 2, np.pi])
+    # equal probability on RU and MU: halfway between 45 and 90 degrees
+    probabilities = torch.zeros(1, 8)
+    probabilities[0, 1:3] = 0.5
+    assert float(circular_mean(probabilities)) == pytest.approx(np.deg2rad(67.5))
+
+
+def test_dataset_labels_follow_the_paper():
+    assert dataset_label({"name": "1S", "classes": ["LU"], "supercell": "6x6x50", "thickness_nm": 19.9}) == "1S-LU-6x6-19.9nm"
+    assert dataset_label({"name": "4E", "classes": ["RM", "RD"], "supercell": "unknown", "thickness_nm": 0}) == "4E-RM/RD"
+
+
+def test_defect_localisation_score():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((32, 32), bool)
+    mask[12:20, 12:20] = True
+    located = np.full((32, 32), 7)
+    located[mask] = rng.integers(0, 7, mask.sum())  # misclassified exactly around the vacancy
+    assert localisation_auc(located, mask) > 0.95
+    scattered = np.where(rng.random((32, 32)) < 0.2, 3, 7)  # errors unrelated to the vacancy
+    assert 0.35 < localisation_auc(scattered, mask) < 0.65
+    with pytest.raises(ValueError, match="must mark some scan positions"):
+        localisation_auc(located, np.zeros((32, 32), bool))
+
+
+def test_figures_have_the_expected_axes(study, tmp_path):
+    from polarmap import figures
+    from polarmap.structures import build_supercell
+
+    results = results_frame(*study)
+    fig = figures.distributions_from_results(results, "none", tmp_path / "dist")
+    assert (tmp_path / "dist.png").stat().st_size > 0 and (tmp_path / "dist.pdf").read_bytes()[:4] == b"%PDF"
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in visible] == ["4E-RM/RD", "3S-RM"]
+    assert [t.get_text() for t in visible[0].get_xticklabels()] == list(CLASS_NAMES)
+    assert visible[0].get_ylabel() == "fraction of patterns"
+
+    grids = {"conv-classification-none-scratch-seed1": np.zeros((4, 4), np.int8), "conv-classification-none-scratch-seed2": np.ones((4, 4), np.int8),
+             "conv-classification-none-scratch-seed3": np.ones((4, 4), np.int8), "com": np.full((4, 4), 7, np.int8)}
+    for name, grid in grids.items():
+        io.save_npz_atomically(tmp_path / f"{name}.npz", {"3S": grid, "3S.angle": grid.astype(np.float32)})
+    fig = figures.maps_from_predictions(sorted(tmp_path.glob("*.npz")), "none", tmp_path / "maps")
+    images = [ax.images[0].get_array() for ax in fig.axes if ax.images]
+    assert len(images) == 2 and {int(np.unique(i)[0]) for i in images} == {1, 7}  # majority of 0, 1, 1 is 1
+    assert figures.majority_vote([np.array([0, 3]), np.array([3, 0])]).tolist() == [0, 0]  # ties: lowest index
+
+    atoms = build_supercell((2, 2, 2), "RM")
+    step = atoms.cell.lengths()[0] / 8
+    beam_shift = np.zeros((8, 8, 2))
+    beam_shift[..., 1] = 1.0  # all pointing right
+    fig = figures.com_field(beam_shift, step, atoms.cell.lengths()[0] / 2, atoms, "RM", tmp_path / "com")
+    quiver = next(c for c in fig.axes[0].collections if c.__class__.__name__ == "Quiver")
+    assert quiver.N == 16 and np.allclose(quiver.U, 1) and np.allclose(quiver.V, 0)
+    assert fig.axes[0].get_xlabel().startswith("x = col")
+
+    sweep = [{"dataset": "4E", "value": 1000}, {"dataset": "3S", "value": 100000}]
+    fig = figures.sweep_from_results(results, sweep, "dose_e_per_pattern", tmp_path / "sweep")
+    assert fig.axes[0].get_xscale() == "log" and fig.axes[0].get_xlabel() == "dose_e_per_pattern"
+    assert {t.get_text() for t in fig.axes[0].get_legend().get_texts()} >= {"CoM", "Conv (Cls) [none]", "PCA [none]", "chance"}
+
+
+def test_archive_packs_results_without_large_files(study, tmp_path):
+    from polarmap.provenance import archive, write_record
+
+    results = tmp_path / "results/demo"
+    (results / "tables").mkdir(parents=True)
+    (results / "tables/summary.tsv").write_text("family\tdataset\n")
+    write_record(results / "tables/tables.record.json", [results / "tables/summary.tsv"], {"mode": "corrected"}, 0.0, seed=888)
+    (results / "models/m").mkdir(parents=True)
+    (results / "models/m/model.pt").write_bytes(b"weights")
+    (results / "datasets").mkdir()
+    (results / "datasets/1S.h5").write_bytes(b"data")
+    (results / "datasets/2S.h5.partial").write_bytes(b"unfinished")
+    (tmp_path / "config.yaml").write_text("study: demo\n")
+    path, count = archive(results, tmp_path / "demo.tar.gz", [tmp_path / "config.yaml"])
+    with tarfile.open(path) as tar:
+        names = set(tar.getnames())
+        manifest = json.loads(tar.extractfile("demo/MANIFEST.json").read())
+    assert names == {"demo/tables/summary.tsv", "demo/tables/tables.record.json", "demo/config/config.yaml", "demo/MANIFEST.json"}
+    assert count == 4 and set(manifest["files"]) == names - {"demo/MANIFEST.json"}
+    record = json.loads((results / "tables/tables.record.json").read_text())
+    assert set(record) >= {"git_commit", "dirty", "config_hash", "inputs", "package_versions", "wall_seconds", "seed"}
+    assert record["package_versions"]["torch"] == torch.__version__.split("+")[0]
+    with tarfile.open(archive(results, tmp_path / "all.tar.gz", include=["models"])[0]) as tar:
+        assert "demo/models/m/model.pt" in tar.getnames() and "demo/datasets/1S.h5" not in tar.getnames()
+    with pytest.raises(ValueError, match="no such results folder"):
+        archive(tmp_path / "missing", tmp_path / "x.tar.gz")
