@@ -17,6 +17,7 @@ include: "workflow/rules/structures.smk"
 include: "workflow/rules/simulation.smk"
 include: "workflow/rules/experiment.smk"
 include: "workflow/rules/preprocessing.smk"
+include: "workflow/rules/dft.smk"
 include: "workflow/rules/training.smk"
 include: "workflow/rules/evaluation.smk"
 

@@ -47,8 +47,8 @@ def test_every_data_set_is_made_valid_and_logged(study):
     results = study / "results/tests"
     summary = (results / "datasets/summary.tsv").read_text().splitlines()
     # 8 training, 7 tests, 4 experiment-like (1E, 3E, 4E, dose_1000), their 3 clean sources,
-    # the experimental 5E, the reference
-    assert len(summary) == 1 + 8 + 7 + 4 + 3 + 1 + 1
+    # the experimental 5E, the defect set, the reference
+    assert len(summary) == 1 + 8 + 7 + 4 + 3 + 1 + 1 + 1
     for h5 in (results / "datasets").glob("*.h5"):
         with io.open_dataset(h5, check_values=True) as f:
             assert f["patterns"].shape == (4, 4, 48, 48)
@@ -74,7 +74,7 @@ def test_every_data_set_is_made_valid_and_logged(study):
         assert (results / "models" / model / ("model.npz" if model.startswith("pca_knn") else "model.pt")).exists()
     results_table = read_table(results / "tables/results.tsv")
     assert set(results_table["predictor"]) == models | {"com"}
-    evaluated = ["1S", "2S", "3S", "4S", "5S", "6S", "7S", "1E", "3E", "4E", "dose_1000", "5E"]
+    evaluated = ["1S", "2S", "3S", "4S", "5S", "6S", "7S", "1E", "3E", "4E", "dose_1000", "5E", "defect"]
     assert sorted(set(results_table["dataset"])) == sorted(evaluated + [SYNTHETIC_TEST])
     table = (results / "tables/table_none.md").read_text().splitlines()
     assert table[0].startswith("| Dataset | Conv (Reg) | Conv (Cls) | Conv (Proto) | VGG (Cls) | ResNet (Cls) | PCA | CoM |")
@@ -89,7 +89,21 @@ def test_every_data_set_is_made_valid_and_logged(study):
     assert (results / "figures/sweep_dose.png").exists() and (results / "figures/com_field.png").exists()
     record = json.loads((results / "predictions/com.record.json").read_text())
     assert len(record["inputs"]) == len(evaluated) and "wall_seconds" in record
+    assert_defect_study(results)
     assert not list(results.rglob("*.partial")) and not list(results.rglob("*.tmp*")) and not list(results.rglob("checkpoint.pt"))
+
+
+def assert_defect_study(results):
+    """A real (capped) pw.x relaxation carried into the defect set, its mask, maps and scores."""
+    displacements = (results / "dft/displacements.tsv").read_text().splitlines()
+    assert displacements[0].startswith("# relaxation: pw.x 6.7") and displacements[1].startswith("index\tsymbol\tdistance_to_vacancy")
+    with io.open_dataset(results / "preprocessed/defect.h5") as f:
+        mask = f["defect_mask"][()]
+        assert mask.shape == (4, 4) and 0 < mask.sum() < 16 and io.read_attrs(f)["classes"] == ["RD"]
+    scores = (results / "tables/defect_localisation.tsv").read_text().splitlines()
+    assert scores[0] == "predictor\tmodel\tconfiguration\tseed\tlocalisation_auc" and len(scores) == 1 + 15
+    assert all(0 <= float(line.split("\t")[-1]) <= 1 for line in scores[1:])
+    assert (results / "figures/defect_maps.pdf").exists() and (results / "dft/record.json").exists()
 
 
 def planned_jobs(workdir, *args):
@@ -108,9 +122,9 @@ def test_changing_one_test_set_reruns_only_its_jobs(study):
     plan = planned_jobs(study, "--configfile", "changed.yaml")
     counts = job_counts(plan)
     # its own chain, then every predictor re-evaluated (14 models + the CoM baseline... on all sets)
-    assert counts == {"all": 1, "dataset_summary": 1, "figure_distributions": 3, "figure_maps": 3, "figure_sweep": 1,
+    assert counts == {"all": 1, "dataset_summary": 1, "defect_study": 1, "figure_distributions": 3, "figure_maps": 3, "figure_sweep": 1,
                       "predict": 9 + 2 + 3 + 1, "preprocess": 1, "qstem_inputs": 1, "simulate": 1, "structure": 1, "tables": 1,
-                      "total": 5 + 15 + 1 + 3 + 3 + 1 + 1}, plan
+                      "total": 5 + 15 + 1 + 1 + 3 + 3 + 1 + 1}, plan
 
 
 def job_counts(plan):
@@ -123,7 +137,7 @@ def test_changing_a_preprocessing_setting_reruns_no_simulation(study):
     counts = job_counts(planned_jobs(study, "--configfile", "crop.yaml"))
     assert "simulate" not in counts and "structure" not in counts
     assert counts["train"] == 11 and counts["train_pca_knn"] == 3  # models follow their inputs
-    assert counts["preprocess"] == 8 + 7 + 4 + 3 + 1 + 1 and counts["filter_counts"] == 1 and counts["split"] == 3
+    assert counts["preprocess"] == 8 + 7 + 4 + 3 + 1 + 1 + 1 and counts["filter_counts"] == 1 and counts["split"] == 3
 
 
 def test_changing_an_evaluation_setting_reruns_only_its_figure(study):

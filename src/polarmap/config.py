@@ -101,6 +101,9 @@ def simulated_datasets(config: dict) -> dict[str, dict]:
     for entry in _experiment_like_entries(config).values():
         accepted = entry["accepted"] or [entry["polarization"]]
         sets[entry["clean"]] = {"polarization": entry["polarization"], "supercell": entry["supercell"], "mistilt_mrad": entry["mistilt_mrad"], "classes": accepted, "role": "clean_source"}
+    defect = config["datasets"]["defect"]
+    if defect["enabled"]:
+        sets["defect"] = {"polarization": defect["polarization"], "supercell": defect["supercell"], "mistilt_mrad": [0, 0], "classes": [defect["polarization"]], "role": "defect"}
     reference = config["datasets"]["reference"]
     sets["reference"] = {"polarization": None, "supercell": reference["supercell"], "mistilt_mrad": [0, 0], "classes": [], "role": "reference"}
     return sets
@@ -214,3 +217,21 @@ def pca_knn_job_settings(config: dict, configuration: str, seed: int) -> dict:
     pca = config["training"]["pca_knn"]
     return {"configuration": configuration, "seed": seed, "mode": config["mode"], "components": pca["components"],
             "neighbors": pca["neighbors"], "augmentation": config["preprocessing"]["augmentation"]}
+
+
+def dft_job_settings(config: dict) -> dict:
+    """What the vacancy relaxation depends on (envmodules only say where pw.x comes from)."""
+    dft = {k: v for k, v in config["datasets"]["defect"]["dft"].items() if k != "envmodules"}
+    return {**dft, "polarization": config["datasets"]["defect"]["polarization"], "structure": config["structure"]}
+
+
+def dft_settings(job: dict):
+    from polarmap.dft import DftSettings
+
+    fields = {k: v for k, v in job.items() if k not in ("structure",)}
+    return settings_from_json(DftSettings, fields)
+
+
+def defect_job_settings(config: dict) -> dict:
+    defect = config["datasets"]["defect"]
+    return {"supercell": defect["supercell"], "radius_angstrom": defect["radius_angstrom"], "dft": dft_job_settings(config)}

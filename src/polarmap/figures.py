@@ -240,3 +240,35 @@ def sweep_from_results(results, sweep: list[dict], knob: str, out):
         points[label] = ([values[d] for d in stats.index], stats.iloc[:, 0].to_numpy(), stats.iloc[:, 1].to_numpy())
     spread = max(values.values()) / max(min(values.values()), 1e-12)
     return accuracy_against_knob(points, knob, f"Accuracy against {knob}", out, log_x=min(values.values()) > 0 and spread >= 100)
+
+
+def defect_study(prediction_files, dataset, out_table, out_figure):
+    """Fig. 8 and its score: per predictor, the ROC AUC of the local disagreement score against
+    the set's /defect_mask (a TSV, one row per predictor); the class maps (majority over seeds)
+    with the defect region outlined, one row per model, one column per configuration."""
+    from polarmap import io
+    from polarmap.evaluation import describe_predictor, localisation_auc
+
+    with io.open_dataset(dataset) as f:
+        name = io.read_attrs(f)["name"]
+        if "defect_mask" not in f:
+            raise ValueError(f"{dataset}: no /defect_mask; simulate the defect set with polarmap (datasets.defect)")
+        mask = f["defect_mask"][()]
+    rows, grids = [], {}
+    for path in map(Path, prediction_files):
+        info = describe_predictor(path.stem)
+        with np.load(path, allow_pickle=False) as data:
+            if name not in data.files:
+                raise ValueError(f"{path}: no predictions for {name}; rerun the predict rule")
+            grid = data[name].astype(np.int64)
+        configuration = info["configuration"] or "no training"
+        rows.append({**info, "configuration": configuration, "auc": localisation_auc(grid, mask)})
+        grids.setdefault(info["label"], {}).setdefault(configuration, []).append(grid)
+    lines = ["predictor\tmodel\tconfiguration\tseed\tlocalisation_auc"]
+    lines += [f"{Path(p).stem}\t{r['label']}\t{r['configuration']}\t{r['seed']}\t{r['auc']:.4f}" for p, r in zip(prediction_files, rows)]
+    io.write_text_atomically(out_table, "\n".join(lines) + "\n")
+    maps = {model: {c: majority_vote(g) for c, g in by_configuration.items()} for model, by_configuration in grids.items()}
+    scores = {model: {c: float(np.mean([r["auc"] for r in rows if r["label"] == model and r["configuration"] == c])) for c in by_configuration}
+              for model, by_configuration in grids.items()}
+    masks = {c: mask for by_configuration in grids.values() for c in by_configuration}
+    return defect_maps(maps, masks, scores, f"Defect maps, {name} (white: within the defect radius; AUC of the errors' localisation)", out_figure)

@@ -3,6 +3,7 @@
 Schema (format "polarmap-4dstem", version 1), documented in the README:
   /patterns  float32 (scan_rows, scan_cols, det_rows, det_cols), one chunk per pattern
   /labels    int8    (scan_rows, scan_cols), class index, -1 = unknown
+  /defect_mask bool  (scan_rows, scan_cols), optional: positions near a simulated vacancy
   root attributes: REQUIRED_ATTRS below, plus provenance (config hash, code version).
 Detector rows/cols and scan rows/cols share one orientation: +col is "right" (x), +row is
 "up" (y); class angles are 45 k degrees counter-clockwise from +col.

@@ -321,10 +321,24 @@ class PcaKnn:
         for start in range(0, len(features), chunk):
             z = self.embed(features[start:start + chunk])
             distances = (z**2).sum(1)[:, None] - 2 * z @ reference.T + (reference**2).sum(1)[None, :]
-            nearest = np.argsort(distances, axis=1, kind="stable")[:, :k]
-            votes = np.apply_along_axis(np.bincount, 1, a["train_labels"][nearest], minlength=N_CLASSES)
+            nearest = self._nearest(distances, k)
+            votes = (a["train_labels"][nearest][:, :, None] == np.arange(N_CLASSES)).sum(axis=1)
             predictions.append(votes.argmax(axis=1))
         return np.concatenate(predictions) if predictions else np.zeros(0, np.int64)
+
+    @staticmethod
+    def _nearest(distances: np.ndarray, k: int) -> np.ndarray:
+        """Indices of the k smallest distances per row, ties in index order (as a stable full
+        sort gives, which scikit-learn matches), by partitioning: ~10x faster on 40000 references."""
+        candidates = np.argpartition(distances, k - 1, axis=1)[:, :k]
+        kth = np.take_along_axis(distances, candidates, axis=1).max(axis=1)
+        nearest = np.sort(candidates, axis=1)
+        order = np.argsort(np.take_along_axis(distances, nearest, axis=1), axis=1, kind="stable")
+        nearest = np.take_along_axis(nearest, order, axis=1)
+        tied = (distances <= kth[:, None]).sum(axis=1) > k  # a tie at the k-th distance: the full stable sort decides
+        if tied.any():
+            nearest[tied] = np.argsort(distances[tied], axis=1, kind="stable")[:, :k]
+        return nearest
 
     def save(self, path) -> None:
         from polarmap.io import save_npz_atomically

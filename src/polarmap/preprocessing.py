@@ -183,6 +183,8 @@ def preprocess_dataset(source, out, settings: PreprocessSettings, is_training: b
             g.create_dataset("beam_shift", data=beam_shift.astype(np.float32))
             g.create_dataset("beam_shift_magnitude", data=magnitude.astype(np.float32))
             g.create_dataset("keep", data=keep)
+            if "defect_mask" in f:
+                g.create_dataset("defect_mask", data=f["defect_mask"][()])
             blocks = _blocks(patterns, settings.rows_per_block, crop)
             total = -(-patterns.shape[0] // settings.rows_per_block)
             for start, block in tqdm(blocks, total=total, desc=f"preprocess {source.stem}", unit="block", disable=not progress):

@@ -234,6 +234,13 @@ def simulate(
     if rows_done == 0:
         with io.create_dataset_file(partial, scan_shape, detector_shape, attrs, compression) as f:
             f.attrs["rows_completed"] = 0
+            if "vacancy_position" in atoms.info:  # a defect set: mark the positions around the vacancy column
+                from polarmap.dft import defect_mask, vacancy_position
+
+                vacancy = vacancy_position(atoms).tolist()
+                f.attrs["vacancy_position_angstrom"] = json.dumps(vacancy)
+                f.attrs["defect_radius_angstrom"] = float(atoms.info["defect_radius_angstrom"])
+                f.create_dataset("defect_mask", data=defect_mask(scan_shape, step[0], vacancy[:2], geo.extent, float(atoms.info["defect_radius_angstrom"])))
     with h5py.File(partial, "r+") as f:
         blocks = range(rows_done, settings.scan_px, settings.rows_per_block)
         for row_start in tqdm(blocks, desc=f"simulate {name}", unit="block", disable=not progress):

@@ -3,6 +3,8 @@ import re
 
 from polarmap.config import (
     dataset_job_settings,
+    defect_job_settings,
+    dft_job_settings,
     dataset_roles,
     experiment_job_settings,
     experiment_like_datasets,
@@ -33,7 +35,9 @@ DATASETS = [name for name, role in ROLES.items() if role != "reference" or confi
 TRAINING = [name for name, role in ROLES.items() if role == "training"]
 TRAINING_JOBS = training_jobs(config)
 # sets the models are evaluated on, and every predictor: trained models, PCA+kNN, the CoM baseline
-EVALUATED = [name for name, role in ROLES.items() if role in ("test", "experiment_like", "experimental")]
+EVALUATED = [name for name, role in ROLES.items() if role in ("test", "experiment_like", "experimental", "defect")]
+DEFECT = config["datasets"]["defect"]["enabled"]
+DFT = config["datasets"]["defect"]["dft"]
 PCA_KNN = (
     [f"pca_knn-{c}-seed{s}" for c in config["preprocessing"]["configurations"] for s in config["seeds"]]
     if config["training"]["pca_knn"]["enabled"]
@@ -122,4 +126,5 @@ def all_outputs():
         + expand(f"{RESULTS}/figures/sweep_{{sweep}}.png", sweep=SWEEPS)
         + [f"{RESULTS}/figures/com_field.png"]
         + ([f"{RESULTS}/tables/modes.md"] if config["evaluation"]["compare_with"] else [])
+        + ([f"{RESULTS}/tables/defect_localisation.tsv", f"{RESULTS}/dft/displacements.tsv"] if DEFECT else [])
     )

@@ -138,3 +138,23 @@ rule figure_sweep:
         "../../envs/ml.yaml"
     shell:
         "polarmap figure sweep {input} --sweep {params.sweep:q} --out {params.out} > {log} 2>&1"
+
+
+rule defect_study:
+    """Fig. 8: defect maps per model and configuration, and how well the errors locate the vacancy."""
+    input:
+        predictions=expand(f"{RESULTS}/predictions/{{predictor}}.npz", predictor=PREDICTORS),
+        dataset=f"{RESULTS}/preprocessed/defect.h5",
+    output:
+        table=report(f"{RESULTS}/tables/defect_localisation.tsv", caption="../report/defects.rst", category="Defect study"),
+        png=report(f"{RESULTS}/figures/defect_maps.png", caption="../report/defects.rst", category="Defect study"),
+        pdf=f"{RESULTS}/figures/defect_maps.pdf",
+        record=f"{RESULTS}/tables/defect_localisation.record.json",
+    params:
+        out=lambda wildcards, output: output.png.removesuffix(".png"),
+    log:
+        f"{RESULTS}/logs/defect_study.log",
+    conda:
+        "../../envs/ml.yaml"
+    shell:
+        "polarmap defect-study {input.predictions} --dataset {input.dataset} --out-table {output.table} --out-figure {params.out} > {log} 2>&1"
