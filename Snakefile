@@ -12,6 +12,13 @@ configfile: "config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+# with --sdm apptainer every job runs in this image (envs/apptainer.def)
+if config.get("container"):
+
+    container: config["container"]
+
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/structures.smk"
 include: "workflow/rules/simulation.smk"
@@ -20,6 +27,25 @@ include: "workflow/rules/preprocessing.smk"
 include: "workflow/rules/dft.smk"
 include: "workflow/rules/training.smk"
 include: "workflow/rules/evaluation.smk"
+
+
+# Cheap jobs (seconds, little memory) run where snakemake runs instead of waiting in a cluster
+# queue; everything else is submitted.
+localrules:
+    all,
+    structure,
+    qstem_inputs,
+    defect_structure,
+    dataset_summary,
+    filter_counts,
+    split,
+    tables,
+    compare_modes,
+    figure_distributions,
+    figure_maps,
+    figure_com_field,
+    figure_sweep,
+    defect_study,
 
 
 rule all:

@@ -138,7 +138,8 @@ def pw_version(executable: str = "pw.x") -> tuple[int, int]:
     """(major, minor) of the installed pw.x, from its banner."""
     if shutil.which(executable) is None:
         raise FileNotFoundError(f"{executable} not found: install Quantum ESPRESSO (bash .ci/setup does, with OpenBLAS) or use defect.dft.mode: literature")
-    banner = subprocess.run([executable, "-h"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60).stdout
+    with tempfile.TemporaryDirectory() as tmp:  # pw.x leaves CRASH and input_tmp.in where it runs
+        banner = subprocess.run([executable, "-h"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60, cwd=tmp).stdout
     match = re.search(r"Program PWSCF v\.(\d+)\.(\d+)", banner)
     if not match:
         raise RuntimeError(f"{executable}: could not read its version from the banner")
