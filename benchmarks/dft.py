@@ -42,6 +42,8 @@ def main() -> None:
         seconds = time.perf_counter() - start
         output = (Path(tmp) / "pw.out").read_text()
         steps = len(re.findall(r"^!\s+total energy", output, re.MULTILINE))
+        converged = "bfgs converged" in output
+        forces = re.findall(r"Total force =\s+([\d.]+)", output)
         lines = (Path(tmp) / "displacements.tsv").read_text().splitlines()
     header = lines[1].split("\t")
     rows = [dict(zip(header, line.split("\t"))) for line in lines[2:]]
@@ -49,6 +51,7 @@ def main() -> None:
     chain = [r for r in rows if r["symbol"] == "Nb"][:6]
     figures = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "settings": job, "wall_seconds": seconds, "scf_steps": steps,
+        "converged": converged, "last_total_force_ry_bohr": float(forces[-1]) if forces else None,
         "chain_nb": [{k: r[k] for k in ("distance_to_vacancy", "dx", "dy", "dz", "displacement", "away_from_vacancy")} for r in chain],
     }
     (HERE / "dft.json").write_text(json.dumps(figures, indent=2) + "\n")
@@ -57,7 +60,8 @@ def main() -> None:
         f"{job['ecutwfc_ry']:g}/{job['ecutrho_ry']:g} Ry, U = {job['hubbard_u_ev']:g} eV on Nb 4d, force threshold "
         f"{job['forc_conv_thr_ry_bohr']:g} Ry/Bohr, {job['mpi_ranks']} MPI ranks).",
         "",
-        f"Wall time {seconds:.0f} s, {steps} SCF cycles (BFGS steps).",
+        f"Wall time {seconds:.0f} s, {steps} SCF cycles (BFGS steps), "
+        + ("converged." if converged else f"capped at nstep = {job['nstep']}, not converged (total force {figures['last_total_force_ry_bohr']} Ry/Bohr)."),
         "",
         "| Nb nearest the vacancy | distance (A) | displacement (A) | away from the vacancy (A) |",
         "|---|---|---|---|",

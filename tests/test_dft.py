@@ -100,3 +100,12 @@ def test_literature_mode_and_the_defect_supercell():
     mask = dft.defect_mask((16, 16), big.cell.lengths()[0] / 16, big_vacancy[:2], big.cell.lengths()[:2], 3.0)
     row, col = np.argwhere(mask).mean(axis=0)
     assert mask.sum() > 0 and abs(col * big.cell.lengths()[0] / 16 - big_vacancy[0]) < 1.0 and abs(row * big.cell.lengths()[1] / 16 - big_vacancy[1]) < 1.0
+
+
+def test_hubbard_u_by_linear_response(pseudo_dir, tmp_path):
+    """hp.x on KNbO3 (the 1x1x1 cell) gives a U for Nb 4d in the range linear response gives
+    for 4d transition-metal oxides (the paper used 2.4 eV)."""
+    settings = dft.DftSettings(supercell=(1, 1, 1), mpi_ranks=2, **FAST)
+    u = dft.compute_hubbard_u(settings, pseudo_dir, dft.check_pseudopotentials(pseudo_dir), tmp_path)
+    assert 0.5 < u < 10.0, u
+    assert "JOB DONE" in (tmp_path / "hp.out").read_text()

@@ -140,6 +140,14 @@ def test_changing_a_preprocessing_setting_reruns_no_simulation(study):
     assert counts["preprocess"] == 8 + 7 + 4 + 3 + 1 + 1 + 1 and counts["filter_counts"] == 1 and counts["split"] == 3
 
 
+def test_changing_a_training_setting_reruns_no_simulation_or_preprocessing(study):
+    config = (study / "tests.yaml").read_text().replace("  batch_size: 16", "  batch_size: 16\n  lr: 0.0005")
+    (study / "lr.yaml").write_text(config)
+    counts = job_counts(planned_jobs(study, "--configfile", "lr.yaml"))
+    assert counts["train"] == 11 and "train_pca_knn" not in counts  # PCA+kNN has no learning rate
+    assert not {"simulate", "structure", "preprocess", "split", "relax_vacancy"} & set(counts), counts
+
+
 def test_changing_an_evaluation_setting_reruns_only_its_figure(study):
     config = (study / "tests.yaml").read_text() + "evaluation:\n  com_field_dataset: 3S\n"
     (study / "evaluation.yaml").write_text(config)

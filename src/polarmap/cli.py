@@ -265,6 +265,23 @@ def cmd_relax_vacancy(args) -> None:
     write_record(out / "record.json", inputs, job, started, relaxation=relaxed.info["relaxation"], device="cpu")
 
 
+def cmd_hubbard_u(args) -> None:
+    """U on Nb 4d from hp.x for users who redo the paper's step; writes U.json beside its runs."""
+    from polarmap import dft
+
+    started = time.perf_counter()
+    job = json.loads(args.settings)
+    settings = study_config.dft_settings({**job, "supercell": args.supercell})
+    pseudo_dir = Path(settings.pseudo_dir or args.pseudo_dir)
+    elements = {"K", "Na", "Nb", "O"}
+    files = dft.user_pseudopotentials(pseudo_dir, elements) if settings.pseudo_dir else dft.check_pseudopotentials(pseudo_dir)
+    u = dft.compute_hubbard_u(settings, pseudo_dir, files, args.out_dir, tuple(args.qpoints), study_config.structure_settings(job))
+    out = Path(args.out_dir) / "U.json"
+    write_record(out, [pseudo_dir / f for f in files.values()], {**job, "supercell": args.supercell, "qpoints": args.qpoints}, started,
+                 hubbard_u_nb_4d_ev=u, device="cpu")
+    print(f"U(Nb 4d) = {u:.3f} eV ({out})")
+
+
 def cmd_defect_structure(args) -> None:
     from polarmap import dft
     from polarmap.structures import read_structure, write_structure
@@ -450,6 +467,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pseudo-dir", default="resources/pseudo/PseudoDojo-0.4-PBE-SR-standard", help="the checked default set")
     p.add_argument("--out-dir", required=True, help="folder for pw.in, pw.out, unrelaxed.xyz, relaxed.xyz, displacements.tsv, record.json")
     p.set_defaults(func=cmd_relax_vacancy)
+
+    p = sub.add_parser("hubbard-u", help="U on Nb 4d by linear response (pw.x SCF, then hp.x), to redo the paper's 2.4 eV.")
+    p.add_argument("--settings", required=True, help="JSON of the defect.dft settings plus polarization and structure")
+    p.add_argument("--supercell", type=int, nargs=3, default=[1, 1, 2], help="the pristine cell (default: 1x1x2, K and Na)")
+    p.add_argument("--qpoints", type=int, nargs=3, default=[1, 1, 1], help="hp.x q-mesh")
+    p.add_argument("--pseudo-dir", default="resources/pseudo/PseudoDojo-0.4-PBE-SR-standard", help="the checked default set")
+    p.add_argument("--out-dir", required=True, help="folder for the runs and U.json")
+    p.set_defaults(func=cmd_hubbard_u)
 
     p = sub.add_parser("defect-structure", help="The defect data set's supercell with the relaxed vacancy field.")
     p.add_argument("--settings", required=True, help="JSON: supercell, radius_angstrom, dft")

@@ -147,11 +147,14 @@ def pw_version(executable: str = "pw.x") -> tuple[int, int]:
 
 
 def write_pw_input(atoms: ase.Atoms, settings: DftSettings, pseudo_dir, pseudopotentials: dict, out, calculation: str = "relax",
-                   version: tuple[int, int] = (6, 7)) -> None:
-    """A pw.x input (PBE from the pseudopotentials, DFT+U on Nb 4d, BFGS) written with ase."""
+                   version: tuple[int, int] = (6, 7), gamma_tricks: bool = True, insulator: bool = False) -> None:
+    """A pw.x input (PBE from the pseudopotentials, DFT+U on Nb 4d, BFGS) written with ase.
+    A (1, 1, 1) mesh uses the Gamma-point code path unless `gamma_tricks` is off (hp.x needs that);
+    `insulator`: fixed occupations (hp.x is unstable with smearing on a gapped system)."""
     species = list(dict.fromkeys(atoms.get_chemical_symbols()))  # ase's ATOMIC_SPECIES order
-    system = {"ecutwfc": settings.ecutwfc_ry, "ecutrho": settings.ecutrho_ry, "occupations": "smearing",
-              "smearing": "gaussian", "degauss": 0.005}
+    system = {"ecutwfc": settings.ecutwfc_ry, "ecutrho": settings.ecutrho_ry}
+    # the vacancy's two electrons may leave the cell metallic: smear unless told it is an insulator
+    system.update({"occupations": "fixed"} if insulator else {"occupations": "smearing", "smearing": "gaussian", "degauss": 0.005})
     cards = None
     if settings.hubbard_u_ev and "Nb" in species:
         if version < (7, 1):
@@ -165,7 +168,7 @@ def write_pw_input(atoms: ase.Atoms, settings: DftSettings, pseudo_dir, pseudopo
         "electrons": {"conv_thr": 1e-6 * len(atoms) / 40, "mixing_beta": 0.3},
         "ions": {"ion_dynamics": "bfgs"},
     }
-    kpts = None if tuple(settings.kpts) == (1, 1, 1) else tuple(settings.kpts)
+    kpts = None if tuple(settings.kpts) == (1, 1, 1) and gamma_tricks else tuple(settings.kpts)
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     ase.io.write(tmp, atoms, format="espresso-in", input_data=input_data, pseudopotentials={s: pseudopotentials[s] for s in species},
@@ -185,7 +188,7 @@ def run_pw(input_path, output_path, ranks: int = 1, executable: str = "pw.x") ->
         result = subprocess.run(command, cwd=input_path.parent, stdout=log, stderr=subprocess.STDOUT, env=env)
     failure = qe_failure(output_path.read_text(errors="replace"))
     if failure or result.returncode != 0:
-        raise RuntimeError(f"{output_path}: pw.x failed: {failure or f'exit status {result.returncode}'}")
+        raise RuntimeError(f"{output_path}: {executable} failed: {failure or f'exit status {result.returncode}'}")
 
 
 def qe_failure(text: str) -> str | None:
@@ -197,6 +200,9 @@ def qe_failure(text: str) -> str | None:
         if message in text:
             line = next(line.strip() for line in text.splitlines() if message in line)
             return line
+    if "Stopping..." in text:  # hp.x: a WARNING paragraph, then "Stopping..."
+        before = [line.strip() for line in text.split("Stopping...")[0].splitlines() if line.strip()]
+        return next((line for line in reversed(before) if "WARNING" in line), before[-1] if before else "Stopping...")
     if "JOB DONE" not in text:
         return "the output ends before JOB DONE (killed or crashed)"
     return None
@@ -282,3 +288,31 @@ def defect_mask(scan_shape, scan_step: float, vacancy_xy, cell_xy, radius_angstr
     dx = (cols - vacancy_xy[0] + cell_xy[0] / 2) % cell_xy[0] - cell_xy[0] / 2
     dy = (rows - vacancy_xy[1] + cell_xy[1] / 2) % cell_xy[1] - cell_xy[1] / 2
     return np.hypot(dx, dy) <= radius_angstrom
+
+
+def compute_hubbard_u(settings: DftSettings, pseudo_dir, pseudopotentials: dict, out_dir, qpoints=(1, 1, 1), structure_settings=None) -> float:
+    """U on Nb 4d from linear response (hp.x) for the pristine polarized cell: an SCF with a
+    vanishing U, then hp.x on a q-mesh. Returns U in eV (the mean over the Nb sites)."""
+    from polarmap.structures import StructureSettings, build_supercell
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atoms = build_supercell(settings.supercell, settings.polarization, structure_settings or StructureSettings())
+    atoms = atoms[np.argsort(atoms.numbers != 41, kind="stable")]  # hp.x wants the Hubbard atoms (Nb) listed first
+    scf = DftSettings(**{**settings.__dict__, "hubbard_u_ev": 1e-8})  # hp.x needs a +U ground state
+    write_pw_input(atoms, scf, pseudo_dir, pseudopotentials, out_dir / "scf.in", calculation="scf", version=pw_version(), gamma_tricks=False, insulator=True)
+    run_pw(out_dir / "scf.in", out_dir / "scf.out", settings.mpi_ranks)
+    (out_dir / "hp.in").write_text(
+        "&inputhp\n  prefix = 'pwscf'\n  outdir = './tmp'\n"
+        f"  nq1 = {qpoints[0]}, nq2 = {qpoints[1]}, nq3 = {qpoints[2]}\n  conv_thr_chi = 1.0d-6\n/\n")
+    run_pw(out_dir / "hp.in", out_dir / "hp.out", settings.mpi_ranks, executable="hp.x")
+    return hubbard_u_from(out_dir / "pwscf.Hubbard_parameters.dat", "Nb")
+
+
+def hubbard_u_from(path, element: str) -> float:
+    """Mean U (eV) of `element`'s sites in hp.x's Hubbard_parameters.dat."""
+    values = [float(line.split()[-1]) for line in Path(path).read_text().splitlines()
+              if re.match(rf"\s*\d+\s+\d+\s+{element}\s", line) and re.search(r"\d\.\d+\s*$", line)]
+    if not values:
+        raise RuntimeError(f"{path}: no Hubbard U for {element}; see hp.out beside it")
+    return float(np.mean(values))

@@ -78,27 +78,37 @@ def majority_vote(grids: list[np.ndarray]) -> np.ndarray:
     return votes.argmax(axis=0)
 
 
-def class_maps(maps: dict, title: str, out):
-    """Class maps on the scan grid: `maps[model][dataset]` = (scan_rows, scan_cols) classes."""
+def _map_grid(maps: dict, panel_in: float, title: str, out, panel_title, decorate=None):
+    """Class maps in a grid, one row per model and one column per inner key of
+    `maps[model][key]`; `panel_title(model, key)` names a panel (None: no title) and
+    `decorate(ax, model, key)` draws on it."""
     models = list(maps)
-    datasets = list(dict.fromkeys(d for m in models for d in maps[m]))
-    fig, axes = plt.subplots(len(models), len(datasets), figsize=(1.7 * len(datasets) + 1.5, 1.7 * len(models) + 0.8), squeeze=False)
+    columns = list(dict.fromkeys(c for m in models for c in maps[m]))
+    fig, axes = plt.subplots(len(models), len(columns), figsize=(panel_in * len(columns) + 1.5, panel_in * len(models) + 0.8), squeeze=False)
     for i, model in enumerate(models):
-        for j, dataset in enumerate(datasets):
+        for j, column in enumerate(columns):
             ax = axes[i, j]
             ax.set_xticks([])
             ax.set_yticks([])
-            if dataset in maps[model]:
-                ax.imshow(maps[model][dataset], cmap=CLASS_CMAP, vmin=-0.5, vmax=len(CLASS_NAMES) - 0.5, origin="lower", interpolation="nearest")
-            else:
+            if column not in maps[model]:
                 ax.set_visible(False)
-            if i == 0:
-                ax.set_title(dataset, fontsize=8)
+                continue
+            ax.imshow(maps[model][column], cmap=CLASS_CMAP, vmin=-0.5, vmax=len(CLASS_NAMES) - 0.5, origin="lower", interpolation="nearest")
+            if (text := panel_title(model, column)) is not None:
+                ax.set_title(text, fontsize=8)
+            if decorate is not None:
+                decorate(ax, model, column)
             if j == 0:
                 ax.set_ylabel(model, fontsize=7)
     class_legend(fig, loc="lower center", ncol=len(CLASS_NAMES), fontsize=7, bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(title)
     return save(fig, out)
+
+
+def class_maps(maps: dict, title: str, out):
+    """Class maps on the scan grid: `maps[model][dataset]` = (scan_rows, scan_cols) classes."""
+    first = next(iter(maps))
+    return _map_grid(maps, 1.7, title, out, lambda model, dataset: dataset if model == first else None)
 
 
 def com_field(beam_shift: np.ndarray, scan_step: float, cell: float, atoms, title: str, out):
@@ -128,25 +138,10 @@ def com_field(beam_shift: np.ndarray, scan_step: float, cell: float, atoms, titl
 def defect_maps(maps: dict, masks: dict, scores: dict, title: str, out):
     """Class maps with the defect region outlined, one row per model and one column per
     configuration: `maps[model][configuration]`, `masks[configuration]`, `scores` the ROC AUC."""
-    models = list(maps)
-    configurations = list(dict.fromkeys(c for m in models for c in maps[m]))
-    fig, axes = plt.subplots(len(models), len(configurations), figsize=(2.6 * len(configurations) + 0.5, 2.6 * len(models) + 0.8), squeeze=False)
-    for i, model in enumerate(models):
-        for j, configuration in enumerate(configurations):
-            ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if configuration not in maps[model]:
-                ax.set_visible(False)
-                continue
-            ax.imshow(maps[model][configuration], cmap=CLASS_CMAP, vmin=-0.5, vmax=len(CLASS_NAMES) - 0.5, origin="lower", interpolation="nearest")
-            ax.contour(masks[configuration].astype(float), levels=[0.5], colors="white", linewidths=1.2, origin="lower")
-            ax.set_title(f"{configuration}\nAUC {scores[model][configuration]:.2f}", fontsize=8)
-            if j == 0:
-                ax.set_ylabel(model, fontsize=8)
-    class_legend(fig, loc="lower center", ncol=len(CLASS_NAMES), fontsize=7, bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle(title)
-    return save(fig, out)
+    def outline(ax, model, configuration):
+        ax.contour(masks[configuration].astype(float), levels=[0.5], colors="white", linewidths=1.2, origin="lower")
+
+    return _map_grid(maps, 2.6, title, out, lambda model, c: f"{c}\nAUC {scores[model][c]:.2f}", outline)
 
 
 def accuracy_against_knob(points: dict, knob: str, title: str, out, log_x: bool = False):

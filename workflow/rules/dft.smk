@@ -42,6 +42,32 @@ rule relax_vacancy:
         "polarmap relax-vacancy --settings {params.job:q} --pseudo-dir {params.pseudo} --out-dir {params.out_dir} > {log} 2>&1"
 
 
+rule hubbard_u:
+    """Optional (not part of `all`): U on Nb 4d from hp.x linear response, for users who redo the
+    paper's U = 2.4 eV. `snakemake results/<study>/dft/hubbard_u/U.json`"""
+    input:
+        pseudo=lambda wildcards: [] if DFT["pseudo_dir"] else rules.pseudopotentials.output,
+    output:
+        f"{RESULTS}/dft/hubbard_u/U.json",
+    params:
+        job=lambda wildcards: json.dumps(dft_job_settings(config), sort_keys=True),
+        out_dir=lambda wildcards, output: Path(output[0]).parent,
+        pseudo=lambda wildcards, input: input.pseudo or "none",
+    threads: DFT["mpi_ranks"]
+    resources:
+        tasks=DFT["mpi_ranks"],
+        cpus_per_task=1,
+        runtime=240,
+    envmodules:
+        *DFT["envmodules"],
+    log:
+        f"{RESULTS}/logs/hubbard_u.log",
+    conda:
+        "../../envs/dft.yaml"
+    shell:
+        "polarmap hubbard-u --settings {params.job:q} --pseudo-dir {params.pseudo} --out-dir {params.out_dir} > {log} 2>&1"
+
+
 rule defect_structure:
     """The defect data set's supercell: polarized, one O removed, the relaxed field applied."""
     input:
