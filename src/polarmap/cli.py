@@ -174,8 +174,11 @@ def cmd_predict_many(args) -> None:
 
     started = time.perf_counter()
     predict_many(args.model, args.datasets, args.out, args.metrics, compile_model=args.compile)
+    from polarmap.training import resolve_device
+
     inputs = ([] if args.model == "com" else [args.model]) + args.datasets
-    _record(args.out, inputs, {"model": args.model, "compile": args.compile}, started, device="cpu")
+    device = "cpu" if args.model == "com" or args.model.endswith(".npz") else str(resolve_device("auto"))
+    _record(args.out, inputs, {"model": args.model, "compile": args.compile}, started, device=device)
 
 
 def _record(out, inputs, settings, started, **extra) -> None:
