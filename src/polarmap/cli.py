@@ -241,8 +241,7 @@ def cmd_relax_vacancy(args) -> None:
     atoms, vacancy = dft.vacancy_cell(settings, study_config.structure_settings(job))
     inputs = []
     if settings.mode == "qe":
-        pseudo_dir = Path(settings.pseudo_dir or args.pseudo_dir)
-        files = dft.user_pseudopotentials(pseudo_dir, set(atoms.get_chemical_symbols())) if settings.pseudo_dir else dft.check_pseudopotentials(pseudo_dir)
+        pseudo_dir, files = dft.pseudopotentials_for(settings, args.pseudo_dir, set(atoms.get_chemical_symbols()))
         inputs = [pseudo_dir / f for f in files.values()]
         version = dft.pw_version()
         dft.write_pw_input(atoms, settings, pseudo_dir, files, out / "pw.in", version=version)
@@ -275,9 +274,7 @@ def cmd_hubbard_u(args) -> None:
     started = time.perf_counter()
     job = json.loads(args.settings)
     settings = study_config.dft_settings({**job, "supercell": args.supercell})
-    pseudo_dir = Path(settings.pseudo_dir or args.pseudo_dir)
-    elements = {"K", "Na", "Nb", "O"}
-    files = dft.user_pseudopotentials(pseudo_dir, elements) if settings.pseudo_dir else dft.check_pseudopotentials(pseudo_dir)
+    pseudo_dir, files = dft.pseudopotentials_for(settings, args.pseudo_dir, {"K", "Na", "Nb", "O"})
     u = dft.compute_hubbard_u(settings, pseudo_dir, files, args.out_dir, tuple(args.qpoints), study_config.structure_settings(job))
     out = Path(args.out_dir) / "U.json"
     write_record(out, [pseudo_dir / f for f in files.values()], {**job, "supercell": args.supercell, "qpoints": args.qpoints}, started,

@@ -110,6 +110,14 @@ def user_pseudopotentials(folder, elements) -> dict:
     return found
 
 
+def pseudopotentials_for(settings: DftSettings, default_dir, elements) -> tuple[Path, dict]:
+    """The pseudopotential folder and {element: file}: the user's `pseudo_dir` when set, else the
+    checked default set in `default_dir`."""
+    folder = Path(settings.pseudo_dir or default_dir)
+    files = user_pseudopotentials(folder, elements) if settings.pseudo_dir else check_pseudopotentials(folder)
+    return folder, files
+
+
 def vacancy_cell(settings: DftSettings, structure_settings=None) -> tuple[ase.Atoms, np.ndarray]:
     """The polarized DFT cell without the chain-axis O nearest its centre, and that O's position."""
     from polarmap.structures import StructureSettings, build_supercell
