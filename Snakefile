@@ -45,6 +45,7 @@ localrules:
     figure_maps,
     figure_com_field,
     figure_sweep,
+    figure_thickness,
     defect_study,
 
 

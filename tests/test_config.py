@@ -5,7 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from polarmap.config import dataset_job_settings, load_config, simulated_datasets, validate_config
+from polarmap.config import (
+    dataset_job_settings, load_config, simulated_datasets, split_job_settings, sweep_points, training_jobs, training_set_names,
+    validate_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,3 +83,43 @@ def test_snakemake_lint_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
     assert "No validator found" not in result.stdout + result.stderr
+
+
+def test_thickness_diverse_training_and_domain_randomisation_are_study_axes():
+    config = validate_config({
+        "seeds": [1],
+        "datasets": {"training": {"classes": ["RM", "LD"], "variants": {"t50nm": {"thickness_cells": 125, "mistilt_mrad": [1, 0], "frozen_phonon_configs": 4}}}},
+        "training": {"runs": [{"encoders": ["conv"], "objectives": ["classification"], "configurations": ["none", "augmentation_filter"],
+                               "training_data": ["base", "diverse"], "augmentations": ["paper", "domain_randomisation"]}]},
+    })
+    variant = simulated_datasets(config)["train_LD_t50nm"]
+    assert variant["supercell"] == [2, 2, 125] and variant["mistilt_mrad"] == [1, 0] and variant["role"] == "training_variant"
+    job = dataset_job_settings(config, "train_LD_t50nm")
+    assert job["simulation"]["frozen_phonon_configs"] == 4 and "simulation" not in job["dataset"]
+    assert dataset_job_settings(config, "train_LD")["simulation"]["frozen_phonon_configs"] == 0
+    # "none" does not augment, so it has no domain-randomised twin
+    assert sorted(training_jobs(config)) == [
+        "conv-classification-augmentation_filter-scratch-diverse-domain_randomisation-seed1",
+        "conv-classification-augmentation_filter-scratch-diverse-seed1",
+        "conv-classification-augmentation_filter-scratch-domain_randomisation-seed1",
+        "conv-classification-augmentation_filter-scratch-seed1",
+        "conv-classification-none-scratch-diverse-seed1",
+        "conv-classification-none-scratch-seed1",
+    ]
+    assert training_set_names(config, "diverse") == ["train_RM", "train_LD", "train_RM_t50nm", "train_LD_t50nm"]
+    assert split_job_settings(config, "none", 1, "diverse")["sets_per_class"] == 2
+    config["datasets"]["training"]["variants"] = {}
+    with pytest.raises(ValueError, match="training_data 'diverse' needs datasets.training.variants"):
+        training_jobs(config)
+
+
+def test_a_thickness_sweep_of_a_test_set_resimulates_it_clean():
+    config = validate_config({"datasets": {"tests": {"3S": {"polarization": "RM", "supercell": [2, 2, 50]}},
+                                           "sweeps": {"thickness": {"base": "3S", "knob": "thickness_cells", "values": [10, 150]}}}})
+    sets = simulated_datasets(config)
+    assert sets["thickness_150"]["supercell"] == [2, 2, 150] and sets["thickness_150"]["role"] == "test"
+    assert sweep_points(config)["thickness"]["points"] == [
+        {"dataset": "3S", "value": 50}, {"dataset": "thickness_10", "value": 10}, {"dataset": "thickness_150", "value": 150}]
+    config["datasets"]["sweeps"] = {"dose": {"base": "3S", "knob": "dose_e_per_pattern", "values": [100]}}
+    with pytest.raises(ValueError, match="only thickness_cells can be swept on it"):
+        simulated_datasets(config)

@@ -44,8 +44,30 @@ def study(tmp_path):
 def test_predictor_names_are_parsed():
     assert describe_predictor("vgg16-prototype-augmentation_filter-imagenet-seed888") == {
         "family": "vgg16-prototype-augmentation_filter-imagenet", "label": "VGG (Proto, ImageNet)", "encoder": "vgg16",
-        "objective": "prototype", "configuration": "augmentation_filter", "pretrained": "imagenet", "seed": 888}
+        "objective": "prototype", "configuration": "augmentation_filter", "pretrained": "imagenet", "regime": "paper", "seed": 888}
     assert describe_predictor("pca_knn-none-seed5")["label"] == "PCA" and describe_predictor("com")["label"] == "CoM"
+    diverse = describe_predictor("conv-classification-augmentation_filter-scratch-diverse-domain_randomisation-seed7")
+    assert diverse["family"] == "conv-classification-augmentation_filter-scratch-diverse-domain_randomisation"
+    assert diverse["regime"] == "diverse+domain_randomisation" and diverse["seed"] == 7
+    assert diverse["label"] == "Conv (Cls, diverse data, domain rand.)"
+
+
+def test_regime_table_puts_each_regime_beside_the_paper_model_and_keeps_tables_1_3_to_the_paper(study, tmp_path):
+    files, records = study
+    for regime, accuracies in (("diverse", (0.8, 0.6)), ("domain_randomisation", (0.4, 0.2))):
+        for seed, accuracy in zip((1, 2), accuracies):
+            path = tmp_path / f"conv-classification-none-scratch-{regime}-seed{seed}.json"
+            path.write_text(json.dumps([metrics("4E", accuracy, {"RM": 10}, ["RM", "RD"]), metrics("3S", 1.0, {"RM": 10}, ["RM"])]))
+            files = [*files, path]
+    written = write_tables(files, records, tmp_path / "tables", "corrected")
+    assert tmp_path / "tables/table_regimes.md" in written
+    regimes = (tmp_path / "tables/table_regimes.md").read_text().splitlines()
+    assert regimes[0] == "| Dataset | Conv (Cls) [none] | Conv (Cls, diverse data) [none] | Conv (Cls, domain rand.) [none] | CoM |"
+    four_e = next(line for line in regimes if line.startswith("| 4E"))
+    assert "| **75.0 ± 25.0** | 70.0 ± 10.0 | 30.0 ± 10.0 | 0.0 ± 0.0 |" in four_e
+    assert "seeds 1, 2;" in (tmp_path / "tables/table_regimes.tex").read_text()
+    paper = (tmp_path / "tables/table_none.md").read_text()
+    assert "diverse" not in paper and "domain" not in paper
 
 
 def test_summary_pools_seeds_accepts_two_classes_and_breaks_ties_low(study):
@@ -103,7 +125,8 @@ def test_angular_error_and_predicted_angles():
 
 
 def test_dataset_labels_follow_the_paper():
-    assert dataset_label({"name": "1S", "classes": ["LU"], "supercell": "6x6x50", "thickness_nm": 19.9}) == "1S-LU-6x6-19.9nm"
+    assert dataset_label({"name": "1S", "classes": ["LU"], "supercell": "6x6x50", "thickness_nm": 19.92}) == "1S-LU-6x6-20nm"
+    assert dataset_label({"name": "t", "classes": ["RM"], "supercell": "2x2x4", "thickness_nm": 1.59}) == "t-RM-2x2-1.6nm"
     assert dataset_label({"name": "4E", "classes": ["RM", "RD"], "supercell": "unknown", "thickness_nm": 0}) == "4E-RM/RD"
 
 

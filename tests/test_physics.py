@@ -94,3 +94,37 @@ def test_frozen_phonons_are_seeded(tmp_path):
             data[name] = f["patterns"][()]
     assert np.array_equal(data["a"], data["b"])
     assert not np.allclose(data["a"], data["c"]) and not np.allclose(data["a"], data["static"])
+
+
+def test_thickness_figure_from_a_tiny_sweep_shows_the_com_reversal_below_5_nm(tmp_path):
+    """RM at 4 and 10 nm, simulated, preprocessed and drawn: the CoM on the Nb column points
+    against the class direction at 4 nm and along it at 10 nm (the issue's simple simulation)."""
+    import json
+
+    from polarmap import figures
+    from polarmap.evaluation import results_frame
+    from polarmap.preprocessing import PreprocessSettings, preprocess_dataset
+    from polarmap.structures import write_structure
+
+    settings = SimulationSettings(gpts_per_cell=64, scan_px=4, rows_per_block=4)
+    preprocessed, structures, metrics = [], [], []
+    for cells in (10, 25):
+        name = f"thickness_{cells}"
+        atoms = build_supercell((2, 2, cells), "RM")
+        write_structure(atoms, tmp_path / f"{name}.xyz")
+        simulate(atoms, tmp_path / f"{name}.h5", name, settings, ("RM",), progress=False)
+        preprocess_dataset(tmp_path / f"{name}.h5", tmp_path / f"p_{name}.h5", PreprocessSettings(crop_px=33), False, progress=False)
+        preprocessed.append(tmp_path / f"p_{name}.h5")
+        structures.append(tmp_path / f"{name}.xyz")
+        metrics.append({"dataset": name, "label": name, "accuracy": cells / 25, "accepted": ["RM"], "thickness_nm": cells * 0.4,
+                        "counts": {c: 0 for c in CLASS_NAMES}})
+    (tmp_path / "com.json").write_text(json.dumps(metrics))
+    fig = figures.thickness_from_files(results_frame([tmp_path / "com.json"]), preprocessed, structures, tmp_path / "thickness")
+    assert (tmp_path / "thickness.png").stat().st_size > 0 and (tmp_path / "thickness.pdf").exists()
+    com_axes, accuracy_axes = fig.axes
+    thickness, nb_column = com_axes.lines[0].get_data()
+    assert thickness == pytest.approx([4.0, 10.0], abs=0.1)
+    assert nb_column[0] < -0.1 and nb_column[1] > 0.3, nb_column
+    assert {t.get_text() for t in accuracy_axes.get_legend().get_texts()} == {"CoM", "chance"}
+    with pytest.raises(ValueError, match="one structure per set"):
+        figures.thickness_from_files(results_frame([tmp_path / "com.json"]), preprocessed, structures[:1], tmp_path / "x")

@@ -148,9 +148,54 @@ def test_split_file_per_configuration_and_seed(tmp_path):
         rows, cols = split["row"][split["dataset_index"] == i], split["col"][split["dataset_index"] == i]
         assert keep[rows, cols].all() and len(rows) == keep.sum()
     assert split["meta"] == {"configuration": "augmentation_filter", "seed": 888, "split": {"fractions": [0.8, 0.1, 0.1], "stratified": True, "faithful_seed": 0},
-                             "pca_split": {"fractions": [0.9, 0.1], "stratified": True, "faithful_seed": 0}}
+                             "pca_split": {"fractions": [0.9, 0.1], "stratified": True, "faithful_seed": 0}, "sets_per_class": 1}
     for label in (0, 5):
         pca_test = split["pca_part"][split["label"] == label]
         assert abs(pca_test.sum() - 0.1 * pca_test.size) <= 1  # 90/10 per class
     with pytest.raises(ValueError, match="unknown preprocessing configuration 'more'"):
         make_split(paths, tmp_path / "x.npz", "more", 1, SplitSettings(), SplitSettings())
+
+
+def test_diverse_split_draws_each_class_evenly_from_its_sets_and_keeps_the_base_count(tmp_path):
+    """Two thicknesses of one class: half of each, so the class has as many patterns as one set."""
+    from polarmap.preprocessing import make_split, read_split
+
+    paths = []
+    for name in ("train_RM", "train_RM_thick"):
+        patterns = np.stack([[disc(40, centre=(20, 20 + 0.1 * (r - c))) for c in range(10)] for r in range(10)])
+        io.write_dataset(tmp_path / f"{name}.h5", patterns, np.zeros((10, 10), np.int8), attrs(name=name, classes=["RM"], supercell="2x2x50"))
+        preprocess_dataset(tmp_path / f"{name}.h5", tmp_path / f"p_{name}.h5", PreprocessSettings(crop_px=33), True, progress=False)
+        paths.append(tmp_path / f"p_{name}.h5")
+    base = make_split(paths[:1], tmp_path / "base.npz", "none", 888, SplitSettings(), SplitSettings(fractions=(0.9, 0.1)))
+    diverse = make_split(paths, tmp_path / "diverse.npz", "none", 888, SplitSettings(), SplitSettings(fractions=(0.9, 0.1)), sets_per_class=2)
+    assert sum(diverse.values()) == sum(base.values()) == 100
+    split = read_split(tmp_path / "diverse.npz")
+    assert np.bincount(split["dataset_index"]).tolist() == [50, 50]
+    positions = set(zip(split["dataset_index"].tolist(), split["row"].tolist(), split["col"].tolist()))
+    assert len(positions) == 100 and split["meta"]["sets_per_class"] == 2
+    again = make_split(paths, tmp_path / "again.npz", "none", 888, SplitSettings(), SplitSettings(fractions=(0.9, 0.1)), sets_per_class=2)
+    assert again == diverse and (read_split(tmp_path / "again.npz")["row"] == split["row"]).all()
+
+
+def test_domain_randomisation_counts_electrons_and_keeps_the_disc_where_it_was():
+    from polarmap.preprocessing import DomainRandomisationSettings, augmenter
+
+    clean = disc(33, centre=(16.0, 17.0))  # shifted one pixel along +col (RM)
+    low = DomainRandomisationSettings(dose_e_per_pattern=(500.0, 500.0), p=1.0)
+    high = DomainRandomisationSettings(dose_e_per_pattern=(1e6, 1e6), background_e_per_px=(0.0, 0.0), read_noise_e=(0.0, 0.0), p=1.0)
+    noisy = augmenter("domain_randomisation", AugmentationSettings(), low, 5)(clean)
+    assert noisy.dtype == np.float32 and noisy.min() == 0.0 and noisy.max() == 1.0
+    assert np.allclose(noisy, augmenter("domain_randomisation", AugmentationSettings(), low, 5)(clean))  # seeded
+    assert not np.allclose(noisy, augmenter("domain_randomisation", AugmentationSettings(), low, 6)(clean))
+    # counting noise shrinks with dose, and the disc stays on its side: the CoM keeps the class direction
+    sharp = augmenter("domain_randomisation", AugmentationSettings(), high, 5)(clean)
+    assert np.abs(sharp - clean).mean() < 0.5 * np.abs(noisy - clean).mean()
+    row, col = center_of_mass(sharp)
+    assert col - 16 > 0.8 and abs(row - 16) < 0.1
+    # at 500 electrons the background dilutes the shift, but on average it still points along +col
+    shifts = np.array([center_of_mass(augmenter("domain_randomisation", AugmentationSettings(), low, seed)(clean)) for seed in range(40)]) - 16
+    assert shifts[:, 1].mean() > 0.05 and shifts[:, 1].mean() > 3 * abs(shifts[:, 0].mean())
+    untouched = DomainRandomisationSettings(p=0.0)
+    assert augmenter("domain_randomisation", AugmentationSettings(), untouched, 5)(clean) is clean
+    with pytest.raises(ValueError, match="unknown augmentation 'cutout'"):
+        augmenter("cutout", AugmentationSettings(), untouched, 5)

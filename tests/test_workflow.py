@@ -46,9 +46,9 @@ def study(tmp_path_factory):
 def test_every_data_set_is_made_valid_and_logged(study):
     results = study / "results/tests"
     summary = (results / "datasets/summary.tsv").read_text().splitlines()
-    # 8 training, 7 tests, 4 experiment-like (1E, 3E, 4E, dose_1000), their 3 clean sources,
-    # the experimental 5E, the defect set, the reference
-    assert len(summary) == 1 + 8 + 7 + 4 + 3 + 1 + 1 + 1
+    # 8 training and 8 thicker ones, 7 tests and 2 of a thickness sweep, 4 experiment-like (1E,
+    # 3E, 4E, dose_1000), their 3 clean sources, the experimental 5E, the defect set, the reference
+    assert len(summary) == 1 + 8 + 8 + 7 + 2 + 4 + 3 + 1 + 1 + 1
     for h5 in (results / "datasets").glob("*.h5"):
         with io.open_dataset(h5, check_values=True) as f:
             assert f["patterns"].shape == (4, 4, 48, 48)
@@ -63,18 +63,18 @@ def test_every_data_set_is_made_valid_and_logged(study):
         expected = center_of_mass(tifffile.imread(study / "scan.tif").astype(np.float32)).mean(axis=0)
         assert meta["global_com_px"] == pytest.approx(expected, abs=1e-4)
     counts = (results / "preprocessed/filter_counts.tsv").read_text().splitlines()
-    assert counts[0].split() == ["class", "kept", "total", "fraction"] and len(counts) == 1 + 8 + 1
-    assert sorted(p.name for p in (results / "splits").iterdir()) == [
-        "augmentation_filter_seed888.npz", "augmentation_seed888.npz", "none_seed888.npz"]
+    assert counts[0].split() == ["class", "kept", "total", "fraction"] and len(counts) == 1 + 16 + 1
+    assert sorted(str(p.relative_to(results / "splits")) for p in (results / "splits").glob("*/*.npz")) == [
+        "base/augmentation_filter_seed888.npz", "base/augmentation_seed888.npz", "base/none_seed888.npz", "diverse/augmentation_filter_seed888.npz"]
     models = {p.name for p in (results / "models").iterdir()}
-    assert len(models) == 9 + 2 + 3 and "vgg16-classification-none-scratch-seed888" in models
+    assert len(models) == 9 + 2 + 3 + 3 and "vgg16-classification-none-scratch-seed888" in models
     for model in models:
         record = json.loads((results / "models" / model / "record.json").read_text())
         assert "synthetic_test_accuracy" in record
         assert (results / "models" / model / ("model.npz" if model.startswith("pca_knn") else "model.pt")).exists()
     results_table = read_table(results / "tables/results.tsv")
     assert set(results_table["predictor"]) == models | {"com"}
-    evaluated = ["1S", "2S", "3S", "4S", "5S", "6S", "7S", "1E", "3E", "4E", "dose_1000", "5E", "defect"]
+    evaluated = ["1S", "2S", "3S", "4S", "5S", "6S", "7S", "thickness_2", "thickness_8", "1E", "3E", "4E", "dose_1000", "5E", "defect"]
     assert sorted(set(results_table["dataset"])) == sorted(evaluated + [SYNTHETIC_TEST])
     table = (results / "tables/table_none.md").read_text().splitlines()
     assert table[0].startswith("| Dataset | Conv (Reg) | Conv (Cls) | Conv (Proto) | VGG (Cls) | ResNet (Cls) | PCA | CoM |")
@@ -87,10 +87,27 @@ def test_every_data_set_is_made_valid_and_logged(study):
             record = json.loads((results / f"figures/{kind}_{configuration}.record.json").read_text())
             assert record["inputs"] and record["git_commit"] is not None and record["settings"]["configuration"] == configuration
     assert (results / "figures/sweep_dose.png").exists() and (results / "figures/com_field.png").exists()
+    assert_thickness_study(results)
     record = json.loads((results / "predictions/com.record.json").read_text())
     assert len(record["inputs"]) == len(evaluated) and "wall_seconds" in record
     assert_defect_study(results)
     assert not list(results.rglob("*.partial")) and not list(results.rglob("*.tmp*")) and not list(results.rglob("checkpoint.pt"))
+
+
+def assert_thickness_study(results):
+    """Issue 9 on the tests preset: a model trained on two thicknesses, domain randomisation, their
+    table and the thickness-sweep figure."""
+    split = np.load(results / "splits/diverse/augmentation_filter_seed888.npz")
+    assert len(split["datasets"]) == 16 and {"train_RM", "train_RM_thick"} <= set(split["datasets"].tolist())
+    assert np.bincount(split["dataset_index"], minlength=16).min() > 0  # every set gives patterns
+    record = json.loads((results / "models/conv-classification-augmentation_filter-scratch-diverse-seed888/record.json").read_text())
+    assert record["settings"]["training_data"] == "diverse" and len(record["inputs"]) == 1 + 16
+    regimes = (results / "tables/table_regimes.md").read_text().splitlines()
+    assert regimes[0] == ("| Dataset | Conv (Cls) [augmentation_filter] | Conv (Cls, diverse data) [augmentation_filter] | "
+                          "Conv (Cls, domain rand.) [augmentation_filter] | Conv (Cls, diverse data, domain rand.) [augmentation_filter] | CoM |")
+    assert any(line.startswith("| thickness_8-RM-2x2-") for line in regimes)
+    assert "diverse" not in (results / "tables/table_augmentation_filter.md").read_text()
+    assert (results / "figures/com_and_accuracy_thickness.pdf").exists() and (results / "figures/sweep_thickness.png").exists()
 
 
 def assert_defect_study(results):
@@ -101,7 +118,7 @@ def assert_defect_study(results):
         mask = f["defect_mask"][()]
         assert mask.shape == (4, 4) and 0 < mask.sum() < 16 and io.read_attrs(f)["classes"] == ["RD"]
     scores = (results / "tables/defect_localisation.tsv").read_text().splitlines()
-    assert scores[0] == "predictor\tmodel\tconfiguration\tseed\tlocalisation_auc" and len(scores) == 1 + 15
+    assert scores[0] == "predictor\tmodel\tconfiguration\tseed\tlocalisation_auc" and len(scores) == 1 + 18
     assert all(0 <= float(line.split("\t")[-1]) <= 1 for line in scores[1:])
     assert (results / "figures/defect_maps.pdf").exists() and (results / "dft/record.json").exists()
 
@@ -121,10 +138,10 @@ def test_changing_one_test_set_reruns_only_its_jobs(study):
     (study / "changed.yaml").write_text(config)
     plan = planned_jobs(study, "--configfile", "changed.yaml")
     counts = job_counts(plan)
-    # its own chain, then every predictor re-evaluated (14 models + the CoM baseline... on all sets)
-    assert counts == {"all": 1, "dataset_summary": 1, "defect_study": 1, "figure_distributions": 3, "figure_maps": 3, "figure_sweep": 1,
-                      "predict": 9 + 2 + 3 + 1, "preprocess": 1, "qstem_inputs": 1, "simulate": 1, "structure": 1, "tables": 1,
-                      "total": 5 + 15 + 1 + 1 + 3 + 3 + 1 + 1}, plan
+    # its own chain, then every predictor re-evaluated (17 models + the CoM baseline, on all sets)
+    assert counts == {"all": 1, "dataset_summary": 1, "defect_study": 1, "figure_distributions": 3, "figure_maps": 3, "figure_sweep": 2,
+                      "figure_thickness": 1, "predict": 9 + 2 + 3 + 3 + 1, "preprocess": 1, "qstem_inputs": 1, "simulate": 1, "structure": 1,
+                      "tables": 1, "total": 5 + 18 + 1 + 1 + 3 + 3 + 2 + 1 + 1}, plan
 
 
 def job_counts(plan):
@@ -136,15 +153,15 @@ def test_changing_a_preprocessing_setting_reruns_no_simulation(study):
     (study / "crop.yaml").write_text(config)
     counts = job_counts(planned_jobs(study, "--configfile", "crop.yaml"))
     assert "simulate" not in counts and "structure" not in counts
-    assert counts["train"] == 11 and counts["train_pca_knn"] == 3  # models follow their inputs
-    assert counts["preprocess"] == 8 + 7 + 4 + 3 + 1 + 1 + 1 and counts["filter_counts"] == 1 and counts["split"] == 3
+    assert counts["train"] == 14 and counts["train_pca_knn"] == 3  # models follow their inputs
+    assert counts["preprocess"] == 8 + 8 + 7 + 2 + 4 + 3 + 1 + 1 + 1 and counts["filter_counts"] == 1 and counts["split"] == 4
 
 
 def test_changing_a_training_setting_reruns_no_simulation_or_preprocessing(study):
     config = (study / "tests.yaml").read_text().replace("  batch_size: 16", "  batch_size: 16\n  lr: 0.0005")
     (study / "lr.yaml").write_text(config)
     counts = job_counts(planned_jobs(study, "--configfile", "lr.yaml"))
-    assert counts["train"] == 11 and "train_pca_knn" not in counts  # PCA+kNN has no learning rate
+    assert counts["train"] == 14 and "train_pca_knn" not in counts  # PCA+kNN has no learning rate
     assert not {"simulate", "structure", "preprocess", "split", "relax_vacancy"} & set(counts), counts
 
 
@@ -160,6 +177,7 @@ def test_report_and_archive(study):
     report = (study / "report.html").read_text()
     assert "Tables 1-3 in the paper" in report or "One of Tables 1-3" in report
     assert "Per-epoch training metrics" in report and "beam shift" in report
+    assert "Models trained otherwise than in the paper" in report and "at the scan position on an Nb column" in report
     archive = subprocess.run([sys.executable, "-m", "polarmap.cli", "archive", "results/tests", "--out", "tests.tar.gz",
                               "--config", "config.yaml", "tests.yaml", "--report", "report.html"], capture_output=True, text=True, cwd=study)
     assert archive.returncode == 0, archive.stderr

@@ -132,16 +132,17 @@ def cmd_split(args) -> None:
     job = json.loads(args.settings)
     settings = SplitSettings(fractions=tuple(job["fractions"]), stratified=job["stratified"])
     pca_settings = SplitSettings(fractions=tuple(job["pca_fractions"]), stratified=job["stratified"])
-    counts = make_split(args.preprocessed, args.out, job["configuration"], job["seed"], settings, pca_settings)
+    counts = make_split(args.preprocessed, args.out, job["configuration"], job["seed"], settings, pca_settings, job["sets_per_class"])
     print(json.dumps(counts))
 
 
 def cmd_train(args) -> None:
-    from polarmap.preprocessing import AugmentationSettings
+    from polarmap.preprocessing import AugmentationSettings, DomainRandomisationSettings
     from polarmap.training import TrainSettings, train
 
     job = json.loads(args.settings)
     job["augmentation"] = study_config.settings_from_json(AugmentationSettings, job["augmentation"])
+    job["domain_randomisation"] = study_config.settings_from_json(DomainRandomisationSettings, job["domain_randomisation"])
     record = train(args.split, args.preprocessed, args.out_dir, TrainSettings(**job), progress=not args.quiet, workers=args.workers)
     print(json.dumps({k: record[k] for k in ("epochs_run", "best_val_loss", "synthetic_test_accuracy", "device")}))
 
@@ -215,10 +216,12 @@ def cmd_figure(args) -> None:
         figures.maps_from_predictions(args.inputs, args.configuration, args.out)
     elif args.kind == "com-field":
         figures.com_field_from_files(args.inputs[0], args.inputs[1], args.out)
+    elif args.kind == "thickness":
+        figures.thickness_from_files(read_table(args.inputs[0]), args.preprocessed, args.structures, args.out)
     else:
         sweep = json.loads(args.sweep)
         figures.sweep_from_results(read_table(args.inputs[0]), sweep["points"], sweep["knob"], args.out)
-    _record(args.out, args.inputs, settings, started)
+    _record(args.out, [*args.inputs, *args.preprocessed, *args.structures], settings, started)
 
 
 def cmd_fetch_pseudopotentials(args) -> None:
@@ -450,10 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare_modes)
 
     p = sub.add_parser("figure", help="One evaluation figure as PNG and PDF.")
-    p.add_argument("kind", choices=("distributions", "maps", "com-field", "sweep"))
-    p.add_argument("inputs", nargs="+", help="distributions, sweep: results.tsv; maps: prediction .npz files; com-field: preprocessed .h5 and its structure .xyz")
+    p.add_argument("kind", choices=("distributions", "maps", "com-field", "sweep", "thickness"))
+    p.add_argument("inputs", nargs="+", help="distributions, sweep, thickness: results.tsv; maps: prediction .npz files; com-field: preprocessed .h5 and its structure .xyz")
     p.add_argument("--configuration", help="preprocessing configuration (distributions, maps)")
     p.add_argument("--sweep", help="sweep as JSON {knob, points: [{dataset, value}]} (sweep)")
+    p.add_argument("--preprocessed", nargs="+", default=[], help="the thickness sweep's preprocessed .h5 sets (thickness)")
+    p.add_argument("--structures", nargs="+", default=[], help="their structure .xyz files, in the same order (thickness)")
     p.add_argument("--out", required=True, help="output path without suffix (.png and .pdf are written)")
     p.set_defaults(func=cmd_figure)
 

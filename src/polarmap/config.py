@@ -2,11 +2,13 @@
 per-data-set settings every stage derives from it (the Snakefile and the CLI share these)."""
 
 from dataclasses import fields
+from itertools import product
 from pathlib import Path
 
 import jsonschema
 import yaml
 
+from polarmap.preprocessing import CONFIGURATIONS
 from polarmap.simulation import SimulationSettings
 from polarmap.structures import StructureSettings
 
@@ -75,8 +77,8 @@ def _experiment_like_entries(config: dict) -> dict[str, dict]:
     varies (no re-simulation)."""
     sets = {name: {**_copy(entry), "clean": f"{name}_clean"} for name, entry in config["datasets"]["experiment_like"].items()}
     for sweep, spec in config["datasets"]["sweeps"].items():
-        if spec["base"] not in config["datasets"]["experiment_like"]:
-            raise ValueError(f"config: datasets.sweeps.{sweep}.base {spec['base']!r} is not an experiment_like set")
+        if _sweeps_a_test_set(config, sweep, spec):
+            continue
         for value in spec["values"]:
             name = f"{sweep}_{value:g}"
             entry = {**_copy(config["datasets"]["experiment_like"][spec["base"]]), "clean": f"{spec['base']}_clean"}
@@ -88,16 +90,42 @@ def _experiment_like_entries(config: dict) -> dict[str, dict]:
     return sets
 
 
+def _sweeps_a_test_set(config: dict, sweep: str, spec: dict) -> bool:
+    """True for a thickness sweep of a clean test set (its points are test sets), False for a
+    sweep of an experiment-like set; an error for anything else."""
+    if spec["base"] in config["datasets"]["experiment_like"]:
+        return False
+    if spec["base"] in config["datasets"]["tests"]:
+        if spec["knob"] != "thickness_cells":
+            raise ValueError(f"config: datasets.sweeps.{sweep}: a tests set is clean, so only thickness_cells can be swept on it; "
+                             f"sweep {spec['knob']} on an experiment_like set")
+        return True
+    raise ValueError(f"config: datasets.sweeps.{sweep}.base {spec['base']!r} is neither an experiment_like nor a tests set")
+
+
 def simulated_datasets(config: dict) -> dict[str, dict]:
     """Every simulated data set: name -> {polarization (None for the reference), supercell,
-    mistilt_mrad, classes accepted as correct, role}."""
+    mistilt_mrad, classes accepted as correct, role}; training variants also carry their
+    frozen-phonon settings under "simulation"."""
     sets = {}
     training = config["datasets"]["training"]
     for name in training["classes"]:
         sets[f"train_{name}"] = {"polarization": name, "supercell": training["supercell"], "mistilt_mrad": [0, 0], "classes": [name], "role": "training"}
+    for variant, spec in training["variants"].items():
+        supercell = [*training["supercell"][:2], spec["thickness_cells"] or training["supercell"][2]]
+        phonons = {"frozen_phonon_seed": spec["frozen_phonon_seed"]}
+        if spec["frozen_phonon_configs"] is not None:
+            phonons["frozen_phonon_configs"] = spec["frozen_phonon_configs"]
+        for name in training["classes"]:
+            sets[f"train_{name}_{variant}"] = {"polarization": name, "supercell": supercell, "mistilt_mrad": spec["mistilt_mrad"],
+                                               "classes": [name], "role": "training_variant", "simulation": phonons}
     for name, test in config["datasets"]["tests"].items():
         accepted = test.get("accepted") or [test["polarization"]]
         sets[name] = {"polarization": test["polarization"], "supercell": test["supercell"], "mistilt_mrad": test["mistilt_mrad"], "classes": accepted, "role": "test"}
+    for sweep, spec in config["datasets"]["sweeps"].items():
+        if _sweeps_a_test_set(config, sweep, spec):
+            for value in spec["values"]:
+                sets[f"{sweep}_{value:g}"] = {**_copy(sets[spec["base"]]), "supercell": [*sets[spec["base"]]["supercell"][:2], int(value)]}
     for entry in _experiment_like_entries(config).values():
         accepted = entry["accepted"] or [entry["polarization"]]
         sets[entry["clean"]] = {"polarization": entry["polarization"], "supercell": entry["supercell"], "mistilt_mrad": entry["mistilt_mrad"], "classes": accepted, "role": "clean_source"}
@@ -121,7 +149,7 @@ def sweep_points(config: dict) -> dict[str, dict]:
     """Each sweep: its knob and the (data set, value) points, the base set's own value first."""
     sweeps = {}
     for sweep, spec in config["datasets"]["sweeps"].items():
-        base = config["datasets"]["experiment_like"][spec["base"]]
+        base = config["datasets"]["tests" if _sweeps_a_test_set(config, sweep, spec) else "experiment_like"][spec["base"]]
         base_value = base["supercell"][2] if spec["knob"] == "thickness_cells" else base["detector"].get(spec["knob"])
         points = [{"dataset": spec["base"], "value": base_value}] if base_value is not None else []
         points += [{"dataset": f"{sweep}_{value:g}", "value": value} for value in spec["values"]]
@@ -148,7 +176,8 @@ def dataset_job_settings(config: dict, name: str) -> dict:
     sets = simulated_datasets(config)
     if name not in sets:
         raise ValueError(f"unknown data set {name!r}; the config defines {', '.join(sets)}")
-    return {"name": name, "dataset": sets[name], "structure": config["structure"], "simulation": config["simulation"]}
+    dataset = dict(sets[name])
+    return {"name": name, "dataset": dataset, "structure": config["structure"], "simulation": {**config["simulation"], **dataset.pop("simulation", {})}}
 
 
 def experiment_job_settings(config: dict, name: str) -> dict:
@@ -171,45 +200,67 @@ def preprocess_job_settings(config: dict, name: str) -> dict:
         raise ValueError(f"unknown data set {name!r}")
     settings = config["preprocessing"]
     return {
-        "name": name, "training": roles[name] == "training", "mode": config["mode"],
+        "name": name, "training": roles[name] in ("training", "training_variant"), "mode": config["mode"],
         "crop_px": settings["crop_px"], "threshold_percentile": settings["threshold_percentile"],
         "rows_per_block": settings["rows_per_block"],
     }
 
 
-def split_job_settings(config: dict, configuration: str, seed: int) -> dict:
+def training_set_names(config: dict, training_data: str) -> list[str]:
+    """The sets a model trains on: the base training sets, or (diverse) those and every variant."""
+    training = config["datasets"]["training"]
+    if training_data == "diverse" and not training["variants"]:
+        raise ValueError("config: training_data 'diverse' needs datasets.training.variants (e.g. {t50nm: {thickness_cells: 125}})")
+    variants = [""] + [f"_{variant}" for variant in training["variants"]] * (training_data == "diverse")
+    return [f"train_{name}{suffix}" for suffix in variants for name in training["classes"]]
+
+
+def split_job_settings(config: dict, configuration: str, seed: int, training_data: str = "base") -> dict:
     settings = config["preprocessing"]
     return {
         "configuration": configuration, "seed": seed, "stratified": config["mode"] == "corrected",
         "fractions": settings["split_fractions"], "pca_fractions": settings["pca_split_fractions"],
+        "training_data": training_data, "sets_per_class": len(training_set_names(config, training_data)) // len(config["datasets"]["training"]["classes"]),
     }
 
 
+def model_name(encoder: str, objective: str, configuration: str, pretrained: str, seed: int,
+               training_data: str = "base", augmentation_kind: str = "paper") -> str:
+    """'<encoder>-<objective>-<configuration>-<pretrained>[-diverse][-domain_randomisation]-seed<seed>':
+    the paper's models keep the paper's four fields."""
+    extra = [training_data] * (training_data != "base") + [augmentation_kind] * (augmentation_kind != "paper")
+    return "-".join([encoder, objective, configuration, pretrained, *extra, f"seed{seed}"])
+
+
 def training_jobs(config: dict) -> dict[str, dict]:
-    """Every model to train: '<encoder>-<objective>-<configuration>-<pretrained>-seed<seed>' ->
-    its TrainSettings fields."""
+    """Every model to train (named by `model_name`) -> its TrainSettings fields and training data."""
     training = config["training"]
     faithful = config["mode"] == "faithful"
     jobs = {}
     for run in training["runs"]:
         for encoder in run["encoders"]:
             pretrained_axis = ["scratch"] if encoder == "conv" else run.get("pretrained", training["pretrained"])
-            for objective in run["objectives"]:
-                for configuration in run.get("configurations", config["preprocessing"]["configurations"]):
-                    for pretrained in pretrained_axis:
-                        for seed in run.get("seeds", config["seeds"]):
-                            name = f"{encoder}-{objective}-{configuration}-{pretrained}-seed{seed}"
-                            jobs[name] = {
-                                "encoder": encoder, "objective": objective, "configuration": configuration,
-                                "pretrained": pretrained, "seed": seed, "mode": config["mode"],
-                                "lr": training["lr"], "batch_size": training["batch_size"],
-                                "weight_decay": training["weight_decay"] if training["weight_decay"] is not None else (1e-4 if faithful else 0.0),
-                                "max_epochs": run.get("max_epochs", training["max_epochs"]), "patience": training["patience"],
-                                "device": training["device"],
-                                "standardize_inputs": training["standardize_inputs"] if training["standardize_inputs"] is not None else not faithful,
-                                "augmentation": config["preprocessing"]["augmentation"],
-                                "compile": training["compile"],
-                            }
+            for objective, configuration, pretrained, seed, training_data, augmentation_kind in product(
+                run["objectives"], run.get("configurations", config["preprocessing"]["configurations"]), pretrained_axis,
+                run.get("seeds", config["seeds"]), run["training_data"], run["augmentations"],
+            ):
+                if not CONFIGURATIONS[configuration][0]:
+                    augmentation_kind = "paper"  # this configuration does not augment: the axis does not apply
+                training_set_names(config, training_data)  # fails early on diverse without variants
+                name = model_name(encoder, objective, configuration, pretrained, seed, training_data, augmentation_kind)
+                jobs[name] = {
+                    "encoder": encoder, "objective": objective, "configuration": configuration,
+                    "pretrained": pretrained, "seed": seed, "mode": config["mode"],
+                    "lr": training["lr"], "batch_size": training["batch_size"],
+                    "weight_decay": training["weight_decay"] if training["weight_decay"] is not None else (1e-4 if faithful else 0.0),
+                    "max_epochs": run.get("max_epochs", training["max_epochs"]), "patience": training["patience"],
+                    "device": training["device"],
+                    "standardize_inputs": training["standardize_inputs"] if training["standardize_inputs"] is not None else not faithful,
+                    "augmentation": config["preprocessing"]["augmentation"],
+                    "augmentation_kind": augmentation_kind,
+                    "domain_randomisation": config["preprocessing"]["domain_randomisation"],
+                    "compile": training["compile"], "training_data": training_data,
+                }
     return jobs
 
 

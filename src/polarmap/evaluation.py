@@ -14,7 +14,7 @@ import torch
 from polarmap import io
 from polarmap.classes import CLASS_NAMES, angle_to_class, class_index
 from polarmap.config import settings_from_json
-from polarmap.preprocessing import CONFIGURATIONS, AugmentationSettings, augmentation_pipeline
+from polarmap.preprocessing import CONFIGURATIONS, AugmentationSettings, DomainRandomisationSettings, augmenter
 
 
 def com_baseline(beam_shift: np.ndarray) -> np.ndarray:
@@ -45,16 +45,17 @@ def load_predictor(model_path, batch_size: int = 512, external: bool = True, com
     model, settings = load_model(model_path)
     device = resolve_device(device)
     faithful = settings["mode"] == "faithful" and external
-    pipeline = None
+    augment = None
     if faithful and CONFIGURATIONS[settings["configuration"]][0]:
-        pipeline = augmentation_pipeline(settings_from_json(AugmentationSettings, settings["augmentation"]), settings["seed"])
+        augment = augmenter(settings.get("augmentation_kind", "paper"), settings_from_json(AugmentationSettings, settings["augmentation"]),
+                            settings_from_json(DomainRandomisationSettings, settings.get("domain_randomisation", {})), settings["seed"])
     layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format  # channels-last: ~2x on a CPU
     model = model.to(device, memory_format=layout)
     forward = torch.compile(model) if compile_model else model
 
     def predict_nn(patterns, beam_shift):
-        if pipeline is not None:
-            patterns = np.stack([pipeline(image=p)["image"] for p in patterns])
+        if augment is not None:
+            patterns = np.stack([augment(p) for p in patterns])
         predictions, angles = [], []
         with torch.inference_mode():
             for start in range(0, len(patterns), batch_size):
@@ -90,7 +91,8 @@ def dataset_label(attrs: dict) -> str:
     label = "-".join([attrs["name"]] + ["/".join(attrs["classes"])] * bool(attrs["classes"]))
     cells = str(attrs.get("supercell", "")).split("x")
     if len(cells) == 3 and all(c.isdigit() for c in cells):
-        label += f"-{cells[0]}x{cells[1]}-{float(attrs['thickness_nm']):g}nm"
+        thickness = float(attrs["thickness_nm"])
+        label += f"-{cells[0]}x{cells[1]}-{thickness:.{0 if thickness >= 10 else 1}f}nm"  # 50 cells: 19.9 nm, the paper's "20nm"
     return label
 
 
@@ -112,6 +114,7 @@ def _predict_one(predictor, model_path, dataset_path) -> tuple[dict, np.ndarray,
         "dataset": attrs["name"], "label": dataset_label(attrs), "model": str(model_path), "accuracy": accuracy,
         "angular_error_deg": float(angular_error_deg(angles, accepted).mean()) if angles is not None and accepted else float("nan"),
         "majority_class": CLASS_NAMES[int(counts.argmax())],  # ties: the lowest class index
+        "thickness_nm": float(attrs.get("thickness_nm", "nan")),
         "accepted": attrs["classes"], "counts": dict(zip(CLASS_NAMES, counts.tolist())),
     }
     angle_grid = angles.reshape(scan_shape).astype(np.float32) if angles is not None else None
@@ -152,20 +155,35 @@ OBJECTIVE_LABELS = {"regression": "Reg", "classification": "Cls", "prototype": "
 SYNTHETIC_TEST = "Synthetic test"
 COUNT_COLUMNS = [f"count_{name}" for name in CLASS_NAMES]
 
+CONFIGURATION_TITLES = {
+    "none": "no augmentation and no filtering",
+    "augmentation": "augmentation and no filtering",
+    "augmentation_filter": "augmentation and filtering",
+}
+
+
+REGIME_LABELS = {"diverse": "diverse data", "domain_randomisation": "domain rand."}
+
 
 def describe_predictor(name: str) -> dict:
-    """Model family, column label, configuration and seed of a predictor name:
-    <encoder>-<objective>-<configuration>-<pretrained>-seed<N>, pca_knn-<configuration>-seed<N>, com."""
+    """Model family, column label, configuration, training regime and seed of a predictor name:
+    <encoder>-<objective>-<configuration>-<pretrained>[-diverse][-domain_randomisation]-seed<N>
+    (polarmap.config.model_name), pca_knn-<configuration>-seed<N>, com. The regime is "paper"
+    for the paper's training data and augmentation."""
     if name == "com":
-        return {"family": "com", "label": "CoM", "encoder": "com", "objective": "", "configuration": "", "pretrained": "", "seed": -1}
+        return {"family": "com", "label": "CoM", "encoder": "com", "objective": "", "configuration": "", "pretrained": "",
+                "regime": "paper", "seed": -1}
     parts = name.split("-")
     seed = int(parts[-1].removeprefix("seed"))
     if parts[0] == "pca_knn":
-        return {"family": f"pca_knn-{parts[1]}", "label": "PCA", "encoder": "pca_knn", "objective": "", "configuration": parts[1], "pretrained": "", "seed": seed}
+        return {"family": f"pca_knn-{parts[1]}", "label": "PCA", "encoder": "pca_knn", "objective": "", "configuration": parts[1],
+                "pretrained": "", "regime": "paper", "seed": seed}
     encoder, objective, configuration, pretrained = parts[:4]
-    label = f"{ENCODER_LABELS[encoder]} ({OBJECTIVE_LABELS[objective]}{', ImageNet' if pretrained == 'imagenet' else ''})"
-    return {"family": "-".join(parts[:4]), "label": label, "encoder": encoder, "objective": objective,
-            "configuration": configuration, "pretrained": pretrained, "seed": seed}
+    regime = parts[4:-1]
+    details = [OBJECTIVE_LABELS[objective]] + ["ImageNet"] * (pretrained == "imagenet") + [REGIME_LABELS[r] for r in regime]
+    return {"family": "-".join(parts[:-1]), "label": f"{ENCODER_LABELS[encoder]} ({', '.join(details)})", "encoder": encoder,
+            "objective": objective, "configuration": configuration, "pretrained": pretrained,
+            "regime": "+".join(regime) or "paper", "seed": seed}
 
 
 def results_frame(metrics_files, record_files=()):
@@ -178,13 +196,14 @@ def results_frame(metrics_files, record_files=()):
         info = describe_predictor(path.stem)
         for r in json.loads(path.read_text()):
             rows.append({**info, "predictor": path.stem, "dataset": r["dataset"], "dataset_label": r.get("label", r["dataset"]),
+                         "thickness_nm": r.get("thickness_nm", float("nan")),
                          "accepted": "/".join(r["accepted"]), "accuracy": r["accuracy"],
                          "angular_error_deg": r.get("angular_error_deg", float("nan")),
                          **{f"count_{k}": r["counts"][k] for k in CLASS_NAMES}})
     for path in map(Path, record_files):
         record = json.loads(path.read_text())
         info = describe_predictor(path.parent.name)
-        rows.append({**info, "predictor": path.parent.name, "dataset": SYNTHETIC_TEST, "dataset_label": SYNTHETIC_TEST,
+        rows.append({**info, "predictor": path.parent.name, "dataset": SYNTHETIC_TEST, "dataset_label": SYNTHETIC_TEST, "thickness_nm": float("nan"),
                      "accepted": "", "accuracy": record["synthetic_test_accuracy"], "angular_error_deg": float("nan"),
                      **dict.fromkeys(COUNT_COLUMNS, 0)})
     if not rows:
@@ -205,8 +224,8 @@ def summarize(results):
         first = group.iloc[0]
         rows.append({
             "family": family, "label": first["label"], "encoder": first["encoder"], "objective": first["objective"],
-            "configuration": first["configuration"], "pretrained": first["pretrained"], "dataset": dataset,
-            "dataset_label": first["dataset_label"], "seeds": len(group), "accuracy_mean": group["accuracy"].mean(),
+            "configuration": first["configuration"], "pretrained": first["pretrained"], "regime": first["regime"], "dataset": dataset,
+            "dataset_label": first["dataset_label"], "thickness_nm": first["thickness_nm"], "seeds": len(group), "accuracy_mean": group["accuracy"].mean(),
             "accuracy_std": group["accuracy"].std(ddof=0), "angular_error_deg": group["angular_error_deg"].mean(),
             "majority_class": majority, "majority_correct": bool(majority) and majority in first["accepted"].split("/"),
         })
@@ -215,22 +234,49 @@ def summarize(results):
 
 def _column_order(summary, configuration: str) -> list[str]:
     """The paper's columns for one configuration: Conv, VGG, ResNet x (Reg, Cls, Proto), PCA;
-    then the CoM baseline, which needs no training."""
-    mine = summary[(summary["configuration"] == configuration) | (summary["family"] == "com")]
+    then the CoM baseline, which needs no training. Models trained otherwise than in the paper
+    (diverse data, domain randomisation) are in the regime table instead."""
+    mine = summary[((summary["configuration"] == configuration) & (summary["regime"] == "paper")) | (summary["family"] == "com")]
     encoders, objectives = list(ENCODER_LABELS) + ["pca_knn", "com"], list(OBJECTIVE_LABELS) + [""]
     keyed = {(encoders.index(r.encoder), objectives.index(r.objective), r.pretrained): r.family for r in mine.itertuples()}
     return [keyed[key] for key in sorted(keyed)]
 
 
+def regime_families(summary) -> list[str]:
+    """Columns of the regime table (issue 9): each model trained on diverse data or with domain
+    randomisation, beside the same model trained as in the paper, then the CoM baseline."""
+    regimes = ["paper", "diverse", "domain_randomisation", "diverse+domain_randomisation"]
+    families = summary.drop_duplicates("family")
+    varied = families[families["regime"] != "paper"]
+    base = {tuple(r) for r in varied[["encoder", "objective", "configuration", "pretrained"]].itertuples(index=False)}
+    mine = families[[tuple(r) in base for r in families[["encoder", "objective", "configuration", "pretrained"]].itertuples(index=False)]]
+    configurations = list(CONFIGURATION_TITLES)
+    order = sorted(mine.itertuples(), key=lambda r: (configurations.index(r.configuration), r.encoder, r.objective, r.pretrained, regimes.index(r.regime)))
+    columns = [r.family for r in order]
+    if columns and "com" in set(families["family"]):
+        columns.append("com")
+    return columns
+
+
 def paper_table(summary, configuration: str) -> list[dict]:
-    """Rows of one of Tables 1-3: per data set an accuracy row (percent, mean +- std, best in the
-    row marked) and a majority-class row (marked right or wrong), and an angular-error row where
-    a model gives angles. Each cell: {"text", "best", "correct"}."""
-    families = _column_order(summary, configuration)
+    """Rows of one of Tables 1-3 (see `table_rows`)."""
+    return table_rows(summary, _column_order(summary, configuration))
+
+
+def table_rows(summary, families: list[str], with_configuration: bool = False) -> list[dict]:
+    """Per data set an accuracy row (percent, mean +- std over seeds, best in the row marked) and
+    a majority-class row (marked right or wrong), and an angular-error row where a model gives
+    angles; one column per model family, its header naming the configuration if asked. Each
+    cell: {"text", "best", "correct"}."""
     by_key = {(r.family, r.dataset): r for r in summary.itertuples()}
     datasets = list(dict.fromkeys(d for d in summary["dataset"] if any((f, d) in by_key for f in families)))
     datasets.sort(key=lambda d: d != SYNTHETIC_TEST)  # stable: the synthetic test first, then config order
-    header = ["Dataset"] + [by_key[next((f, d) for d in datasets if (f, d) in by_key)].label for f in families]
+
+    def title(family):
+        first = by_key[next((family, d) for d in datasets if (family, d) in by_key)]
+        return first.label + (f" [{first.configuration}]" if with_configuration and first.configuration else "")
+
+    header = ["Dataset"] + [title(f) for f in families]
     rows = [{"kind": "header", "cells": [{"text": h} for h in header]}]
     for dataset in datasets:
         entries = [by_key.get((f, dataset)) for f in families]
@@ -300,16 +346,10 @@ def render_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-CONFIGURATION_TITLES = {
-    "none": "no augmentation and no filtering",
-    "augmentation": "augmentation and no filtering",
-    "augmentation_filter": "augmentation and filtering",
-}
-
-
 def write_tables(metrics_files, record_files, out_dir, mode: str) -> list[Path]:
     """results.tsv (one row per predictor x data set), summary.tsv (per model family) and one
-    table per preprocessing configuration as Markdown, CSV and LaTeX (paper Tables 1-3)."""
+    table per preprocessing configuration as Markdown, CSV and LaTeX (paper Tables 1-3), plus
+    table_regimes when some models were trained otherwise than in the paper."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = results_frame(metrics_files, record_files)
@@ -318,12 +358,17 @@ def write_tables(metrics_files, record_files, out_dir, mode: str) -> list[Path]:
     written = [out_dir / "results.tsv", out_dir / "summary.tsv"]
     io.write_text_atomically(written[0], results.to_csv(sep="\t", index=False, na_rep="nan"))
     io.write_text_atomically(written[1], summary.to_csv(sep="\t", index=False, na_rep="nan"))
-    for configuration in [c for c in CONFIGURATION_TITLES if c in set(summary["configuration"])]:
-        rows = paper_table(summary, configuration)
-        caption = (f"Accuracy (top row, percent, mean $\\pm$ std over seeds; best in bold) and majority class "
-                   f"(green right, red wrong) for the {CONFIGURATION_TITLES[configuration]} configuration ({mode} mode).")
+    seeds = ", ".join(str(seed) for seed in sorted(set(results["seed"])) if seed >= 0)
+    tables = {f"table_{c}": (paper_table(summary, c), f"the {CONFIGURATION_TITLES[c]} configuration")
+              for c in CONFIGURATION_TITLES if c in set(summary[summary["regime"] == "paper"]["configuration"])}
+    if regime_families(summary):
+        tables["table_regimes"] = (table_rows(summary, regime_families(summary), with_configuration=True),
+                                   "models trained as in the paper, on thickness-diverse data and with domain randomisation")
+    for stem, (rows, subject) in tables.items():
+        caption = (f"Accuracy (top row, percent, mean $\\pm$ std over seeds {seeds}; best in bold) and majority class "
+                   f"(green right, red wrong) for {subject} ({mode} mode).")
         for suffix, text in ((".md", render_markdown(rows)), (".csv", render_csv(rows)), (".tex", render_latex(rows, caption))):
-            written.append(out_dir / f"table_{configuration}{suffix}")
+            written.append(out_dir / f"{stem}{suffix}")
             io.write_text_atomically(written[-1], text)
     return written
 

@@ -1,6 +1,7 @@
 """Figures of the evaluation, each written as PNG and PDF: prediction distributions (paper Fig. 3,
 4), class maps on the scan grid (Fig. 5, 6), the CoM beam-shift field over a unit cell (Fig. 7),
-defect maps (Fig. 8) and accuracy against a swept knob. One colour per class in every figure; the
+defect maps (Fig. 8), accuracy against a swept knob, and the CoM and accuracy against specimen
+thickness (issue 9). One colour per class in every figure; the
 scan grid is drawn with +row up, as the classes are defined."""
 
 from pathlib import Path
@@ -173,7 +174,8 @@ def distributions_from_results(results, configuration: str, out):
     model family, mean and std over seeds."""
     from polarmap.evaluation import COUNT_COLUMNS, SYNTHETIC_TEST
 
-    mine = results[((results["configuration"] == configuration) | (results["family"] == "com")) & (results["dataset"] != SYNTHETIC_TEST)]
+    paper_models = (results["configuration"] == configuration) & (results["regime"] == "paper")
+    mine = results[(paper_models | (results["family"] == "com")) & (results["dataset"] != SYNTHETIC_TEST)]
     if mine.empty:
         raise ValueError(f"no predictions for configuration {configuration!r}")
     labels = _family_labels(mine)
@@ -193,7 +195,7 @@ def maps_from_predictions(prediction_files, configuration: str, out):
     grids: dict = {}
     for path in map(Path, prediction_files):
         info = describe_predictor(path.stem)
-        if info["configuration"] not in (configuration, ""):
+        if info["configuration"] not in (configuration, "") or info["regime"] != "paper":
             continue
         with np.load(path, allow_pickle=False) as data:
             for name in data.files:
@@ -221,20 +223,97 @@ def com_field_from_files(preprocessed, structure, out):
                      f"Beam shift over one unit cell, {attrs['name']} ({'/'.join(attrs['classes'])})", out)
 
 
-def sweep_from_results(results, sweep: list[dict], knob: str, out):
-    """Accuracy against a swept knob: `sweep` lists {dataset, value}; one line per model family
-    (all configurations), mean and std over seeds."""
-    values = {point["dataset"]: point["value"] for point in sweep}
+def _accuracy_points(results, values: dict) -> dict:
+    """Per model family: (knob values, mean accuracy, std over seeds) on the data sets of `values`
+    (data set -> knob value)."""
     mine = results[results["dataset"].isin(list(values))]
     if mine.empty:
-        raise ValueError(f"no predictions for the {knob} sweep's data sets ({', '.join(values)})")
+        raise ValueError(f"no predictions for the sweep's data sets ({', '.join(values)})")
     points = {}
     for family, group in mine.groupby("family", sort=False):
         stats = group.groupby("dataset")["accuracy"].agg(["mean", lambda a: a.std(ddof=0)])
         label = group["label"].iloc[0] + ("" if family == "com" else f" [{group['configuration'].iloc[0]}]")
         points[label] = ([values[d] for d in stats.index], stats.iloc[:, 0].to_numpy(), stats.iloc[:, 1].to_numpy())
+    return points
+
+
+def sweep_from_results(results, sweep: list[dict], knob: str, out):
+    """Accuracy against a swept knob: `sweep` lists {dataset, value}; one line per model family
+    (all configurations), mean and std over seeds."""
+    values = {point["dataset"]: point["value"] for point in sweep}
+    points = _accuracy_points(results, values)
     spread = max(values.values()) / max(min(values.values()), 1e-12)
     return accuracy_against_knob(points, knob, f"Accuracy against {knob}", out, log_x=min(values.values()) > 0 and spread >= 100)
+
+
+def nb_column_com(com: np.ndarray, detector_px: int, scan_step: float, atoms) -> np.ndarray:
+    """CoM (row, col) in detector px from the optical axis (pixel n // 2) at the scan position
+    nearest an Nb column of `atoms`, and the mean over the scan: (2, 2) = [Nb column, scan mean]."""
+    nb = atoms.positions[np.array(atoms.get_chemical_symbols()) == "Nb", :2]  # (x, y) = (col, row) in Angstrom
+    grid = nb / scan_step
+    nearest = np.rint(grid)
+    best = int(np.argmin(np.abs(grid - nearest).sum(axis=1)))
+    col, row = (int(v) % n for v, n in zip(nearest[best], com.shape[1::-1]))
+    centred = com - detector_px // 2
+    return np.stack([centred[row, col], centred.reshape(-1, 2).mean(axis=0)])
+
+
+def thickness_figure(com_points: dict, accuracy_points: dict, direction_deg: float, title: str, out):
+    """Left: the CoM at the Nb column and the scan-mean CoM along the class direction against
+    thickness (`com_points[thickness_nm] = (2, 2)` from `nb_column_com`); right: accuracy against
+    thickness per model (`accuracy_points` as in `accuracy_against_knob`)."""
+    theta = np.deg2rad(direction_deg)
+    unit = np.array([np.sin(theta), np.cos(theta)])  # (row, col), +row up
+    thickness = np.array(sorted(com_points))
+    along = np.array([com_points[t] @ unit for t in thickness])  # (n, 2): Nb column, scan mean
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.2), layout="constrained")
+    left.plot(thickness, along[:, 0], "o-", color="#2ca02c", label="CoM at the Nb column")
+    left.plot(thickness, along[:, 1], "s--", color="#555555", label="scan-mean CoM")
+    left.axhline(0, color="grey", lw=0.8)
+    left.set_xlabel("thickness (nm)")
+    left.set_ylabel(f"CoM along the class direction ({direction_deg:g} deg), detector px")
+    left.legend(fontsize=7)
+    for i, (model, (values, mean, std)) in enumerate(accuracy_points.items()):
+        order = np.argsort(values)
+        right.errorbar(np.asarray(values)[order], np.asarray(mean)[order], yerr=np.asarray(std)[order], marker="o", ms=3,
+                       capsize=2, label=model, color=plt.cm.tab20(i % 20), ls="--" if model.startswith("CoM") else "-")
+    right.axhline(1 / len(CLASS_NAMES), color="grey", lw=0.8, ls=":", label="chance")
+    right.set_xlabel("thickness (nm)")
+    right.set_ylabel("accuracy (mean ± std over seeds)")
+    right.set_ylim(-0.02, 1.02)
+    right.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(title, fontsize=10)
+    return save(fig, out)
+
+
+def thickness_from_files(results, preprocessed, structures, out):
+    """The thickness-sweep figure from the sweep's preprocessed sets (/com), the structures they
+    were simulated from and results.tsv (pandas)."""
+    import json
+
+    from polarmap import io
+    from polarmap.classes import class_index
+    from polarmap.structures import read_structure
+
+    if len(preprocessed) != len(structures):
+        raise ValueError(f"{len(preprocessed)} preprocessed sets but {len(structures)} structures: give one structure per set")
+    com_points, thickness, classes = {}, {}, set()
+    for path, structure in zip(preprocessed, structures):
+        with io.open_dataset(path) as f:
+            attrs = io.read_attrs(f)
+            com = f["com"][()]
+        simulation = attrs["simulation_settings"]
+        simulation = json.loads(simulation) if isinstance(simulation, str) else simulation
+        detector_px = simulation["gpts_per_cell"] * simulation["probe_window_cells"]
+        com_points[float(attrs["thickness_nm"])] = nb_column_com(com, detector_px, float(attrs["scan_step_angstrom"]), read_structure(structure))
+        thickness[attrs["name"]] = float(attrs["thickness_nm"])
+        classes.add(attrs["polarization"])
+    if len(classes) != 1:
+        raise ValueError(f"a thickness sweep has one polarization; these sets have {', '.join(sorted(classes))}")
+    polarization = classes.pop()
+    accuracy = _accuracy_points(results, thickness)
+    return thickness_figure(com_points, accuracy, 45.0 * class_index(polarization),
+                            f"Thickness sweep, {polarization}: which signal survives", out)
 
 
 def defect_study(prediction_files, dataset, out_table, out_figure):

@@ -54,6 +54,16 @@ class AugmentationSettings:
 
 
 @dataclass(frozen=True)
+class DomainRandomisationSettings:
+    """Ranges of the experiment-like detector effects, drawn per pattern during training."""
+    dose_e_per_pattern: tuple[float, float] = (5000.0, 100000.0)  # log-uniform
+    background_e_per_px: tuple[float, float] = (0.0, 1.0)
+    read_noise_e: tuple[float, float] = (0.0, 2.0)
+    psf_sigma_px: tuple[float, float] = (0.0, 1.0)
+    p: float = 0.8
+
+
+@dataclass(frozen=True)
 class SplitSettings:
     fractions: tuple[float, ...] = (0.8, 0.1, 0.1)  # train, validation, test
     stratified: bool = True
@@ -226,6 +236,45 @@ def augmentation_pipeline(settings: AugmentationSettings, seed: int):
     )
 
 
+def domain_randomisation(settings: DomainRandomisationSettings, seed: int):
+    """The experiment-like detector transform (polarmap.experiment) as an augmentation of one
+    [0, 1] pattern: with probability p, point-spread, dose, background, Poisson and read noise
+    drawn from the ranges, then min-max again. Descan and scan effects are left out: the
+    preprocessing centres the disc, and they mix scan positions, not one pattern's pixels."""
+    from polarmap.experiment import ExperimentSettings, detector_effects
+
+    rng = np.random.default_rng(seed)
+
+    def transform(image: np.ndarray) -> np.ndarray:
+        if rng.random() >= settings.p:
+            return image
+        low, high = np.log(settings.dose_e_per_pattern)
+        detector = ExperimentSettings(
+            dose_e_per_pattern=float(np.exp(rng.uniform(low, high))),
+            background_e_per_px=float(rng.uniform(*settings.background_e_per_px)),
+            read_noise_e=float(rng.uniform(*settings.read_noise_e)),
+            psf_sigma_px=float(rng.uniform(*settings.psf_sigma_px)),
+            seed=int(rng.integers(2**31)),
+        )
+        counted = detector_effects(image[None], 0, detector)
+        if counted.max() <= counted.min():  # nothing counted: keep the clean pattern
+            return image
+        return min_max(counted)[0]
+
+    return transform
+
+
+def augmenter(kind: str, paper: AugmentationSettings, randomisation: DomainRandomisationSettings, seed: int):
+    """One pattern (h, w) in [0, 1] -> its augmented copy: the paper's albumentations pipeline or
+    domain randomisation, reproducible for a seed."""
+    if kind == "paper":
+        pipeline = augmentation_pipeline(paper, seed)
+        return lambda image: pipeline(image=image)["image"]
+    if kind == "domain_randomisation":
+        return domain_randomisation(randomisation, seed)
+    raise ValueError(f"unknown augmentation {kind!r}; use paper or domain_randomisation")
+
+
 def derived_seed(*keys: int) -> int:
     """A distinct, reproducible seed per key tuple: (training seed, epoch) for the shuffle,
     (training seed, epoch, batch) for a batch's augmentation."""
@@ -264,10 +313,13 @@ CONFIGURATIONS = {  # the paper's Tables 1-3: (augment, filter)
 }
 
 
-def make_split(preprocessed, out, configuration: str, seed: int, settings: SplitSettings, pca_settings: SplitSettings) -> dict:
+def make_split(preprocessed, out, configuration: str, seed: int, settings: SplitSettings, pca_settings: SplitSettings,
+               sets_per_class: int = 1) -> dict:
     """Assign the training patterns of one preprocessing configuration to train / validation /
     test (and PCA train / test) for one seed. Only patterns kept by the filter enter when the
-    configuration filters. Written as plain arrays (.npz, no pickle)."""
+    configuration filters. With `sets_per_class` > 1 (thickness-diverse training: each class
+    simulated that many ways) each set gives a random 1/sets_per_class of its patterns, so a
+    class has as many patterns as one set alone. Written as plain arrays (.npz, no pickle)."""
     if configuration not in CONFIGURATIONS:
         raise ValueError(f"unknown preprocessing configuration {configuration!r}; use {', '.join(CONFIGURATIONS)}")
     _, use_filter = CONFIGURATIONS[configuration]
@@ -276,6 +328,9 @@ def make_split(preprocessed, out, configuration: str, seed: int, settings: Split
         with io.open_dataset(path) as f:
             keep = f["keep"][()] if use_filter else np.ones(f["labels"].shape, bool)
             r, c = np.nonzero(keep)
+            if sets_per_class > 1:
+                drawn = np.sort(np.random.default_rng([seed, i]).permutation(r.size)[: round(r.size / sets_per_class)])
+                r, c = r[drawn], c[drawn]
             names.append(io.read_attrs(f)["name"])
             index.append(np.full(r.size, i, np.int16))
             rows.append(r.astype(np.int32))
@@ -288,7 +343,8 @@ def make_split(preprocessed, out, configuration: str, seed: int, settings: Split
         "datasets": np.array(names), "dataset_index": np.concatenate(index), "row": np.concatenate(rows),
         "col": np.concatenate(cols), "label": labels,
         "part": split_indices(labels, settings, seed), "pca_part": split_indices(labels, pca_settings, seed),
-        "meta": np.array(json.dumps({"configuration": configuration, "seed": seed, "split": asdict(settings), "pca_split": asdict(pca_settings)})),
+        "meta": np.array(json.dumps({"configuration": configuration, "seed": seed, "split": asdict(settings), "pca_split": asdict(pca_settings),
+                                     "sets_per_class": sets_per_class})),
     }
     io.save_npz_atomically(out, arrays)
     return {name: int((arrays["part"] == k).sum()) for k, name in enumerate(("train", "validation", "test"))}

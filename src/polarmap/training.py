@@ -20,7 +20,9 @@ from tqdm import tqdm
 
 from polarmap import io
 from polarmap.models import PcaKnn, PolarizationModel, class_prototypes
-from polarmap.preprocessing import CONFIGURATIONS, AugmentationSettings, augmentation_pipeline, derived_seed, read_split
+from polarmap.preprocessing import (
+    CONFIGURATIONS, AugmentationSettings, DomainRandomisationSettings, augmentation_pipeline, augmenter, derived_seed, read_split,
+)
 from polarmap.provenance import file_sha256, write_record
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
@@ -45,6 +47,9 @@ class TrainSettings:
     standardize_inputs: bool = True
     compile: bool = False  # torch.compile the training step: ~10 s once, then ~25 % faster on a CPU
     augmentation: AugmentationSettings = field(default_factory=AugmentationSettings)
+    augmentation_kind: str = "paper"  # or "domain_randomisation" (issue 9)
+    domain_randomisation: DomainRandomisationSettings = field(default_factory=DomainRandomisationSettings)
+    training_data: str = "base"  # recorded only: the split file holds the patterns ("base" or "diverse")
 
 
 def load_training_data(split_path, preprocessed) -> dict:
@@ -83,7 +88,8 @@ def _batches(n: int, batch_size: int, order=None):
 
 class _AugmentedBatches(torch.utils.data.Dataset):
     """Batch i of an epoch, augmented with a pipeline seeded by (seed, epoch, i): the result does
-    not depend on how many worker processes make the batches."""
+    not depend on how many worker processes make the batches. `augmentation`: None or the
+    settings (kind, paper settings, domain randomisation settings) of `augmenter`."""
 
     def __init__(self, images, batches, augmentation, seed_keys):
         self.images, self.batches, self.augmentation, self.seed_keys = images, batches, augmentation, seed_keys
@@ -94,8 +100,8 @@ class _AugmentedBatches(torch.utils.data.Dataset):
     def __getitem__(self, i):
         images = self.images[self.batches[i]]
         if self.augmentation is not None:
-            pipeline = augmentation_pipeline(self.augmentation, derived_seed(*self.seed_keys, i))
-            images = np.stack([pipeline(image=image[0])["image"][None] for image in images])
+            augment = augmenter(*self.augmentation, derived_seed(*self.seed_keys, i))
+            images = np.stack([augment(image[0])[None] for image in images])
         return np.ascontiguousarray(images)
 
 
@@ -145,7 +151,8 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
         model.input_std.copy_(torch.from_numpy(train_x.std(axis=0, keepdims=True) + 1e-3))
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    # one fused kernel over all parameters: ~5 % of a Conv step on 2 CPU cores (benchmarks/training.md)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
     forward = torch.compile(model) if settings.compile else model  # shares the parameters of `model`
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
 
@@ -167,7 +174,8 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
         generator = torch.Generator().manual_seed(derived_seed(settings.seed, epoch))
         order = torch.randperm(len(train_y), generator=generator).numpy()
         batches = list(_batches(len(train_y), settings.batch_size, order))
-        batch_images = _AugmentedBatches(train_x, batches, settings.augmentation if augment else None, (settings.seed, epoch))
+        augmentation = (settings.augmentation_kind, settings.augmentation, settings.domain_randomisation) if augment else None
+        batch_images = _AugmentedBatches(train_x, batches, augmentation, (settings.seed, epoch))
         loader = torch.utils.data.DataLoader(
             batch_images, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
             multiprocessing_context="fork" if workers else None,  # workers share the images, not copy them

@@ -16,6 +16,7 @@ from polarmap.config import (
     split_job_settings,
     sweep_points,
     training_jobs,
+    training_set_names,
     validate_config,
 )
 from polarmap.simulation import estimated_memory_mb
@@ -30,10 +31,18 @@ SIMULATED = simulated_datasets(config)
 EXPERIMENT_LIKE = experiment_like_datasets(config)
 EXPERIMENTAL = config["datasets"]["experimental"]
 ROLES = dataset_roles(config)
-# every data set in the HDF5 format (the reference only when asked for)
-DATASETS = [name for name, role in ROLES.items() if role != "reference" or config["datasets"]["reference"]["simulate"]]
-TRAINING = [name for name, role in ROLES.items() if role == "training"]
 TRAINING_JOBS = training_jobs(config)
+# the base training sets, or those and the nuisance variants (issue 9), and who trains on which
+TRAINING_DATA = sorted({job["training_data"] for job in TRAINING_JOBS.values()} | {"base"})
+TRAINING_SETS = {data: training_set_names(config, data) for data in TRAINING_DATA}
+# every data set in the HDF5 format (the reference only when asked for, the training variants
+# only when a model trains on them)
+DATASETS = [
+    name for name, role in ROLES.items()
+    if (role != "reference" or config["datasets"]["reference"]["simulate"]) and (role != "training_variant" or "diverse" in TRAINING_DATA)
+]
+FILTERED = [name for name in DATASETS if ROLES[name] in ("training", "training_variant")]
+STRUCTURES = [name for name in SIMULATED if ROLES[name] != "training_variant" or "diverse" in TRAINING_DATA]
 # sets the models are evaluated on, and every predictor: trained models, PCA+kNN, the CoM baseline
 EVALUATED = [name for name, role in ROLES.items() if role in ("test", "experiment_like", "experimental", "defect")]
 DEFECT = config["datasets"]["defect"]["enabled"]
@@ -49,13 +58,25 @@ TABLE_NUMBERS = {"none": 1, "augmentation": 2, "augmentation_filter": 3}
 TABLE_CONFIGURATIONS = [
     c for c in TABLE_NUMBERS if any(job["configuration"] == c for job in TRAINING_JOBS.values()) or any(f"-{c}-" in p for p in PCA_KNN)
 ]
+# models trained otherwise than in the paper (diverse data, domain randomisation) get their own table
+REGIME_TABLE = any(job["training_data"] != "base" or job["augmentation_kind"] != "paper" for job in TRAINING_JOBS.values())
 SWEEPS = sweep_points(config)
+# thickness sweeps of clean test sets: each also gets the CoM-against-thickness figure
+THICKNESS_SWEEPS = [s for s, spec in config["datasets"]["sweeps"].items() if spec["knob"] == "thickness_cells" and spec["base"] in config["datasets"]["tests"]]
 COM_FIELD_DATASET = config["evaluation"]["com_field_dataset"] or next(iter(config["datasets"]["tests"]), "reference")
 
 
 def predictors_of(configuration):
-    """The predictors whose maps go in one configuration's figure (the CoM baseline in each)."""
-    return [p for p in PREDICTORS if p == "com" or TRAINING_JOBS.get(p, {}).get("configuration") == configuration or p.startswith(f"pca_knn-{configuration}-")]
+    """The predictors whose maps go in one configuration's figure (the CoM baseline in each):
+    the paper's models, not those trained on diverse data or with domain randomisation."""
+    def paper_model(job):
+        return job["configuration"] == configuration and job["training_data"] == "base" and job["augmentation_kind"] == "paper"
+
+    return [p for p in PREDICTORS if p == "com" or paper_model(TRAINING_JOBS.get(p, {"configuration": ""})) or p.startswith(f"pca_knn-{configuration}-")]
+
+
+def split_file(job):
+    return f"{RESULTS}/splits/{job['training_data']}/{job['configuration']}_seed{job['seed']}.npz"
 
 
 def one_of(names):
@@ -66,6 +87,7 @@ wildcard_constraints:
     dataset=one_of(ROLES),
     configuration=one_of(config["preprocessing"]["configurations"]),
     sweep=one_of(SWEEPS),
+    training_data=one_of(TRAINING_DATA),
     seed=r"\d+",
     model=one_of(TRAINING_JOBS),
     predictor=one_of(PREDICTORS),
@@ -111,10 +133,10 @@ def simulation_mem_mb(wildcards):
 
 def all_outputs():
     return (
-        expand(f"{RESULTS}/structures/{{dataset}}.xyz", dataset=SIMULATED)
-        + expand(f"{RESULTS}/qstem/{{dataset}}/{{dataset}}.qsc", dataset=SIMULATED)
+        expand(f"{RESULTS}/structures/{{dataset}}.xyz", dataset=STRUCTURES)
+        + expand(f"{RESULTS}/qstem/{{dataset}}/{{dataset}}.qsc", dataset=STRUCTURES)
         + expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=DATASETS)
-        + expand(f"{RESULTS}/splits/{{configuration}}_seed{{seed}}.npz", configuration=config["preprocessing"]["configurations"], seed=config["seeds"])
+        + expand(f"{RESULTS}/splits/base/{{configuration}}_seed{{seed}}.npz", configuration=config["preprocessing"]["configurations"], seed=config["seeds"])
         + expand(f"{RESULTS}/models/{{model}}/model.pt", model=TRAINING_JOBS)
         + (
             expand(f"{RESULTS}/models/pca_knn-{{configuration}}-seed{{seed}}/model.npz", configuration=config["preprocessing"]["configurations"], seed=config["seeds"])
@@ -124,6 +146,7 @@ def all_outputs():
         + [f"{RESULTS}/datasets/summary.tsv", f"{RESULTS}/preprocessed/filter_counts.tsv", f"{RESULTS}/tables/summary.tsv"]
         + expand(f"{RESULTS}/figures/{{kind}}_{{configuration}}.png", kind=["distributions", "maps"], configuration=TABLE_CONFIGURATIONS)
         + expand(f"{RESULTS}/figures/sweep_{{sweep}}.png", sweep=SWEEPS)
+        + expand(f"{RESULTS}/figures/com_and_accuracy_{{sweep}}.png", sweep=THICKNESS_SWEEPS)
         + [f"{RESULTS}/figures/com_field.png"]
         + ([f"{RESULTS}/tables/modes.md"] if config["evaluation"]["compare_with"] else [])
         + ([f"{RESULTS}/tables/defect_localisation.tsv", f"{RESULTS}/dft/displacements.tsv"] if DEFECT else [])

@@ -35,6 +35,9 @@ rule tables:
             for c in TABLE_CONFIGURATIONS
         ],
         other_formats=expand(f"{RESULTS}/tables/table_{{configuration}}.{{suffix}}", configuration=TABLE_CONFIGURATIONS, suffix=["csv", "tex"]),
+        regimes=[report(f"{RESULTS}/tables/table_regimes.md", caption="../report/regimes.rst", category="Evaluation", subcategory="Tables",
+                        labels={"table": "Training regimes"})] * REGIME_TABLE,
+        regimes_other_formats=expand(f"{RESULTS}/tables/table_regimes.{{suffix}}", suffix=["csv", "tex"] * REGIME_TABLE),
         record=f"{RESULTS}/tables/tables.record.json",
     params:
         out_dir=lambda wildcards, output: Path(output.results).parent,
@@ -138,6 +141,29 @@ rule figure_sweep:
         "../../envs/ml.yaml"
     shell:
         "polarmap figure sweep {input} --sweep {params.sweep:q} --out {params.out} > {log} 2>&1"
+
+
+rule figure_thickness:
+    """The CoM at the Nb column and the scan-mean CoM against thickness, beside each predictor's
+    accuracy against thickness (issue 9)."""
+    input:
+        results=f"{RESULTS}/tables/results.tsv",
+        preprocessed=lambda wildcards: [f"{RESULTS}/preprocessed/{p['dataset']}.h5" for p in SWEEPS[wildcards.sweep]["points"]],
+        structures=lambda wildcards: [f"{RESULTS}/structures/{p['dataset']}.xyz" for p in SWEEPS[wildcards.sweep]["points"]],
+    output:
+        png=report(f"{RESULTS}/figures/com_and_accuracy_{{sweep}}.png", caption="../report/thickness.rst",
+                   category="Evaluation", subcategory="Domain gap", labels={"sweep": "{sweep}"}),
+        pdf=f"{RESULTS}/figures/com_and_accuracy_{{sweep}}.pdf",
+        record=f"{RESULTS}/figures/com_and_accuracy_{{sweep}}.record.json",
+    params:
+        out=lambda wildcards, output: output.png.removesuffix(".png"),
+    log:
+        f"{RESULTS}/logs/figures/com_and_accuracy_{{sweep}}.log",
+    conda:
+        "../../envs/ml.yaml"
+    shell:
+        "polarmap figure thickness {input.results} --preprocessed {input.preprocessed} --structures {input.structures} "
+        "--out {params.out} > {log} 2>&1"
 
 
 rule defect_study:

@@ -20,7 +20,7 @@ rule preprocess:
 rule filter_counts:
     """Training patterns kept by the beam-shift filter, per class (the paper's D_t)."""
     input:
-        expand(f"{RESULTS}/preprocessed/{{dataset}}.json", dataset=TRAINING),
+        expand(f"{RESULTS}/preprocessed/{{dataset}}.json", dataset=FILTERED),
     output:
         report(
             f"{RESULTS}/preprocessed/filter_counts.tsv",
@@ -36,15 +36,16 @@ rule filter_counts:
 
 
 rule split:
-    """Train / validation / test (and PCA) assignment for one configuration and seed."""
+    """Train / validation / test (and PCA) assignment for one configuration and seed, of the base
+    training sets or (diverse) of those and the nuisance variants."""
     input:
-        expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=TRAINING),
+        lambda wildcards: expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=TRAINING_SETS[wildcards.training_data]),
     output:
-        f"{RESULTS}/splits/{{configuration}}_seed{{seed}}.npz",
+        f"{RESULTS}/splits/{{training_data}}/{{configuration}}_seed{{seed}}.npz",
     params:
-        job=lambda wildcards: json.dumps(split_job_settings(config, wildcards.configuration, int(wildcards.seed))),
+        job=lambda wildcards: json.dumps(split_job_settings(config, wildcards.configuration, int(wildcards.seed), wildcards.training_data)),
     log:
-        f"{RESULTS}/logs/split/{{configuration}}_seed{{seed}}.log",
+        f"{RESULTS}/logs/split/{{training_data}}/{{configuration}}_seed{{seed}}.log",
     conda:
         "../../envs/preprocessing.yaml"
     shell:

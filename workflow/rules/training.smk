@@ -2,8 +2,8 @@ rule train:
     """One model: encoder x objective x preprocessing configuration x pretraining x seed. Sent to
     a GPU node by the cluster profile; resumes from its checkpoint when interrupted."""
     input:
-        split=lambda wildcards: f"{RESULTS}/splits/{TRAINING_JOBS[wildcards.model]['configuration']}_seed{TRAINING_JOBS[wildcards.model]['seed']}.npz",
-        preprocessed=expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=TRAINING),
+        split=lambda wildcards: split_file(TRAINING_JOBS[wildcards.model]),
+        preprocessed=lambda wildcards: expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=TRAINING_SETS[TRAINING_JOBS[wildcards.model]["training_data"]]),
         weights=imagenet_weights_input,
     output:
         model=f"{RESULTS}/models/{{model}}/model.pt",
@@ -11,7 +11,7 @@ rule train:
             f"{RESULTS}/models/{{model}}/metrics.csv",
             caption="../report/training.rst",
             category="Training",
-            labels=lambda wildcards: {key: str(TRAINING_JOBS[wildcards.model][key]) for key in ("encoder", "objective", "configuration", "pretrained", "seed")},
+            labels=lambda wildcards: {key: str(TRAINING_JOBS[wildcards.model][key]) for key in ("encoder", "objective", "configuration", "pretrained", "training_data", "augmentation_kind", "seed")},
         ),
         record=f"{RESULTS}/models/{{model}}/record.json",
     params:
@@ -50,8 +50,8 @@ rule imagenet_weights:
 rule train_pca_knn:
     """PCA + kNN for one configuration and seed, saved as arrays."""
     input:
-        split=f"{RESULTS}/splits/{{configuration}}_seed{{seed}}.npz",
-        preprocessed=expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=TRAINING),
+        split=f"{RESULTS}/splits/base/{{configuration}}_seed{{seed}}.npz",
+        preprocessed=expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=TRAINING_SETS["base"]),
     output:
         model=f"{RESULTS}/models/pca_knn-{{configuration}}-seed{{seed}}/model.npz",
         record=f"{RESULTS}/models/pca_knn-{{configuration}}-seed{{seed}}/record.json",
