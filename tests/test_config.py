@@ -41,6 +41,18 @@ def test_presets_are_valid(preset):
     assert {"1S", "2S", "3S", "4S", "5S", "6S", "7S"} <= set(simulated_datasets(config))
 
 
+def test_thickness_preset_over_the_default_study():
+    """It restates only what it changes, so it is valid as Snakemake merges it over config.yaml."""
+    from test_slurm import merged
+
+    config = merged(yaml.safe_load((ROOT / "config.yaml").read_text()), yaml.safe_load((ROOT / "workflow/presets/thickness.yaml").read_text()))
+    config = validate_config(config, "thickness preset")
+    sets = simulated_datasets(config)
+    assert sum(s["role"] == "training_variant" for s in sets.values()) == 3 * 8
+    assert [sets[f"thickness_{c}"]["supercell"][2] for c in (10, 150)] == [10, 150]
+    assert {job["training_data"] for job in training_jobs(config).values()} == {"base", "diverse"}
+
+
 def test_paper_preset_has_the_paper_sizes():
     config = load_config(ROOT / "workflow/presets/paper.yaml")
     assert config["simulation"]["scan_px"] == 128
