@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ase
@@ -307,7 +307,7 @@ def compute_hubbard_u(settings: DftSettings, pseudo_dir, pseudopotentials: dict,
     out_dir.mkdir(parents=True, exist_ok=True)
     atoms = build_supercell(settings.supercell, settings.polarization, structure_settings or StructureSettings())
     atoms = atoms[np.argsort(atoms.numbers != 41, kind="stable")]  # hp.x wants the Hubbard atoms (Nb) listed first
-    scf = DftSettings(**{**settings.__dict__, "hubbard_u_ev": 1e-8})  # hp.x needs a +U ground state
+    scf = replace(settings, hubbard_u_ev=1e-8)  # hp.x needs a +U ground state
     write_pw_input(atoms, scf, pseudo_dir, pseudopotentials, out_dir / "scf.in", calculation="scf", version=pw_version(), gamma_tricks=False, insulator=True)
     run_pw(out_dir / "scf.in", out_dir / "scf.out", settings.mpi_ranks)
     (out_dir / "hp.in").write_text(

@@ -247,11 +247,11 @@ def regime_families(summary) -> list[str]:
     randomisation, beside the same model trained as in the paper, then the CoM baseline."""
     regimes = ["paper", "diverse", "domain_randomisation", "diverse+domain_randomisation"]
     families = summary.drop_duplicates("family")
-    varied = families[families["regime"] != "paper"]
-    base = {tuple(r) for r in varied[["encoder", "objective", "configuration", "pretrained"]].itertuples(index=False)}
-    mine = families[[tuple(r) in base for r in families[["encoder", "objective", "configuration", "pretrained"]].itertuples(index=False)]]
+    model = ["encoder", "objective", "configuration", "pretrained"]
+    varied = set(families.loc[families["regime"] != "paper", model].itertuples(index=False, name=None))
+    mine = [r for r in families.itertuples() if (r.encoder, r.objective, r.configuration, r.pretrained) in varied]
     configurations = list(CONFIGURATION_TITLES)
-    order = sorted(mine.itertuples(), key=lambda r: (configurations.index(r.configuration), r.encoder, r.objective, r.pretrained, regimes.index(r.regime)))
+    order = sorted(mine, key=lambda r: (configurations.index(r.configuration), r.encoder, r.objective, r.pretrained, regimes.index(r.regime)))
     columns = [r.family for r in order]
     if columns and "com" in set(families["family"]):
         columns.append("com")
@@ -361,8 +361,8 @@ def write_tables(metrics_files, record_files, out_dir, mode: str) -> list[Path]:
     seeds = ", ".join(str(seed) for seed in sorted(set(results["seed"])) if seed >= 0)
     tables = {f"table_{c}": (paper_table(summary, c), f"the {CONFIGURATION_TITLES[c]} configuration")
               for c in CONFIGURATION_TITLES if c in set(summary[summary["regime"] == "paper"]["configuration"])}
-    if regime_families(summary):
-        tables["table_regimes"] = (table_rows(summary, regime_families(summary), with_configuration=True),
+    if regime_columns := regime_families(summary):
+        tables["table_regimes"] = (table_rows(summary, regime_columns, with_configuration=True),
                                    "models trained as in the paper, on thickness-diverse data and with domain randomisation")
     for stem, (rows, subject) in tables.items():
         caption = (f"Accuracy (top row, percent, mean $\\pm$ std over seeds {seeds}; best in bold) and majority class "

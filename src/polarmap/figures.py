@@ -289,8 +289,6 @@ def thickness_figure(com_points: dict, accuracy_points: dict, direction_deg: flo
 def thickness_from_files(results, preprocessed, structures, out):
     """The thickness-sweep figure from the sweep's preprocessed sets (/com), the structures they
     were simulated from and results.tsv (pandas)."""
-    import json
-
     from polarmap import io
     from polarmap.classes import class_index
     from polarmap.structures import read_structure
@@ -302,8 +300,7 @@ def thickness_from_files(results, preprocessed, structures, out):
         with io.open_dataset(path) as f:
             attrs = io.read_attrs(f)
             com = f["com"][()]
-        simulation = attrs["simulation_settings"]
-        simulation = json.loads(simulation) if isinstance(simulation, str) else simulation
+        simulation = attrs["simulation_settings"]  # read_attrs decodes the JSON
         detector_px = simulation["gpts_per_cell"] * simulation["probe_window_cells"]
         com_points[float(attrs["thickness_nm"])] = nb_column_com(com, detector_px, float(attrs["scan_step_angstrom"]), read_structure(structure))
         thickness[attrs["name"]] = float(attrs["thickness_nm"])

@@ -244,11 +244,11 @@ def domain_randomisation(settings: DomainRandomisationSettings, seed: int):
     from polarmap.experiment import ExperimentSettings, detector_effects
 
     rng = np.random.default_rng(seed)
+    low, high = np.log(settings.dose_e_per_pattern)
 
     def transform(image: np.ndarray) -> np.ndarray:
         if rng.random() >= settings.p:
             return image
-        low, high = np.log(settings.dose_e_per_pattern)
         detector = ExperimentSettings(
             dose_e_per_pattern=float(np.exp(rng.uniform(low, high))),
             background_e_per_px=float(rng.uniform(*settings.background_e_per_px)),

@@ -151,7 +151,7 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
         model.input_std.copy_(torch.from_numpy(train_x.std(axis=0, keepdims=True) + 1e-3))
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
-    # one fused kernel over all parameters: ~5 % of a Conv step on 2 CPU cores (benchmarks/training.md)
+    # one fused kernel over all parameters: eager Conv steps ~9 % faster on 2 CPU cores (benchmarks/training.md)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
     forward = torch.compile(model) if settings.compile else model  # shares the parameters of `model`
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")

@@ -35,14 +35,14 @@ TRAINING_JOBS = training_jobs(config)
 # the base training sets, or those and the nuisance variants (issue 9), and who trains on which
 TRAINING_DATA = sorted({job["training_data"] for job in TRAINING_JOBS.values()} | {"base"})
 TRAINING_SETS = {data: training_set_names(config, data) for data in TRAINING_DATA}
-# every data set in the HDF5 format (the reference only when asked for, the training variants
-# only when a model trains on them)
-DATASETS = [
-    name for name, role in ROLES.items()
-    if (role != "reference" or config["datasets"]["reference"]["simulate"]) and (role != "training_variant" or "diverse" in TRAINING_DATA)
-]
+# the training variants are made only when a model trains on them
+UNUSED = {name for name, role in ROLES.items() if role == "training_variant"} if "diverse" not in TRAINING_DATA else set()
+# every data set in the HDF5 format (the reference only when asked for)
+DATASETS = [name for name, role in ROLES.items() if (role != "reference" or config["datasets"]["reference"]["simulate"]) and name not in UNUSED]
 FILTERED = [name for name in DATASETS if ROLES[name] in ("training", "training_variant")]
-STRUCTURES = [name for name in SIMULATED if ROLES[name] != "training_variant" or "diverse" in TRAINING_DATA]
+STRUCTURES = [name for name in SIMULATED if name not in UNUSED]
+# models trained as in the paper; the others (diverse data, domain randomisation) get their own table
+PAPER_MODELS = {name for name, job in TRAINING_JOBS.items() if job["training_data"] == "base" and job["augmentation_kind"] == "paper"}
 # sets the models are evaluated on, and every predictor: trained models, PCA+kNN, the CoM baseline
 EVALUATED = [name for name, role in ROLES.items() if role in ("test", "experiment_like", "experimental", "defect")]
 DEFECT = config["datasets"]["defect"]["enabled"]
@@ -58,8 +58,7 @@ TABLE_NUMBERS = {"none": 1, "augmentation": 2, "augmentation_filter": 3}
 TABLE_CONFIGURATIONS = [
     c for c in TABLE_NUMBERS if any(job["configuration"] == c for job in TRAINING_JOBS.values()) or any(f"-{c}-" in p for p in PCA_KNN)
 ]
-# models trained otherwise than in the paper (diverse data, domain randomisation) get their own table
-REGIME_TABLE = any(job["training_data"] != "base" or job["augmentation_kind"] != "paper" for job in TRAINING_JOBS.values())
+REGIME_TABLE = len(PAPER_MODELS) < len(TRAINING_JOBS)
 SWEEPS = sweep_points(config)
 # thickness sweeps of clean test sets: each also gets the CoM-against-thickness figure
 THICKNESS_SWEEPS = [s for s, spec in config["datasets"]["sweeps"].items() if spec["knob"] == "thickness_cells" and spec["base"] in config["datasets"]["tests"]]
@@ -69,10 +68,10 @@ COM_FIELD_DATASET = config["evaluation"]["com_field_dataset"] or next(iter(confi
 def predictors_of(configuration):
     """The predictors whose maps go in one configuration's figure (the CoM baseline in each):
     the paper's models, not those trained on diverse data or with domain randomisation."""
-    def paper_model(job):
-        return job["configuration"] == configuration and job["training_data"] == "base" and job["augmentation_kind"] == "paper"
-
-    return [p for p in PREDICTORS if p == "com" or paper_model(TRAINING_JOBS.get(p, {"configuration": ""})) or p.startswith(f"pca_knn-{configuration}-")]
+    return [
+        p for p in PREDICTORS
+        if p == "com" or (p in PAPER_MODELS and TRAINING_JOBS[p]["configuration"] == configuration) or p.startswith(f"pca_knn-{configuration}-")
+    ]
 
 
 def split_file(job):
