@@ -40,6 +40,7 @@ localrules:
     filter_counts,
     split,
     tables,
+    audit,
     compare_modes,
     figure_distributions,
     figure_maps,

@@ -108,7 +108,7 @@ def test_thickness_diverse_training_and_domain_randomisation_are_study_axes():
     assert variant["supercell"] == [2, 2, 125] and variant["mistilt_mrad"] == [1, 0] and variant["role"] == "training_variant"
     job = dataset_job_settings(config, "train_LD_t50nm")
     assert job["simulation"]["frozen_phonon_configs"] == 4 and "simulation" not in job["dataset"]
-    assert dataset_job_settings(config, "train_LD")["simulation"]["frozen_phonon_configs"] == 0
+    assert dataset_job_settings(config, "train_LD")["simulation"]["frozen_phonon_configs"] == 2  # corrected mode's default
     # "none" does not augment, so it has no domain-randomised twin
     assert sorted(training_jobs(config)) == [
         "conv-classification-augmentation_filter-scratch-diverse-domain_randomisation-seed1",

@@ -205,3 +205,28 @@ def test_archive_packs_results_without_large_files(study, tmp_path):
         assert "demo/models/m/model.pt" in tar.getnames() and "demo/datasets/1S.h5" not in tar.getnames()
     with pytest.raises(ValueError, match="no such results folder"):
         archive(tmp_path / "missing", tmp_path / "x.tar.gz")
+
+
+def test_models_that_did_not_learn_are_no_result_and_dependent_sets_are_marked(study, tmp_path):
+    """Seed 2 of the classifier did not learn: the family's numbers come from seed 1 alone and say
+    so; the regressor (one seed, not learned) is "did not learn" in every cell; 3S, which the
+    audit found not independent, carries the dagger and the note."""
+    files, records = study
+    records[1].write_text(json.dumps({"synthetic_test_accuracy": 0.12, "validation_accuracy": 0.13, "learned": False}))
+    regressor = tmp_path / "conv-regression-none-scratch-seed1"
+    regressor.mkdir()
+    (regressor / "record.json").write_text(json.dumps({"synthetic_test_accuracy": 0.1, "validation_accuracy": 0.11, "learned": False}))
+    leakage = tmp_path / "leakage.csv"
+    leakage.write_text("set,role,compared_with,same_content_as,sampled,exact_copies,near_copies,median_rms,independent\n"
+                       "3S,test,every training set,train_RM,256,1.0,1.0,1e-7,False\n4E,experiment_like,every training set,,256,0.0,0.0,0.1,True\n")
+    write_tables(files, [*records, regressor / "record.json"], tmp_path / "tables", "corrected", leakage)
+    table = (tmp_path / "tables/table_none.md").read_text().splitlines()
+    assert table[0] == "| Dataset | Conv (Reg) | Conv (Cls) | PCA | CoM |"
+    three_s = next(line for line in table if line.startswith("| 3S"))
+    assert three_s.startswith("| 3S-RM †") and "| did not learn | 90.0 ± 0.0 (1 of 2 seeds learned) |" in three_s
+    four_e = table[table.index(next(line for line in table if line.startswith("| 4E"))) + 1]
+    assert four_e.startswith("| Maj. class | did not learn | RM ✓ |")  # seed 1's 5 RM and 5 LU: RM (ties low)
+    assert table[-1].startswith("† not independent of the training data")
+    assert "$^\\dagger$" in (tmp_path / "tables/table_none.tex").read_text()
+    synthetic = next(line for line in table if line.startswith(f"| {SYNTHETIC_TEST}"))
+    assert "100.0 ± 0.0 (1 of 2 seeds learned)" in synthetic

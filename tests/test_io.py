@@ -14,6 +14,7 @@ def attrs(**extra):
     base = dict(
         name="t", classes=["RM"], class_names=list(CLASS_NAMES), thickness_nm=20.0, supercell="2x2x50",
         energy_kev=200.0, semiangle_mrad=24.0, detector_mrad_per_px=3.15, scan_step_angstrom=0.06, source="test",
+        scan_symmetries_px="[]",
     )
     return {**base, **extra}
 

@@ -136,8 +136,10 @@ def test_split_file_per_configuration_and_seed(tmp_path):
         io.write_dataset(tmp_path / f"{name}.h5", patterns, np.full((10, 10), 5 * k, np.int8), attrs(name=f"train_{name}", classes=[name], supercell="2x2x50"))
         preprocess_dataset(tmp_path / f"{name}.h5", tmp_path / f"p_{name}.h5", PreprocessSettings(crop_px=33), True, progress=False)
         paths.append(tmp_path / f"p_{name}.h5")
-    everything = make_split(paths, tmp_path / "none.npz", "none", 888, SplitSettings(), SplitSettings(fractions=(0.9, 0.1)))
-    filtered = make_split(paths, tmp_path / "filt.npz", "augmentation_filter", 888, SplitSettings(), SplitSettings(fractions=(0.9, 0.1)))
+    # the per-class random split (spatial blocking: tests/test_independence.py)
+    random, random_pca = SplitSettings(blocked=False), SplitSettings(fractions=(0.9, 0.1), blocked=False)
+    everything = make_split(paths, tmp_path / "none.npz", "none", 888, random, random_pca)
+    filtered = make_split(paths, tmp_path / "filt.npz", "augmentation_filter", 888, random, random_pca)
     assert everything == {"train": 160, "validation": 20, "test": 20}
     assert sum(filtered.values()) < 200
     split = read_split(tmp_path / "filt.npz")
@@ -147,8 +149,10 @@ def test_split_file_per_configuration_and_seed(tmp_path):
             keep = f["keep"][()]
         rows, cols = split["row"][split["dataset_index"] == i], split["col"][split["dataset_index"] == i]
         assert keep[rows, cols].all() and len(rows) == keep.sum()
-    assert split["meta"] == {"configuration": "augmentation_filter", "seed": 888, "split": {"fractions": [0.8, 0.1, 0.1], "stratified": True, "faithful_seed": 0},
-                             "pca_split": {"fractions": [0.9, 0.1], "stratified": True, "faithful_seed": 0}, "sets_per_class": 1}
+    blocking = {"blocked": False, "block_cells": 0.5, "guard_px": 1}
+    assert split["meta"] == {"configuration": "augmentation_filter", "seed": 888,
+                             "split": {"fractions": [0.8, 0.1, 0.1], "stratified": True, "faithful_seed": 0, **blocking},
+                             "pca_split": {"fractions": [0.9, 0.1], "stratified": True, "faithful_seed": 0, **blocking}, "sets_per_class": 1}
     for label in (0, 5):
         pca_test = split["pca_part"][split["label"] == label]
         assert abs(pca_test.sum() - 0.1 * pca_test.size) <= 1  # 90/10 per class
@@ -166,14 +170,15 @@ def test_diverse_split_draws_each_class_evenly_from_its_sets_and_keeps_the_base_
         io.write_dataset(tmp_path / f"{name}.h5", patterns, np.zeros((10, 10), np.int8), attrs(name=name, classes=["RM"], supercell="2x2x50"))
         preprocess_dataset(tmp_path / f"{name}.h5", tmp_path / f"p_{name}.h5", PreprocessSettings(crop_px=33), True, progress=False)
         paths.append(tmp_path / f"p_{name}.h5")
-    base = make_split(paths[:1], tmp_path / "base.npz", "none", 888, SplitSettings(), SplitSettings(fractions=(0.9, 0.1)))
-    diverse = make_split(paths, tmp_path / "diverse.npz", "none", 888, SplitSettings(), SplitSettings(fractions=(0.9, 0.1)), sets_per_class=2)
+    random, random_pca = SplitSettings(blocked=False), SplitSettings(fractions=(0.9, 0.1), blocked=False)
+    base = make_split(paths[:1], tmp_path / "base.npz", "none", 888, random, random_pca)
+    diverse = make_split(paths, tmp_path / "diverse.npz", "none", 888, random, random_pca, sets_per_class=2)
     assert sum(diverse.values()) == sum(base.values()) == 100
     split = read_split(tmp_path / "diverse.npz")
     assert np.bincount(split["dataset_index"]).tolist() == [50, 50]
     positions = set(zip(split["dataset_index"].tolist(), split["row"].tolist(), split["col"].tolist()))
     assert len(positions) == 100 and split["meta"]["sets_per_class"] == 2
-    again = make_split(paths, tmp_path / "again.npz", "none", 888, SplitSettings(), SplitSettings(fractions=(0.9, 0.1)), sets_per_class=2)
+    again = make_split(paths, tmp_path / "again.npz", "none", 888, random, random_pca, sets_per_class=2)
     assert again == diverse and (read_split(tmp_path / "again.npz")["row"] == split["row"]).all()
 
 

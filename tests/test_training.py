@@ -51,9 +51,10 @@ def test_same_seed_same_weights_and_predictions(training_data, tmp_path):
     other = train(split, preprocessed, tmp_path / "c", unaugmented, progress=False)
     assert other["best_val_loss"] != first["best_val_loss"]
     assert other["synthetic_test_accuracy"] > 0.5  # it learns: chance is 0.125
+    assert other["learned"] and other["validation_accuracy"] > 0.5  # so it is not marked "did not learn"
     record = json.loads((tmp_path / "a/record.json").read_text())
     assert record["settings"]["seed"] == 888 and record["device"] == "cpu" and len(record["inputs"]) == 1 + 8
-    assert (tmp_path / "a/metrics.csv").read_text().splitlines()[0] == "epoch,train_loss,val_loss,train_accuracy,seconds,patterns_per_s"
+    assert (tmp_path / "a/metrics.csv").read_text().splitlines()[0] == "epoch,train_loss,val_loss,train_accuracy,val_accuracy,seconds,patterns_per_s"
     assert not (tmp_path / "a/checkpoint.pt").exists()
 
 

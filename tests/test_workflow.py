@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 import numpy as np
+import pandas as pd
 import tifffile
 
 from polarmap import io
-from polarmap.evaluation import SYNTHETIC_TEST, read_table
+from polarmap.evaluation import ENCODER_LABELS, OBJECTIVE_LABELS, SYNTHETIC_TEST, read_table
 from polarmap.preprocessing import center_of_mass
 from test_preprocessing import disc
 
@@ -87,11 +88,33 @@ def test_every_data_set_is_made_valid_and_logged(study):
             record = json.loads((results / f"figures/{kind}_{configuration}.record.json").read_text())
             assert record["inputs"] and record["git_commit"] is not None and record["settings"]["configuration"] == configuration
     assert (results / "figures/sweep_dose.png").exists() and (results / "figures/com_field.png").exists()
+    assert_audit_and_learning_marks(results, models, evaluated)
     assert_thickness_study(results)
     record = json.loads((results / "predictions/com.record.json").read_text())
     assert len(record["inputs"]) == len(evaluated) and "wall_seconds" in record
     assert_defect_study(results)
     assert not list(results.rglob("*.partial")) and not list(results.rglob("*.tmp*")) and not list(results.rglob("checkpoint.pt"))
+
+
+def assert_audit_and_learning_marks(results, models, evaluated):
+    """Issue 14 on the tests preset (corrected): every evaluated set, clean source and split is
+    independent of training, so no table carries a dagger; each model that did not learn is
+    "did not learn" in its table, never a number."""
+    leakage = pd.read_csv(results / "tables/leakage.csv", keep_default_na=False, na_values=["nan"])
+    audited = set(leakage["set"])
+    assert set(evaluated) - {"5E"} <= audited and {"1E_clean", "3E_clean", "4E_clean"} <= audited
+    assert sum(name.startswith("synthetic test") for name in audited) == 4  # 3 base splits and the diverse one
+    assert leakage["independent"].all() and (leakage["exact_copies"] == 0).all()
+    assert "†" not in (results / "tables/table_none.md").read_text()
+    tables = {c: (results / f"tables/table_{c}.md").read_text() for c in ("none", "augmentation", "augmentation_filter")}
+    for model in models - {m for m in models if "diverse" in m or "domain" in m}:
+        record = json.loads((results / "models" / model / "record.json").read_text())
+        assert isinstance(record["learned"], bool) and 0 <= record["validation_accuracy"] <= 1
+        configuration = record["settings"]["configuration"]
+        header, synthetic_row = tables[configuration].splitlines()[0].split(" | "), tables[configuration].splitlines()[2].split(" | ")
+        title = "PCA" if model.startswith("pca_knn") else f"{ENCODER_LABELS[model.split('-')[0]]} ({OBJECTIVE_LABELS[record['settings']['objective']]})"
+        column = header.index(title)
+        assert (synthetic_row[column].strip(" |*") == "did not learn") == (not record["learned"]), (model, synthetic_row[column])
 
 
 def assert_thickness_study(results):

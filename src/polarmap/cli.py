@@ -130,8 +130,9 @@ def cmd_split(args) -> None:
     from polarmap.preprocessing import SplitSettings, make_split
 
     job = json.loads(args.settings)
-    settings = SplitSettings(fractions=tuple(job["fractions"]), stratified=job["stratified"])
-    pca_settings = SplitSettings(fractions=tuple(job["pca_fractions"]), stratified=job["stratified"])
+    blocking = {"blocked": job["stratified"], "block_cells": job["block_cells"], "guard_px": job["guard_px"]}
+    settings = SplitSettings(fractions=tuple(job["fractions"]), stratified=job["stratified"], **blocking)
+    pca_settings = SplitSettings(fractions=tuple(job["pca_fractions"]), stratified=job["stratified"], **blocking)
     counts = make_split(args.preprocessed, args.out, job["configuration"], job["seed"], settings, pca_settings, job["sets_per_class"])
     print(json.dumps(counts))
 
@@ -192,8 +193,27 @@ def cmd_tables(args) -> None:
     from polarmap.evaluation import write_tables
 
     started = time.perf_counter()
-    write_tables(args.metrics, args.records, args.out_dir, args.mode)
-    _record(Path(args.out_dir) / "tables", args.metrics + args.records, {"mode": args.mode}, started)
+    write_tables(args.metrics, args.records, args.out_dir, args.mode, args.leakage)
+    _record(Path(args.out_dir) / "tables", args.metrics + args.records + [args.leakage] * bool(args.leakage), {"mode": args.mode}, started)
+
+
+def cmd_audit(args) -> None:
+    from polarmap.audit import audit_sets, audit_split, write_leakage_tables
+
+    started = time.perf_counter()
+    pairs = {"--training-raw/--training": (args.training_raw, args.training), "--evaluated-raw/--evaluated": (args.evaluated_raw, args.evaluated)}
+    for flags, (raw, preprocessed) in pairs.items():
+        if len(raw) != len(preprocessed):
+            raise ValueError(f"audit: {flags} need one raw file per preprocessed file, got {len(raw)} and {len(preprocessed)}")
+    if len(args.roles) != len(args.evaluated):
+        raise ValueError(f"audit: --roles needs one role per evaluated set, got {len(args.roles)} for {len(args.evaluated)}")
+    rows = audit_sets(list(zip(args.training_raw, args.training)), list(zip(args.evaluated_raw, args.evaluated, args.roles)), args.sample)
+    rows += [audit_split(split, args.training, args.sample) for split in args.splits]
+    write_leakage_tables(rows, args.out_md, args.out_csv)
+    inputs = args.training_raw + args.training + args.evaluated_raw + args.evaluated + args.splits
+    _record(args.out_csv, inputs, {"sample": args.sample}, started)
+    leaks = [row["set"] for row in rows if not row["independent"]]
+    print(f"audit: {len(rows)} sets and splits, {len(leaks)} not independent of training" + (f": {', '.join(leaks)}" if leaks else ""))
 
 
 def cmd_compare_modes(args) -> None:
@@ -213,7 +233,8 @@ def cmd_figure(args) -> None:
     if args.kind == "distributions":
         figures.distributions_from_results(read_table(args.inputs[0]), args.configuration, args.out)
     elif args.kind == "maps":
-        figures.maps_from_predictions(args.inputs, args.configuration, args.out)
+        unlearned = set(read_table(args.results).query("not learned")["predictor"]) if args.results else set()
+        figures.maps_from_predictions(args.inputs, args.configuration, args.out, unlearned)
     elif args.kind == "com-field":
         figures.com_field_from_files(args.inputs[0], args.inputs[1], args.out)
     elif args.kind == "thickness":
@@ -221,7 +242,7 @@ def cmd_figure(args) -> None:
     else:
         sweep = json.loads(args.sweep)
         figures.sweep_from_results(read_table(args.inputs[0]), sweep["points"], sweep["knob"], args.out)
-    _record(args.out, [*args.inputs, *args.preprocessed, *args.structures], settings, started)
+    _record(args.out, [*args.inputs, *args.preprocessed, *args.structures, *[args.results] * bool(args.results)], settings, started)
 
 
 def cmd_fetch_pseudopotentials(args) -> None:
@@ -444,7 +465,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--records", nargs="*", default=[], help="models/<model>/record.json files (the synthetic test row)")
     p.add_argument("--mode", required=True, choices=("corrected", "faithful"), help="the study's mode, recorded in summary.tsv")
     p.add_argument("--out-dir", required=True, help="folder for results.tsv, summary.tsv, table_<configuration>.{md,csv,tex}")
+    p.add_argument("--leakage", default="", help="tables/leakage.csv of `polarmap audit`: sets not independent of training are marked")
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("audit", help="Leakage audit: evaluation sets and synthetic-test parts against the training data.")
+    p.add_argument("--training-raw", nargs="+", required=True, help="raw .h5 of every training set")
+    p.add_argument("--training", nargs="+", required=True, help="preprocessed .h5 of the same training sets, in the same order")
+    p.add_argument("--evaluated-raw", nargs="*", default=[], help="raw .h5 of every set to audit")
+    p.add_argument("--evaluated", nargs="*", default=[], help="preprocessed .h5 of the same sets, in the same order")
+    p.add_argument("--roles", nargs="*", default=[], help="role of each audited set (test, experiment_like, ...)")
+    p.add_argument("--splits", nargs="*", default=[], help="split .npz files whose synthetic-test part is audited")
+    p.add_argument("--sample", type=int, default=256, help="patterns sampled per set (default 256)")
+    p.add_argument("--out-md", required=True, help="output leakage.md")
+    p.add_argument("--out-csv", required=True, help="output leakage.csv")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("compare-modes", help="Two studies' summary.tsv (corrected and faithful) side by side.")
     p.add_argument("summary", help="this study's tables/summary.tsv")
@@ -459,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", help="sweep as JSON {knob, points: [{dataset, value}]} (sweep)")
     p.add_argument("--preprocessed", nargs="+", default=[], help="the thickness sweep's preprocessed .h5 sets (thickness)")
     p.add_argument("--structures", nargs="+", default=[], help="their structure .xyz files, in the same order (thickness)")
+    p.add_argument("--results", default="", help="results.tsv, whose models that did not learn are marked (maps)")
     p.add_argument("--out", required=True, help="output path without suffix (.png and .pdf are written)")
     p.set_defaults(func=cmd_figure)
 

@@ -1,14 +1,16 @@
 """Study configuration: YAML validated against the schema, defaults filled in, and the
 per-data-set settings every stage derives from it (the Snakefile and the CLI share these)."""
 
+import hashlib
 from dataclasses import fields
 from itertools import product
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import yaml
 
-from polarmap.preprocessing import CONFIGURATIONS
+from polarmap.preprocessing import CONFIGURATIONS, derived_seed
 from polarmap.simulation import SimulationSettings
 from polarmap.structures import StructureSettings
 
@@ -47,7 +49,29 @@ def validate_config(config: dict, source: str = "config") -> dict:
     if error is not None:
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         raise ValueError(f"{source}: invalid value for '{key}': {error.message}")
+    _resolve_mode_defaults(config)
     return config
+
+
+# What `null` means for the crystal of each data set, per mode: in `corrected` every set is its own
+# disordered, vibrating crystal scanned from its own origin; `faithful` keeps the published cells.
+MODE_DEFAULTS = {
+    "corrected": {"structure": {"a_site_order": "random"}, "simulation": {"frozen_phonon_configs": 2, "scan_origin": "random"}},
+    "faithful": {"structure": {"a_site_order": "ordered"}, "simulation": {"frozen_phonon_configs": 0, "scan_origin": "zero"}},
+}
+
+
+def _resolve_mode_defaults(config: dict) -> None:
+    for section, values in MODE_DEFAULTS[config["mode"]].items():
+        for key, value in values.items():
+            if config[section][key] is None:
+                config[section][key] = value
+
+
+def dataset_seed(name: str, base: int) -> int:
+    """A data set's own seed: from a base seed and the set's name, so that every set is a crystal
+    of its own and the same name and base give the same crystal."""
+    return derived_seed(base, int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little"))
 
 
 def load_config(path: str | Path) -> dict:
@@ -68,7 +92,7 @@ def structure_settings(config: dict) -> StructureSettings:
 
 def simulation_settings(config: dict) -> SimulationSettings:
     names = {f.name for f in fields(SimulationSettings)}
-    return SimulationSettings(**{k: v for k, v in config["simulation"].items() if k in names})
+    return settings_from_json(SimulationSettings, {k: v for k, v in config["simulation"].items() if k in names})
 
 
 def _experiment_like_entries(config: dict) -> dict[str, dict]:
@@ -109,8 +133,9 @@ def simulated_datasets(config: dict) -> dict[str, dict]:
     frozen-phonon settings under "simulation"."""
     sets = {}
     training = config["datasets"]["training"]
-    for name in training["classes"]:
-        sets[f"train_{name}"] = {"polarization": name, "supercell": training["supercell"], "mistilt_mrad": [0, 0], "classes": [name], "role": "training"}
+    for crystal in _crystal_suffixes(config):
+        for name in training["classes"]:
+            sets[f"train_{name}{crystal}"] = {"polarization": name, "supercell": training["supercell"], "mistilt_mrad": [0, 0], "classes": [name], "role": "training"}
     for variant, spec in training["variants"].items():
         supercell = [*training["supercell"][:2], spec["thickness_cells"] or training["supercell"][2]]
         phonons = {"frozen_phonon_seed": spec["frozen_phonon_seed"]}
@@ -177,7 +202,12 @@ def dataset_job_settings(config: dict, name: str) -> dict:
     if name not in sets:
         raise ValueError(f"unknown data set {name!r}; the config defines {', '.join(sets)}")
     dataset = dict(sets[name])
-    return {"name": name, "dataset": dataset, "structure": config["structure"], "simulation": {**config["simulation"], **dataset.pop("simulation", {})}}
+    simulation = {**config["simulation"], **dataset.pop("simulation", {})}
+    seed = dataset_seed(name, simulation["frozen_phonon_seed"])
+    origin = np.random.default_rng(seed).random(2) if simulation.pop("scan_origin") == "random" else np.zeros(2)
+    simulation.update(frozen_phonon_seed=seed, scan_origin_steps=[round(float(v), 6) for v in origin])
+    structure = {**config["structure"], "a_site_seed": dataset_seed(name, config["structure"]["a_site_seed"])}
+    return {"name": name, "dataset": dataset, "structure": structure, "simulation": simulation}
 
 
 def experiment_job_settings(config: dict, name: str) -> dict:
@@ -206,13 +236,18 @@ def preprocess_job_settings(config: dict, name: str) -> dict:
     }
 
 
+def _crystal_suffixes(config: dict) -> list[str]:
+    """Name suffixes of a class's independent training crystals: "", "_crystal2", ..."""
+    return [""] + [f"_crystal{j}" for j in range(2, config["datasets"]["training"]["crystals"] + 1)]
+
+
 def training_set_names(config: dict, training_data: str) -> list[str]:
-    """The sets a model trains on: the base training sets, or (diverse) those and every variant."""
+    """The sets a model trains on: every crystal of each class, and (diverse) every variant too."""
     training = config["datasets"]["training"]
     if training_data == "diverse" and not training["variants"]:
         raise ValueError("config: training_data 'diverse' needs datasets.training.variants (e.g. {t50nm: {thickness_cells: 125}})")
-    variants = [""] + [f"_{variant}" for variant in training["variants"]] * (training_data == "diverse")
-    return [f"train_{name}{suffix}" for suffix in variants for name in training["classes"]]
+    suffixes = _crystal_suffixes(config) + [f"_{variant}" for variant in training["variants"]] * (training_data == "diverse")
+    return [f"train_{name}{suffix}" for suffix in suffixes for name in training["classes"]]
 
 
 def split_job_settings(config: dict, configuration: str, seed: int, training_data: str = "base") -> dict:
@@ -220,6 +255,7 @@ def split_job_settings(config: dict, configuration: str, seed: int, training_dat
     return {
         "configuration": configuration, "seed": seed, "stratified": config["mode"] == "corrected",
         "fractions": settings["split_fractions"], "pca_fractions": settings["pca_split_fractions"],
+        "block_cells": settings["split_block_cells"], "guard_px": settings["split_guard_px"],
         "training_data": training_data, "sets_per_class": len(training_set_names(config, training_data)) // len(config["datasets"]["training"]["classes"]),
     }
 
@@ -253,7 +289,7 @@ def training_jobs(config: dict) -> dict[str, dict]:
                     "pretrained": pretrained, "seed": seed, "mode": config["mode"],
                     "lr": training["lr"], "batch_size": training["batch_size"],
                     "weight_decay": training["weight_decay"] if training["weight_decay"] is not None else (1e-4 if faithful else 0.0),
-                    "max_epochs": run.get("max_epochs", training["max_epochs"]), "patience": training["patience"],
+                    "max_epochs": run.get("max_epochs", training["max_epochs"]), "patience": run.get("patience", training["patience"]),
                     "device": training["device"],
                     "standardize_inputs": training["standardize_inputs"] if training["standardize_inputs"] is not None else not faithful,
                     "augmentation": config["preprocessing"]["augmentation"],

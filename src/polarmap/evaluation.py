@@ -15,6 +15,7 @@ from polarmap import io
 from polarmap.classes import CLASS_NAMES, angle_to_class, class_index
 from polarmap.config import settings_from_json
 from polarmap.preprocessing import CONFIGURATIONS, AugmentationSettings, DomainRandomisationSettings, augmenter
+from polarmap.training import LEARNED_MIN_VALIDATION_ACCURACY
 
 
 def com_baseline(beam_shift: np.ndarray) -> np.ndarray:
@@ -187,23 +188,25 @@ def describe_predictor(name: str) -> dict:
 
 
 def results_frame(metrics_files, record_files=()):
-    """One row per predictor x data set (pandas): accuracy, angular error, pooled counts, plus
-    the synthetic test accuracy of each trained model from its record.json."""
+    """One row per predictor x data set (pandas): accuracy, angular error, pooled counts, whether
+    the predictor learned (from its record.json; the CoM baseline needs no learning), plus the
+    synthetic test accuracy of each trained model."""
     import pandas as pd
 
+    records = {Path(path).parent.name: json.loads(Path(path).read_text()) for path in record_files}
     rows = []
     for path in map(Path, metrics_files):
         info = describe_predictor(path.stem)
+        info["learned"] = bool(records.get(path.stem, {}).get("learned", True))
         for r in json.loads(path.read_text()):
             rows.append({**info, "predictor": path.stem, "dataset": r["dataset"], "dataset_label": r.get("label", r["dataset"]),
                          "thickness_nm": r.get("thickness_nm", float("nan")),
                          "accepted": "/".join(r["accepted"]), "accuracy": r["accuracy"],
                          "angular_error_deg": r.get("angular_error_deg", float("nan")),
                          **{f"count_{k}": r["counts"][k] for k in CLASS_NAMES}})
-    for path in map(Path, record_files):
-        record = json.loads(path.read_text())
-        info = describe_predictor(path.parent.name)
-        rows.append({**info, "predictor": path.parent.name, "dataset": SYNTHETIC_TEST, "dataset_label": SYNTHETIC_TEST, "thickness_nm": float("nan"),
+    for name, record in records.items():
+        info = {**describe_predictor(name), "learned": bool(record.get("learned", True))}
+        rows.append({**info, "predictor": name, "dataset": SYNTHETIC_TEST, "dataset_label": SYNTHETIC_TEST, "thickness_nm": float("nan"),
                      "accepted": "", "accuracy": record["synthetic_test_accuracy"], "angular_error_deg": float("nan"),
                      **dict.fromkeys(COUNT_COLUMNS, 0)})
     if not rows:
@@ -218,15 +221,19 @@ def summarize(results):
     import pandas as pd
 
     rows = []
-    for (family, dataset), group in results.groupby(["family", "dataset"], sort=False):
+    for (family, dataset), all_seeds in results.groupby(["family", "dataset"], sort=False):
+        # seeds that did not learn are no result: only the others are pooled (none: no numbers)
+        group = all_seeds[all_seeds["learned"].astype(bool)]
         pooled = group[COUNT_COLUMNS].to_numpy().sum(axis=0)
         majority = CLASS_NAMES[int(np.argmax(pooled))] if pooled.sum() else ""
-        first = group.iloc[0]
+        first = all_seeds.iloc[0]
         rows.append({
             "family": family, "label": first["label"], "encoder": first["encoder"], "objective": first["objective"],
             "configuration": first["configuration"], "pretrained": first["pretrained"], "regime": first["regime"], "dataset": dataset,
-            "dataset_label": first["dataset_label"], "thickness_nm": first["thickness_nm"], "seeds": len(group), "accuracy_mean": group["accuracy"].mean(),
-            "accuracy_std": group["accuracy"].std(ddof=0), "angular_error_deg": group["angular_error_deg"].mean(),
+            "dataset_label": first["dataset_label"], "thickness_nm": first["thickness_nm"], "seeds": len(all_seeds),
+            "seeds_learned": len(group), "accuracy_mean": group["accuracy"].mean() if len(group) else float("nan"),
+            "accuracy_std": group["accuracy"].std(ddof=0) if len(group) else float("nan"),
+            "angular_error_deg": group["angular_error_deg"].mean() if len(group) else float("nan"),
             "majority_class": majority, "majority_correct": bool(majority) and majority in first["accepted"].split("/"),
         })
     return pd.DataFrame(rows)
@@ -258,16 +265,29 @@ def regime_families(summary) -> list[str]:
     return columns
 
 
-def paper_table(summary, configuration: str) -> list[dict]:
+def paper_table(summary, configuration: str, dependent: set[str] = frozenset()) -> list[dict]:
     """Rows of one of Tables 1-3 (see `table_rows`)."""
-    return table_rows(summary, _column_order(summary, configuration))
+    return table_rows(summary, _column_order(summary, configuration), dependent=dependent)
 
 
-def table_rows(summary, families: list[str], with_configuration: bool = False) -> list[dict]:
-    """Per data set an accuracy row (percent, mean +- std over seeds, best in the row marked) and
-    a majority-class row (marked right or wrong), and an angular-error row where a model gives
-    angles; one column per model family, its header naming the configuration if asked. Each
-    cell: {"text", "best", "correct"}."""
+DEPENDENT_MARK = " †"
+DEPENDENT_NOTE = "† not independent of the training data: a copy or near copy of training patterns (tables/leakage.md)."
+DID_NOT_LEARN = "did not learn"
+
+
+def _accuracy_text(entry) -> str:
+    if entry.seeds_learned == 0:
+        return DID_NOT_LEARN
+    text = f"{100 * entry.accuracy_mean:.1f} ± {100 * entry.accuracy_std:.1f}"
+    return text + (f" ({entry.seeds_learned} of {entry.seeds} seeds learned)" if entry.seeds_learned < entry.seeds else "")
+
+
+def table_rows(summary, families: list[str], with_configuration: bool = False, dependent: set[str] = frozenset()) -> list[dict]:
+    """Per data set an accuracy row (percent, mean +- std over the seeds that learned, best in
+    the row marked; "did not learn" where none did) and a majority-class row (marked right or
+    wrong), and an angular-error row where a model gives angles; one column per model family, its
+    header naming the configuration if asked. Data sets in `dependent` (not independent of the
+    training data) are marked with a dagger. Each cell: {"text", "best", "correct"}."""
     by_key = {(r.family, r.dataset): r for r in summary.itertuples()}
     datasets = list(dict.fromkeys(d for d in summary["dataset"] if any((f, d) in by_key for f in families)))
     datasets.sort(key=lambda d: d != SYNTHETIC_TEST)  # stable: the synthetic test first, then config order
@@ -280,15 +300,16 @@ def table_rows(summary, families: list[str], with_configuration: bool = False) -
     rows = [{"kind": "header", "cells": [{"text": h} for h in header]}]
     for dataset in datasets:
         entries = [by_key.get((f, dataset)) for f in families]
-        shown = [round(100 * e.accuracy_mean, 1) if e is not None else None for e in entries]
+        shown = [round(100 * e.accuracy_mean, 1) if e is not None and e.seeds_learned else None for e in entries]
         best = max((v for v in shown if v is not None), default=None)
-        label = entries[[e is not None for e in entries].index(True)].dataset_label
+        label = entries[[e is not None for e in entries].index(True)].dataset_label + DEPENDENT_MARK * (dataset in dependent)
         rows.append({"kind": "accuracy", "cells": [{"text": label}] + [
-            {"text": f"{100 * e.accuracy_mean:.1f} ± {100 * e.accuracy_std:.1f}", "best": v == best} if e is not None else {"text": ""}
+            {"text": _accuracy_text(e), "best": v is not None and v == best} if e is not None else {"text": ""}
             for e, v in zip(entries, shown)]})
         if dataset != SYNTHETIC_TEST:
             rows.append({"kind": "majority", "cells": [{"text": "Maj. class"}] + [
-                {"text": e.majority_class, "correct": e.majority_correct} if e is not None else {"text": ""} for e in entries]})
+                ({"text": e.majority_class, "correct": e.majority_correct} if e.seeds_learned else {"text": DID_NOT_LEARN}) if e is not None
+                else {"text": ""} for e in entries]})
             if any(e is not None and np.isfinite(e.angular_error_deg) for e in entries):
                 rows.append({"kind": "angle", "cells": [{"text": "Ang. error (deg)"}] + [
                     {"text": f"{e.angular_error_deg:.1f}"} if e is not None and np.isfinite(e.angular_error_deg) else {"text": ""}
@@ -311,7 +332,7 @@ def render_markdown(rows: list[dict]) -> str:
 
 def render_latex(rows: list[dict], caption: str) -> str:
     def cell(c):
-        text = c["text"].replace("±", "$\\pm$")
+        text = c["text"].replace("±", "$\\pm$").replace("†", "$^\\dagger$")
         if c.get("best"):
             return f"\\textbf{{{text}}}"
         if "correct" in c and text:
@@ -346,10 +367,14 @@ def render_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def write_tables(metrics_files, record_files, out_dir, mode: str) -> list[Path]:
+def write_tables(metrics_files, record_files, out_dir, mode: str, leakage_csv="") -> list[Path]:
     """results.tsv (one row per predictor x data set), summary.tsv (per model family) and one
     table per preprocessing configuration as Markdown, CSV and LaTeX (paper Tables 1-3), plus
-    table_regimes when some models were trained otherwise than in the paper."""
+    table_regimes when some models were trained otherwise than in the paper. With the leakage
+    audit's CSV, every set that is not independent of training is marked."""
+    from polarmap.audit import dependent_sets
+
+    dependent = dependent_sets(leakage_csv) if leakage_csv else set()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = results_frame(metrics_files, record_files)
@@ -359,15 +384,17 @@ def write_tables(metrics_files, record_files, out_dir, mode: str) -> list[Path]:
     io.write_text_atomically(written[0], results.to_csv(sep="\t", index=False, na_rep="nan"))
     io.write_text_atomically(written[1], summary.to_csv(sep="\t", index=False, na_rep="nan"))
     seeds = ", ".join(str(seed) for seed in sorted(set(results["seed"])) if seed >= 0)
-    tables = {f"table_{c}": (paper_table(summary, c), f"the {CONFIGURATION_TITLES[c]} configuration")
+    tables = {f"table_{c}": (paper_table(summary, c, dependent), f"the {CONFIGURATION_TITLES[c]} configuration")
               for c in CONFIGURATION_TITLES if c in set(summary[summary["regime"] == "paper"]["configuration"])}
     if regime_columns := regime_families(summary):
-        tables["table_regimes"] = (table_rows(summary, regime_columns, with_configuration=True),
+        tables["table_regimes"] = (table_rows(summary, regime_columns, with_configuration=True, dependent=dependent),
                                    "models trained as in the paper, on thickness-diverse data and with domain randomisation")
     for stem, (rows, subject) in tables.items():
-        caption = (f"Accuracy (top row, percent, mean $\\pm$ std over seeds {seeds}; best in bold) and majority class "
-                   f"(green right, red wrong) for {subject} ({mode} mode).")
-        for suffix, text in ((".md", render_markdown(rows)), (".csv", render_csv(rows)), (".tex", render_latex(rows, caption))):
+        caption = (f"Accuracy (top row, percent, mean $\\pm$ std over seeds {seeds}; seeds that did not learn left out; best in bold; "
+                   f"\\emph{{{DID_NOT_LEARN}}}: validation accuracy below {100 * LEARNED_MIN_VALIDATION_ACCURACY:.0f} \\%) and majority class "
+                   f"(green right, red wrong) for {subject} ({mode} mode)." + (f" {DEPENDENT_NOTE}".replace("†", "$^\\dagger$") if dependent else ""))
+        markdown = render_markdown(rows) + (f"\n{DEPENDENT_NOTE}\n" if dependent else "")
+        for suffix, text in ((".md", markdown), (".csv", render_csv(rows)), (".tex", render_latex(rows, caption))):
             written.append(out_dir / f"{stem}{suffix}")
             io.write_text_atomically(written[-1], text)
     return written

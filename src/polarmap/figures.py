@@ -94,6 +94,12 @@ def _map_grid(maps: dict, panel_in: float, title: str, out, panel_title, decorat
             if column not in maps[model]:
                 ax.set_visible(False)
                 continue
+            if maps[model][column] is None:  # no result to show: the model did not learn
+                ax.set_facecolor("0.8")
+                ax.text(0.5, 0.5, "did not\nlearn", ha="center", va="center", fontsize=8, transform=ax.transAxes)
+                if j == 0:
+                    ax.set_ylabel(model, fontsize=7)
+                continue
             ax.imshow(maps[model][column], cmap=CLASS_CMAP, vmin=-0.5, vmax=len(CLASS_NAMES) - 0.5, origin="lower", interpolation="nearest")
             if (text := panel_title(model, column)) is not None:
                 ax.set_title(text, fontsize=8)
@@ -171,11 +177,12 @@ def _family_labels(results) -> dict[str, str]:
 
 def distributions_from_results(results, configuration: str, out):
     """Fig. 3/4 for one configuration from results.tsv (pandas): class fractions per data set and
-    model family, mean and std over seeds."""
+    model family, mean and std over the seeds that learned."""
     from polarmap.evaluation import COUNT_COLUMNS, SYNTHETIC_TEST
 
     paper_models = (results["configuration"] == configuration) & (results["regime"] == "paper")
-    mine = results[(paper_models | (results["family"] == "com")) & (results["dataset"] != SYNTHETIC_TEST)]
+    learned = results["learned"].astype(bool)  # a model that did not learn is no result
+    mine = results[(paper_models | (results["family"] == "com")) & (results["dataset"] != SYNTHETIC_TEST) & learned]
     if mine.empty:
         raise ValueError(f"no predictions for configuration {configuration!r}")
     labels = _family_labels(mine)
@@ -187,9 +194,10 @@ def distributions_from_results(results, configuration: str, out):
     return prediction_distributions(fractions, f"Predicted classes, {configuration} configuration (mean ± std over seeds)", out)
 
 
-def maps_from_predictions(prediction_files, configuration: str, out):
+def maps_from_predictions(prediction_files, configuration: str, out, unlearned: set[str] = frozenset()):
     """Fig. 5/6 for one configuration: per model family and data set, the per-pattern majority
-    vote over seeds of the predictions.npz files."""
+    vote over the seeds that learned of the predictions.npz files; a family none of whose seeds
+    learned (named in `unlearned`) gets a grey "did not learn" panel."""
     from polarmap.evaluation import describe_predictor
 
     grids: dict = {}
@@ -200,10 +208,12 @@ def maps_from_predictions(prediction_files, configuration: str, out):
         with np.load(path, allow_pickle=False) as data:
             for name in data.files:
                 if not name.endswith(".angle"):
-                    grids.setdefault(info["label"], {}).setdefault(name, []).append(data[name])
+                    seeds = grids.setdefault(info["label"], {}).setdefault(name, [])
+                    if path.stem not in unlearned:
+                        seeds.append(data[name])
     if not grids:
         raise ValueError(f"no prediction grids for configuration {configuration!r}")
-    maps = {model: {dataset: majority_vote(g) for dataset, g in sets.items()} for model, sets in grids.items()}
+    maps = {model: {dataset: majority_vote(g) if g else None for dataset, g in sets.items()} for model, sets in grids.items()}
     return class_maps(maps, f"Class maps, {configuration} configuration (majority vote over seeds)", out)
 
 
@@ -225,8 +235,8 @@ def com_field_from_files(preprocessed, structure, out):
 
 def _accuracy_points(results, values: dict) -> dict:
     """Per model family: (knob values, mean accuracy, std over seeds) on the data sets of `values`
-    (data set -> knob value)."""
-    mine = results[results["dataset"].isin(list(values))]
+    (data set -> knob value), over the seeds that learned (a model that did not learn is no result)."""
+    mine = results[results["dataset"].isin(list(values)) & results["learned"].astype(bool)]
     if mine.empty:
         raise ValueError(f"no predictions for the sweep's data sets ({', '.join(values)})")
     points = {}

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from polarmap import io
 from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL, class_index
 from polarmap.provenance import config_hash, provenance_attrs
+from polarmap.structures import lateral_symmetries
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class SimulationSettings:
     frozen_phonon_configs: int = 0  # 0: a static lattice
     frozen_phonon_sigma_angstrom: float = 0.08
     frozen_phonon_seed: int = 0
+    # origin of the scan grid in scan steps (row, col): a random sub-step offset per data set keeps
+    # its probe positions off every other set's
+    scan_origin_steps: tuple[float, float] = (0.0, 0.0)
     device: str = "cpu"  # "cpu" or "gpu" (needs cupy)
     rows_per_block: int = 8
     compression: str = "none"  # "none" or "lzf"
@@ -94,7 +98,8 @@ def estimated_memory_mb(settings: SimulationSettings, lateral_cells: int) -> int
     gpts = settings.gpts_per_cell * lateral_cells
     waves = 180 * (settings.semiangle_mrad / 24) ** 2 if settings.method == "prism" else 64 * 4
     block = settings.rows_per_block * settings.scan_px * settings.detector_px**2
-    return int(600 + 2 * waves * gpts**2 * 8 / 1e6 + 2 * block * 8 / 1e6)
+    configs = max(1, settings.frozen_phonon_configs)  # one S-matrix (or wave batch) per configuration
+    return int(600 + 2 * configs * waves * gpts**2 * 8 / 1e6 + 2 * block * 8 / 1e6)
 
 
 def wavelength_angstrom(energy_kev: float) -> float:
@@ -129,6 +134,9 @@ class _Simulator:
     def __init__(self, atoms: ase.Atoms, geo: Geometry, settings: SimulationSettings):
         import abtem
 
+        # FFTW_MEASURE (abTEM's default) picks FFT algorithms by timing them, so two runs of one
+        # set could differ in round-off (~2e-6); an estimated plan is the same in every run
+        abtem.config.set({"fftw.planning_effort": "FFTW_ESTIMATE"})
         self.geo, self.settings = geo, settings
         self.detector = abtem.PixelatedDetector(max_angle="full")
         potential = _potential(atoms, geo, settings)
@@ -147,9 +155,10 @@ class _Simulator:
         import abtem
 
         ncols = self.settings.scan_px
+        origin_x, origin_y = (self.settings.scan_origin_steps[1] * scan_step[0], self.settings.scan_origin_steps[0] * scan_step[1])
         scan = abtem.GridScan(
-            start=(0.0, row_start * scan_step[1]),
-            end=(self.geo.extent[0], row_stop * scan_step[1]),
+            start=(origin_x, origin_y + row_start * scan_step[1]),
+            end=(origin_x + self.geo.extent[0], origin_y + row_stop * scan_step[1]),
             gpts=(ncols, row_stop - row_start), endpoint=False,
         )
         if self.settings.method == "prism":
@@ -180,6 +189,17 @@ def bin_centred(patterns: np.ndarray, factor: int) -> np.ndarray:
     return shifted.reshape(*lead, n_rows // factor, factor, n_cols // factor, factor).sum(axis=(-3, -1))
 
 
+def scan_symmetries_px(atoms: ase.Atoms, geo: Geometry, settings: SimulationSettings) -> list[list[int]]:
+    """Scan translations (rows, cols) that map the simulated scan onto itself: the structure's
+    lateral symmetries that land on whole scan steps. Frozen phonons displace every atom at
+    random, so they leave none."""
+    if settings.frozen_phonon_configs > 0:
+        return []
+    px_per_cell = settings.scan_px / geo.cells[0]
+    return [[int(j * px_per_cell), int(i * px_per_cell)] for i, j in lateral_symmetries(atoms)
+            if float(i * px_per_cell).is_integer() and float(j * px_per_cell).is_integer()]
+
+
 def dataset_attrs(name, atoms, geo, settings, classes, provenance_settings) -> dict:
     import abtem
 
@@ -196,6 +216,12 @@ def dataset_attrs(name, atoms, geo, settings, classes, provenance_settings) -> d
         "semiangle_mrad": settings.semiangle_mrad,
         "detector_mrad_per_px": detector_mrad_per_px(geo.a_pc, settings),
         "scan_step_angstrom": geo.extent[0] / settings.scan_px,
+        "scan_origin_angstrom": json.dumps([v * geo.extent[0] / settings.scan_px for v in settings.scan_origin_steps]),
+        # what makes this crystal one of its own: the seeds of its disorder, recorded with the data
+        "a_site_order": atoms.info.get("a_site_order", ""),
+        "a_site_seed": int(atoms.info.get("a_site_seed", -1)),
+        "frozen_phonon_seed": settings.frozen_phonon_seed if settings.frozen_phonon_configs else -1,
+        "scan_symmetries_px": json.dumps(scan_symmetries_px(atoms, geo, settings)),
         "source": f"abTEM {abtem.__version__} ({settings.method}, interpolation {geo.window_factor if settings.method == 'prism' else 1})",
         "simulation_settings": json.dumps(asdict(settings), sort_keys=True),
         **provenance_attrs(provenance_settings),

@@ -101,6 +101,7 @@ def build_supercell(
         a_pc_angstrom=a,
         supercell=f"{nx}x{ny}x{nz}",
         a_site_order=settings.a_site_order,
+        a_site_seed=settings.a_site_seed if settings.a_site_order == "random" else -1,
         lattice_source=lattice.source,
     )
     return atoms
@@ -124,6 +125,29 @@ def _a_site_symbols(cells: np.ndarray, settings: StructureSettings) -> np.ndarra
         symbols = np.array(["K", "Na"] * (len(cells) // 2) + ["K"] * (len(cells) % 2))
         return np.random.default_rng(settings.a_site_seed).permutation(symbols)
     raise ValueError(f"a_site_order must be 'ordered' or 'random', got {settings.a_site_order!r}")
+
+
+def lateral_symmetries(atoms: ase.Atoms, tolerance_angstrom: float = 1e-4) -> list[tuple[int, int]]:
+    """Whole-cell lateral translations (i, j), in pseudocubic cells along x and y, that map the
+    supercell onto itself (the identity excluded): the rock-salt ordered A sites give the
+    diagonal (1, 1); a random occupation gives none. Translations along the beam do not count,
+    since they move the specimen's surfaces."""
+    a_pc = float(atoms.info["a_pc_angstrom"])
+    nx, ny = (int(round(length / a_pc)) for length in atoms.cell.lengths()[:2])
+    cell = atoms.cell.lengths()
+
+    def keys(positions):
+        wrapped = np.mod(positions, cell)
+        wrapped[np.isclose(wrapped, cell, atol=tolerance_angstrom)] = 0.0
+        return set(zip(atoms.numbers.tolist(), *np.rint(wrapped / tolerance_angstrom).astype(np.int64).T.tolist()))
+
+    reference = keys(atoms.positions)
+    found = []
+    for i in range(nx):
+        for j in range(ny):
+            if (i, j) != (0, 0) and keys(atoms.positions + np.array([i * a_pc, j * a_pc, 0.0])) == reference:
+                found.append((i, j))
+    return found
 
 
 def write_structure(atoms: ase.Atoms, path: str | Path) -> None:

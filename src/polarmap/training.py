@@ -19,13 +19,16 @@ import torch
 from tqdm import tqdm
 
 from polarmap import io
-from polarmap.models import PcaKnn, PolarizationModel, class_prototypes
+from polarmap.models import N_CLASSES, PcaKnn, PolarizationModel, class_prototypes
 from polarmap.preprocessing import (
     CONFIGURATIONS, AugmentationSettings, DomainRandomisationSettings, augmentation_pipeline, augmenter, derived_seed, read_split,
 )
 from polarmap.provenance import file_sha256, write_record
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
+# A model whose validation accuracy stays below twice chance (8 classes) did not learn: it is
+# marked so in every table and map, never reported as a result.
+LEARNED_MIN_VALIDATION_ACCURACY = 0.25
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,9 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
         model.train()
         epoch_start = time.perf_counter()
         train_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device)  # summed on the device: no sync per step
+        # prototype models: class means of this epoch's training embeddings, to score the validation part
+        embedding_sums = torch.zeros(N_CLASSES, model.objective.out_features, device=device)
+        embedding_counts = torch.zeros(N_CLASSES, device=device)
         for batch, images in zip(batches, tqdm(loader, desc=f"epoch {epoch + 1}/{settings.max_epochs}", unit="batch", disable=not progress, leave=False)):
             x = images.to(device, non_blocking=True)
             y = torch.from_numpy(train_y[batch]).to(device)
@@ -197,13 +203,18 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
             train_loss += loss.detach() * len(batch)
             if settings.objective != "prototype":
                 correct += (model.predict(outputs.detach().float()) == y).sum()
+            else:
+                embedding_sums.index_add_(0, y, outputs.detach().float())
+                embedding_counts += torch.bincount(y, minlength=N_CLASSES)
         train_loss, correct = float(train_loss), int(correct)
         seconds = time.perf_counter() - epoch_start
-        val_loss, _ = _evaluate(model, val_x, val_y, settings.batch_size, device)
+        val_loss, val_out = _evaluate(model, val_x, val_y, settings.batch_size, device)
+        prototypes = embedding_sums / embedding_counts.clamp(min=1)[:, None] if settings.objective == "prototype" else None
+        val_accuracy = float((model.objective.predict(val_out.to(device), prototypes).cpu().numpy() == val_y).mean())
         record = {
             "epoch": epoch + 1, "train_loss": train_loss / len(train_y), "val_loss": val_loss,
             "train_accuracy": correct / len(train_y) if settings.objective != "prototype" else float("nan"),
-            "seconds": seconds, "patterns_per_s": len(train_y) / seconds,
+            "val_accuracy": val_accuracy, "seconds": seconds, "patterns_per_s": len(train_y) / seconds,
         }
         state["history"].append(record)
         if val_loss < state["best_val_loss"]:
@@ -226,9 +237,11 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
 
     _save(out_dir / "model.pt", {"state_dict": model.state_dict(), "settings": settings_json, "input_px": int(train_x.shape[-1])})
     _write_metrics(out_dir / "metrics.csv", state["history"])
+    best = min(state["history"], key=lambda r: r["val_loss"])  # the epoch whose weights were kept
     record = write_record(
         out_dir / "record.json", [split_path, *preprocessed], asdict(settings), started,
         seed=settings.seed, device=str(device), epochs_run=len(state["history"]), best_val_loss=state["best_val_loss"],
+        validation_accuracy=best["val_accuracy"], learned=best["val_accuracy"] >= LEARNED_MIN_VALIDATION_ACCURACY,
         synthetic_test_accuracy=test_accuracy, patterns={"train": len(train_y), "validation": len(val_y), "test": len(test_y)},
     )
     checkpoint_path.unlink(missing_ok=True)
@@ -281,5 +294,7 @@ def train_pca_knn(split_path, preprocessed, out, configuration: str, seed: int, 
     model.arrays["meta"] = np.array(json.dumps({"configuration": configuration, "seed": seed, "mode": mode, "input_px": int(data["images"].shape[-1])}))
     model.save(out)
     accuracy = float((model.predict(features[test_rows]) == data["labels"][test_rows]).mean())
+    # its held-out part is its only validation: chance there means it did not learn
     return {"configuration": configuration, "seed": seed, "synthetic_test_accuracy": accuracy,
+            "validation_accuracy": accuracy, "learned": accuracy >= LEARNED_MIN_VALIDATION_ACCURACY,
             "explained_variance": float(model.arrays["explained_variance_ratio"].sum())}

@@ -45,6 +45,10 @@ STRUCTURES = [name for name in SIMULATED if name not in UNUSED]
 PAPER_MODELS = {name for name, job in TRAINING_JOBS.items() if job["training_data"] == "base" and job["augmentation_kind"] == "paper"}
 # sets the models are evaluated on, and every predictor: trained models, PCA+kNN, the CoM baseline
 EVALUATED = [name for name, role in ROLES.items() if role in ("test", "experiment_like", "experimental", "defect")]
+# the leakage audit: every training set made, every evaluated set and the clean sources behind the
+# experiment-like ones, and the split of every trained model (PCA+kNN uses the base splits)
+AUDIT_TRAINING = [name for name in FILTERED]
+AUDITED = EVALUATED + [name for name in DATASETS if ROLES[name] == "clean_source"]
 DEFECT = config["datasets"]["defect"]["enabled"]
 DFT = config["datasets"]["defect"]["dft"]
 PCA_KNN = (
@@ -63,6 +67,12 @@ SWEEPS = sweep_points(config)
 # thickness sweeps of clean test sets: each also gets the CoM-against-thickness figure
 THICKNESS_SWEEPS = [s for s, spec in config["datasets"]["sweeps"].items() if spec["knob"] == "thickness_cells" and spec["base"] in config["datasets"]["tests"]]
 COM_FIELD_DATASET = config["evaluation"]["com_field_dataset"] or next(iter(config["datasets"]["tests"]), "reference")
+
+
+AUDITED_SPLITS = sorted(
+    {f"{RESULTS}/splits/{job['training_data']}/{job['configuration']}_seed{job['seed']}.npz" for job in TRAINING_JOBS.values()}
+    | {f"{RESULTS}/splits/base/{p.split('-')[1]}_seed{p.split('seed')[-1]}.npz" for p in PCA_KNN}
+)
 
 
 def predictors_of(configuration):
@@ -142,7 +152,7 @@ def all_outputs():
             if config["training"]["pca_knn"]["enabled"]
             else []
         )
-        + [f"{RESULTS}/datasets/summary.tsv", f"{RESULTS}/preprocessed/filter_counts.tsv", f"{RESULTS}/tables/summary.tsv"]
+        + [f"{RESULTS}/datasets/summary.tsv", f"{RESULTS}/preprocessed/filter_counts.tsv", f"{RESULTS}/tables/summary.tsv", f"{RESULTS}/tables/leakage.md"]
         + expand(f"{RESULTS}/figures/{{kind}}_{{configuration}}.png", kind=["distributions", "maps"], configuration=TABLE_CONFIGURATIONS)
         + expand(f"{RESULTS}/figures/sweep_{{sweep}}.png", sweep=SWEEPS)
         + expand(f"{RESULTS}/figures/com_and_accuracy_{{sweep}}.png", sweep=THICKNESS_SWEEPS)

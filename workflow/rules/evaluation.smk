@@ -21,11 +21,42 @@ rule predict:
         "--out {output.grids} --metrics {output.metrics} > {log} 2>&1"
 
 
+rule audit:
+    """Leakage audit: every evaluated set (and the clean source of each experiment-like set)
+    against every training set, and each split's synthetic-test part against its training part."""
+    input:
+        training_raw=expand(f"{RESULTS}/datasets/{{dataset}}.h5", dataset=AUDIT_TRAINING),
+        training=expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=AUDIT_TRAINING),
+        evaluated_raw=expand(f"{RESULTS}/datasets/{{dataset}}.h5", dataset=AUDITED),
+        evaluated=expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=AUDITED),
+        splits=AUDITED_SPLITS,
+    output:
+        markdown=report(f"{RESULTS}/tables/leakage.md", caption="../report/leakage.rst", category="Evaluation", subcategory="Tables",
+                        labels={"table": "Leakage audit"}),
+        csv=f"{RESULTS}/tables/leakage.csv",
+        record=f"{RESULTS}/tables/leakage.record.json",
+    params:
+        roles=[ROLES[name] for name in AUDITED],
+        sample=config["evaluation"]["audit_sample_patterns"],
+    log:
+        f"{RESULTS}/logs/audit.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/audit.tsv"
+    conda:
+        "../../envs/ml.yaml"
+    shell:
+        "polarmap audit --training-raw {input.training_raw} --training {input.training} --evaluated-raw {input.evaluated_raw} "
+        "--evaluated {input.evaluated} --roles {params.roles} --splits {input.splits} --sample {params.sample} "
+        "--out-md {output.markdown} --out-csv {output.csv} > {log} 2>&1"
+
+
 rule tables:
-    """Per-pattern results pooled into results.tsv, the per-family summary, and Tables 1-3."""
+    """Per-pattern results pooled into results.tsv, the per-family summary, and Tables 1-3, with
+    every set that the audit finds not independent of training marked."""
     input:
         metrics=expand(f"{RESULTS}/predictions/{{predictor}}.json", predictor=PREDICTORS),
         records=expand(f"{RESULTS}/models/{{model}}/record.json", model=list(TRAINING_JOBS) + PCA_KNN),
+        leakage=rules.audit.output.csv,
     output:
         results=report(f"{RESULTS}/tables/results.tsv", caption="../report/results.rst", category="Evaluation", subcategory="Tables"),
         summary=report(f"{RESULTS}/tables/summary.tsv", caption="../report/summary.rst", category="Evaluation", subcategory="Tables"),
@@ -47,7 +78,8 @@ rule tables:
     conda:
         "../../envs/ml.yaml"
     shell:
-        "polarmap tables {input.metrics} --records {input.records} --mode {params.mode} --out-dir {params.out_dir} > {log} 2>&1"
+        "polarmap tables {input.metrics} --records {input.records} --leakage {input.leakage} --mode {params.mode} "
+        "--out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule compare_modes:
@@ -86,9 +118,10 @@ rule figure_distributions:
 
 
 rule figure_maps:
-    """Fig. 5/6: class maps on the scan grid, majority vote over seeds."""
+    """Fig. 5/6: class maps on the scan grid, majority vote over the seeds that learned."""
     input:
-        lambda wildcards: expand(f"{RESULTS}/predictions/{{predictor}}.npz", predictor=predictors_of(wildcards.configuration)),
+        predictions=lambda wildcards: expand(f"{RESULTS}/predictions/{{predictor}}.npz", predictor=predictors_of(wildcards.configuration)),
+        results=f"{RESULTS}/tables/results.tsv",
     output:
         png=report(f"{RESULTS}/figures/maps_{{configuration}}.png", caption="../report/maps.rst",
                    category="Evaluation", subcategory="Class maps", labels={"configuration": "{configuration}"}),
@@ -101,7 +134,8 @@ rule figure_maps:
     conda:
         "../../envs/ml.yaml"
     shell:
-        "polarmap figure maps {input} --configuration {wildcards.configuration} --out {params.out} > {log} 2>&1"
+        "polarmap figure maps {input.predictions} --results {input.results} --configuration {wildcards.configuration} "
+        "--out {params.out} > {log} 2>&1"
 
 
 rule figure_com_field:
