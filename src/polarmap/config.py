@@ -289,7 +289,7 @@ def training_jobs(config: dict) -> dict[str, dict]:
                     "pretrained": pretrained, "seed": seed, "mode": config["mode"],
                     "lr": training["lr"], "batch_size": training["batch_size"],
                     "weight_decay": training["weight_decay"] if training["weight_decay"] is not None else (1e-4 if faithful else 0.0),
-                    "max_epochs": run.get("max_epochs", training["max_epochs"]), "patience": run.get("patience", training["patience"]),
+                    "max_epochs": run.get("max_epochs", training["max_epochs"]), "patience": run.get("patience", training["patience"]), "early_stopping": training["early_stopping"],
                     "device": training["device"],
                     "standardize_inputs": training["standardize_inputs"] if training["standardize_inputs"] is not None else not faithful,
                     "augmentation": config["preprocessing"]["augmentation"],

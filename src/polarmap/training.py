@@ -44,6 +44,10 @@ class TrainSettings:
     batch_size: int = 128
     max_epochs: int = 20
     patience: int = 5
+    # what early stopping watches and the kept epoch is best at: "val_loss" (the paper) or
+    # "val_accuracy" (a model can grow overconfident, its validation loss rising, while its
+    # validation accuracy still rises)
+    early_stopping: str = "val_loss"
     device: str = "auto"  # "auto": CUDA when present (mixed precision there), else CPU
     # Per-pixel standardisation from the training split, on top of the paper's min-max: without
     # it the Conv encoder sits at chance for hundreds of steps (README); the published code: off.
@@ -161,7 +165,9 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
 
     split_hash = file_sha256(split_path)
     checkpoint_path = out_dir / "checkpoint.pt"
-    state = {"epoch": -1, "best_val_loss": float("inf"), "wait": 0, "history": [], "best_model": None}
+    if settings.early_stopping not in ("val_loss", "val_accuracy"):
+        raise ValueError(f"early_stopping must be 'val_loss' or 'val_accuracy', got {settings.early_stopping!r}")
+    state = {"epoch": -1, "best_score": float("inf"), "best_epoch": -1, "wait": 0, "history": [], "best_model": None}
     if checkpoint_path.exists():
         saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
         if saved["settings"] == settings_json and saved["split_hash"] == split_hash:
@@ -217,8 +223,9 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
             "val_accuracy": val_accuracy, "seconds": seconds, "patterns_per_s": len(train_y) / seconds,
         }
         state["history"].append(record)
-        if val_loss < state["best_val_loss"]:
-            state.update(best_val_loss=val_loss, wait=0, best_model=copy.deepcopy(model.state_dict()))
+        score = val_loss if settings.early_stopping == "val_loss" else -val_accuracy  # lower is better
+        if score < state["best_score"]:
+            state.update(best_score=score, best_epoch=len(state["history"]) - 1, wait=0, best_model=copy.deepcopy(model.state_dict()))
         else:
             state["wait"] += 1
         state["epoch"] = epoch
@@ -237,10 +244,10 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
 
     _save(out_dir / "model.pt", {"state_dict": model.state_dict(), "settings": settings_json, "input_px": int(train_x.shape[-1])})
     _write_metrics(out_dir / "metrics.csv", state["history"])
-    best = min(state["history"], key=lambda r: r["val_loss"])  # the epoch whose weights were kept
+    best = state["history"][state["best_epoch"]]  # the epoch whose weights were kept
     record = write_record(
         out_dir / "record.json", [split_path, *preprocessed], asdict(settings), started,
-        seed=settings.seed, device=str(device), epochs_run=len(state["history"]), best_val_loss=state["best_val_loss"],
+        seed=settings.seed, device=str(device), epochs_run=len(state["history"]), best_epoch=best["epoch"], best_val_loss=best["val_loss"],
         validation_accuracy=best["val_accuracy"], learned=best["val_accuracy"] >= LEARNED_MIN_VALIDATION_ACCURACY,
         synthetic_test_accuracy=test_accuracy, patterns={"train": len(train_y), "validation": len(val_y), "test": len(test_y)},
     )
