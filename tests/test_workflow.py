@@ -103,7 +103,7 @@ def assert_audit_and_learning_marks(results, models, evaluated):
     leakage = pd.read_csv(results / "tables/leakage.csv", keep_default_na=False, na_values=["nan"])
     audited = set(leakage["set"])
     assert set(evaluated) - {"5E"} <= audited and {"1E_clean", "3E_clean", "4E_clean"} <= audited
-    assert sum(name.startswith("synthetic test") for name in audited) == 4  # 3 base splits and the diverse one
+    assert sum(name.startswith("synthetic test") for name in audited) == 2 * 4  # 3 base splits and the diverse one, models' and PCA's parts
     assert leakage["independent"].all() and (leakage["exact_copies"] == 0).all()
     assert "†" not in (results / "tables/table_none.md").read_text()
     tables = {c: (results / f"tables/table_{c}.md").read_text() for c in ("none", "augmentation", "augmentation_filter")}

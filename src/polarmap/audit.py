@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from polarmap import io
-from polarmap.preprocessing import read_split
+from polarmap.preprocessing import name_key, read_split
 
 EXACT_RMS = 1e-5
 NEAR_RMS = 3e-3
 NEAR_FRACTION_ALLOWED = 0.01
-TRAIN, TEST = 0, 2
+TRAIN = 0
 
 
 def content_hash(path, rows_per_block: int = 8) -> str:
@@ -60,8 +60,7 @@ def nearest_rms(samples: np.ndarray, reference: np.ndarray, chunk: int = 2048) -
 
 def _sample(n_total: int, n: int, name: str) -> np.ndarray:
     """A seeded, sorted sample of pattern indices, the same for the same set name."""
-    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
-    return np.sort(np.random.default_rng(seed).permutation(n_total)[: min(n, n_total)])
+    return np.sort(np.random.default_rng(name_key(name)).permutation(n_total)[: min(n, n_total)])
 
 
 def _patterns(path) -> tuple[dict, np.ndarray, int]:
@@ -110,26 +109,34 @@ def audit_sets(training: list[tuple[str, str]], evaluated: list[tuple[str, str, 
     return list(rows.values())
 
 
-def audit_split(split_path, preprocessed: list[str], sample: int = 256) -> dict:
-    """The synthetic-test part of one split against its own training part."""
+# the held-out part of each split in a split file: the models' test part, and PCA+kNN's
+SPLIT_PARTS = {"part": ("", 2), "pca_part": ("PCA+kNN, ", 1)}
+
+
+def audit_split(split_path, preprocessed: list[str], sample: int = 256) -> list[dict]:
+    """The synthetic-test part of one split file against its own training part, for the
+    models' split and for PCA+kNN's."""
     split = read_split(split_path)
     index = {str(name): i for i, name in enumerate(split["datasets"])}
-    test = np.flatnonzero(split["part"] == TEST)
-    chosen = test[_sample(len(test), sample, Path(split_path).stem)]
-    tests, trains = [], []
-    for path in preprocessed:
-        attrs, patterns, scan_cols = _patterns(path)
-        if attrs["name"] not in index:
-            continue
-        mine = split["dataset_index"] == index[attrs["name"]]
-        flat = split["row"] * scan_cols + split["col"]
-        tests.append(patterns[flat[chosen[mine[chosen]]]])
-        trains.append(patterns[flat[mine & (split["part"] == TRAIN)]])
-    samples = np.concatenate(tests) if tests else np.zeros((0, 1))
-    distances = nearest_rms(samples, np.concatenate(trains)) if len(samples) else np.zeros(0)
+    loaded = [_patterns(path) for path in preprocessed]
     meta, training_data = split["meta"], Path(split_path).parent.name  # splits/<training data>/<configuration>_seed<N>.npz
-    label = f"synthetic test ({meta['configuration']}, seed {meta['seed']}" + (f", {training_data} data)" if training_data != "base" else ")")
-    return {"set": label, "role": "synthetic test part", "compared_with": "its training part", **_verdict(distances, [])}
+    rows = []
+    for key, (who, test_part) in SPLIT_PARTS.items():
+        test = np.flatnonzero(split[key] == test_part)
+        chosen = test[_sample(len(test), sample, f"{Path(split_path).stem} {key}")]
+        tests, trains = [], []
+        for attrs, patterns, scan_cols in loaded:
+            if attrs["name"] not in index:
+                continue
+            mine = split["dataset_index"] == index[attrs["name"]]
+            flat = split["row"] * scan_cols + split["col"]
+            tests.append(patterns[flat[chosen[mine[chosen]]]])
+            trains.append(patterns[flat[mine & (split[key] == TRAIN)]])
+        samples = np.concatenate(tests) if tests else np.zeros((0, 1))
+        distances = nearest_rms(samples, np.concatenate(trains)) if len(samples) else np.zeros(0)
+        label = f"synthetic test ({who}{meta['configuration']}, seed {meta['seed']}" + (f", {training_data} data)" if training_data != "base" else ")")
+        rows.append({"set": label, "role": "synthetic test part", "compared_with": "its training part", **_verdict(distances, [])})
+    return rows
 
 
 COLUMNS = ["set", "role", "compared_with", "same_content_as", "sampled", "exact_copies", "near_copies", "median_rms", "independent"]

@@ -208,7 +208,7 @@ def cmd_audit(args) -> None:
     if len(args.roles) != len(args.evaluated):
         raise ValueError(f"audit: --roles needs one role per evaluated set, got {len(args.roles)} for {len(args.evaluated)}")
     rows = audit_sets(list(zip(args.training_raw, args.training)), list(zip(args.evaluated_raw, args.evaluated, args.roles)), args.sample)
-    rows += [audit_split(split, args.training, args.sample) for split in args.splits]
+    rows += [row for split in args.splits for row in audit_split(split, args.training, args.sample)]
     write_leakage_tables(rows, args.out_md, args.out_csv)
     inputs = args.training_raw + args.training + args.evaluated_raw + args.evaluated + args.splits
     _record(args.out_csv, inputs, {"sample": args.sample}, started)

@@ -1,7 +1,6 @@
 """Study configuration: YAML validated against the schema, defaults filled in, and the
 per-data-set settings every stage derives from it (the Snakefile and the CLI share these)."""
 
-import hashlib
 from dataclasses import fields
 from itertools import product
 from pathlib import Path
@@ -10,7 +9,7 @@ import jsonschema
 import numpy as np
 import yaml
 
-from polarmap.preprocessing import CONFIGURATIONS, derived_seed
+from polarmap.preprocessing import CONFIGURATIONS, derived_seed, name_key
 from polarmap.simulation import SimulationSettings
 from polarmap.structures import StructureSettings
 
@@ -71,7 +70,7 @@ def _resolve_mode_defaults(config: dict) -> None:
 def dataset_seed(name: str, base: int) -> int:
     """A data set's own seed: from a base seed and the set's name, so that every set is a crystal
     of its own and the same name and base give the same crystal."""
-    return derived_seed(base, int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little"))
+    return derived_seed(base, name_key(name))
 
 
 def load_config(path: str | Path) -> dict:

@@ -17,6 +17,7 @@ pattern by up to half a pixel (0.3-0.4 px for a centred 24 mrad disc, as large a
 polarization signal); odd crops (e.g. 65) are symmetric.
 """
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -280,6 +281,11 @@ def augmenter(kind: str, paper: AugmentationSettings, randomisation: DomainRando
     if kind == "domain_randomisation":
         return domain_randomisation(randomisation, seed)
     raise ValueError(f"unknown augmentation {kind!r}; use paper or domain_randomisation")
+
+
+def name_key(name: str) -> int:
+    """A stable integer for a name (the first four bytes of its SHA-256), to derive seeds from."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
 
 
 def derived_seed(*keys: int) -> int:
