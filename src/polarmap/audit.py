@@ -7,12 +7,13 @@ Two checks per evaluated set:
             preprocessed training pattern, as the root-mean-square difference per pixel of two
             [0, 1] patterns (RMS).
 Tolerances, measured at the default scale (benchmarks/independence.md):
-  exact (RMS < 1e-5)  float noise of the same simulation: re-simulated twins differ by at most
-                      5.7e-7.
-  near (RMS < 3e-3)   the same crystal seen at an equivalent position: ordered cells one cell
-                      apart along x differ by 1.0e-3. Independently seeded crystals of the same
-                      class are never that close: the nearest pair differs by 7.5e-3 (median
-                      1.7e-2).
+  exact (RMS < 1e-5)  float noise of the same simulation: an ordered cell's exact twins (one cell
+                      apart diagonally) differ by at most 5.1e-7.
+  near (RMS < 5e-3)   the same crystal at an equivalent position: the ordered cell one cell apart
+                      along x (the same columns, K and Na swapped along the beam) differs by
+                      3.5e-4 to 2.9e-3. Independently seeded crystals never come that close: the
+                      nearest pattern of another crystal of the same class differs by at least
+                      2.0e-2 (median 3.3e-2), of another class by at least 2.1e-2.
 A set is independent when no whole-set copy exists and its near copies stay below 1 % of the
 sample. A synthetic-test part is audited against its own training part the same way.
 """
@@ -26,7 +27,7 @@ from polarmap import io
 from polarmap.preprocessing import name_key, read_split
 
 EXACT_RMS = 1e-5
-NEAR_RMS = 3e-3
+NEAR_RMS = 5e-3
 NEAR_FRACTION_ALLOWED = 0.01
 TRAIN = 0
 
