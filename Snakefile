@@ -1,7 +1,11 @@
 # polarmap: ML polarization mapping in KNN from 4D-STEM, end to end.
 #   snakemake --cores 2                                  the default (small) study
 #   snakemake --cores 2 --configfile workflow/presets/paper.yaml   paper scale
+import sys
+
 from snakemake.utils import min_version, validate
+
+from polarmap.config import validate_config
 
 min_version("9.0")
 
@@ -9,6 +13,12 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# One line naming the key and the fix, before any job runs (Snakemake's own message on a bad key
+# holds the whole schema); then Snakemake's validation, which then passes.
+try:
+    validate_config(config, "config")
+except ValueError as err:
+    sys.exit(f"polarmap: {err}")
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
@@ -16,7 +26,6 @@ validate(config, "workflow/schemas/config.schema.yaml")
 if config.get("container"):
 
     container: config["container"]
-
 
 
 include: "workflow/rules/common.smk"
@@ -51,6 +60,6 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         all_outputs(),
-    default_target: True

@@ -50,7 +50,7 @@ def child(source: Path, out: Path) -> dict:
 
 def in_memory(block: np.ndarray) -> float:
     """Seconds for CoM + crop + min-max of one block held in memory."""
-    from polarmap.preprocessing import center_of_mass, min_max
+    from polarmap.pattern import center_of_mass, min_max
 
     start = time.perf_counter()
     com = center_of_mass(block)

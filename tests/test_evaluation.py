@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from polarmap import io
+from polarmap.atomic import save_npz_atomically
 from polarmap.classes import CLASS_NAMES
 from polarmap.evaluation import (
     SYNTHETIC_TEST, angular_error_deg, compare_modes, dataset_label, describe_predictor, localisation_auc,
@@ -158,7 +159,7 @@ def test_figures_have_the_expected_axes(study, tmp_path):
     grids = {"conv-classification-none-scratch-seed1": np.zeros((4, 4), np.int8), "conv-classification-none-scratch-seed2": np.ones((4, 4), np.int8),
              "conv-classification-none-scratch-seed3": np.ones((4, 4), np.int8), "com": np.full((4, 4), 7, np.int8)}
     for name, grid in grids.items():
-        io.save_npz_atomically(tmp_path / f"{name}.npz", {"3S": grid, "3S.angle": grid.astype(np.float32)})
+        save_npz_atomically(tmp_path / f"{name}.npz", {"3S": grid, "3S.angle": grid.astype(np.float32)})
     fig = figures.maps_from_predictions(sorted(tmp_path.glob("*.npz")), "none", tmp_path / "maps")
     images = [ax.images[0].get_array() for ax in fig.axes if ax.images]
     assert len(images) == 2 and {int(np.unique(i)[0]) for i in images} == {1, 7}  # majority of 0, 1, 1 is 1
@@ -230,3 +231,23 @@ def test_models_that_did_not_learn_are_no_result_and_dependent_sets_are_marked(s
     assert "$^\\dagger$" in (tmp_path / "tables/table_none.tex").read_text()
     synthetic = next(line for line in table if line.startswith(f"| {SYNTHETIC_TEST}"))
     assert "100.0 ± 0.0 (1 of 2 seeds learned)" in synthetic
+
+
+def test_a_sets_faithful_test_time_augmentation_does_not_depend_on_the_other_sets(tmp_path):
+    """The published code augments external sets at test time from one random stream; here each
+    set draws its own stream (from the seed and its name), so declaring another set before it
+    changes nothing."""
+    from polarmap.evaluation import predict_many
+    from polarmap.preprocessing import PreprocessSettings, preprocess_dataset
+    from test_bad_input import save_model, scan
+    from test_io import attrs
+
+    for name in ("A", "B"):
+        io.write_dataset(tmp_path / f"{name}.h5", scan(), np.zeros((4, 4), np.int8), attrs(name=name))
+        preprocess_dataset(tmp_path / f"{name}.h5", tmp_path / f"p{name}.h5", PreprocessSettings(crop_px=32, rows_per_block=2), False, progress=False)
+    save_model(tmp_path / "model.pt", settings={"mode": "faithful", "configuration": "augmentation"})
+    predict_many(tmp_path / "model.pt", [tmp_path / "pA.h5", tmp_path / "pB.h5"], tmp_path / "both.npz", tmp_path / "both.json")
+    predict_many(tmp_path / "model.pt", [tmp_path / "pB.h5"], tmp_path / "alone.npz", tmp_path / "alone.json")
+    with np.load(tmp_path / "both.npz") as both, np.load(tmp_path / "alone.npz") as alone:
+        assert np.array_equal(both["B.angle"], alone["B.angle"])
+        assert not np.array_equal(both["A.angle"], both["B.angle"])  # same patterns, other streams

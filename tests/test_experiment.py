@@ -3,7 +3,7 @@ import pytest
 
 from polarmap import io
 from polarmap.experiment import ExperimentSettings, apply, make_experiment_like
-from polarmap.preprocessing import center_of_mass
+from polarmap.pattern import center_of_mass
 from test_io import attrs
 from test_preprocessing import disc
 
@@ -56,3 +56,21 @@ def test_experiment_like_file_keeps_labels_and_records_settings(tmp_path, clean)
         assert np.array_equal(f["patterns"][()], apply(clean, 0.06, settings))
     assert meta["name"] == "4E" and meta["classes"] == ["RM", "RD"] and meta["experiment_like"]
     assert meta["experiment_settings"]["dose_e_per_pattern"] == 5000
+
+
+@pytest.mark.parametrize("rows_per_block", [1, 3, 8])
+def test_streamed_scan_effects_equal_the_whole_scan_transform(clean, rows_per_block):
+    """Source size and jitter mix scan rows; streamed in blocks (with the rows around each read
+    too) they give what the transform of the whole scan in memory gives."""
+    from scipy import ndimage
+
+    from polarmap.experiment import _interpolate_scan, experiment_rows
+
+    settings = ExperimentSettings(source_size_angstrom=0.4, scan_jitter_angstrom=0.3, seed=5)
+    step = 0.5
+    blurred = ndimage.gaussian_filter(clean.astype(np.float32), sigma=(0.8, 0.8, 0, 0), mode="wrap")
+    error = np.random.default_rng([5, 1]).normal(0.0, 0.6, size=(2, 4, 4))
+    grid_rows, grid_cols = np.meshgrid(np.arange(4), np.arange(4), indexing="ij")
+    whole = _interpolate_scan(blurred, grid_rows + error[0], grid_cols + error[1]).astype(np.float32)
+    streamed = np.concatenate([block for _, block in experiment_rows(clean.__getitem__, (4, 4), step, settings, rows_per_block)])
+    assert np.array_equal(streamed, whole)

@@ -30,7 +30,7 @@ def test_cuda_mixed_precision_training_learns_and_runs_on_the_cpu(training_data,
     # the saved model is device-free: on the CPU it agrees with the accuracy measured on the GPU
     data = load_training_data(split, preprocessed)
     test = data["part"] == TEST
-    on_cpu = predict_patterns(tmp_path / "model.pt", data["images"][test][:, 0], external=False)
+    on_cpu = predict_patterns(tmp_path / "model.pt", data["images"][test][:, 0], external=False, device="cpu")
     assert abs(float((on_cpu == data["labels"][test]).mean()) - result["synthetic_test_accuracy"]) < 0.05
 
 

@@ -161,7 +161,7 @@ def test_two_runs_of_one_set_are_bit_identical(tmp_path):
 
     import yaml
 
-    config = {"simulation": {"gpts_per_cell": 16, "scan_px": 4, "rows_per_block": 4},
+    config = {"simulation": {"gpts_per_cell": 16, "scan_px": 4, "rows_per_block": 4}, "preprocessing": {"crop_px": 16},
               "datasets": {"training": {"supercell": [2, 2, 4], "classes": ["LD"]}}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     hashes = []

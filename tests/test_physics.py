@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from polarmap.classes import CLASS_NAMES, CLASS_ANGLES_DEG
-from polarmap.preprocessing import center_of_mass
+from polarmap.pattern import center_of_mass
 from polarmap.simulation import SimulationSettings, _Simulator, geometry, simulate
 from polarmap.structures import StructureSettings, build_supercell
 

@@ -1,12 +1,14 @@
+import h5py
 import numpy as np
 import pytest
 
 from polarmap import io
 from polarmap.classes import CLASS_NAMES, class_direction
 from polarmap.preprocessing import (
-    AugmentationSettings, PreprocessSettings, SplitSettings, augmentation_pipeline, center_of_mass,
+    AugmentationSettings, PreprocessSettings, SplitSettings, augmentation_pipeline,
     crop_origin, derived_seed, preprocess_dataset, split_indices,
 )
+from polarmap.pattern import center_of_mass
 from test_io import attrs
 
 
@@ -77,8 +79,13 @@ def test_even_crop_biases_the_com_by_half_a_pixel():
 
 def test_flat_and_nan_patterns_are_named(tmp_path):
     patterns = np.stack([[disc(32), np.zeros((32, 32), np.float32)]])
+    with pytest.raises(ValueError, match=r"z\.h5: a pattern without positive total intensity \(scan row 0, column 1\)"):
+        io.write_dataset(tmp_path / "z.h5", patterns, np.zeros((1, 2), np.int8), attrs())
+    patterns[0, 1] = disc(32)
     io.write_dataset(tmp_path / "z.h5", patterns, np.zeros((1, 2), np.int8), attrs())
-    with pytest.raises(ValueError, match=r"z\.h5: NaN, infinite or all-zero patterns in scan rows 0-0"):
+    with h5py.File(tmp_path / "z.h5", "r+") as f:  # made by other software
+        f["patterns"][0, 1] = np.nan
+    with pytest.raises(ValueError, match=r"z\.h5: NaN or infinite intensities \(scan row 0, column 1\)"):
         preprocess_dataset(tmp_path / "z.h5", tmp_path / "p.h5", PreprocessSettings(crop_px=16), False, progress=False)
     assert not (tmp_path / "p.h5").exists()
 

@@ -13,6 +13,7 @@ from polarmap.config import dataset_job_settings, validate_config
 def job(scan_px=8):
     config = validate_config({
         "simulation": {"gpts_per_cell": 16, "scan_px": scan_px, "rows_per_block": 1, "method": "multislice"},
+        "preprocessing": {"crop_px": 16},
         "datasets": {"training": {"supercell": [2, 2, 30], "classes": ["LD"]}},
     })
     return json.dumps(dataset_job_settings(config, "train_LD"))

@@ -6,6 +6,7 @@ import sys
 import time
 from dataclasses import asdict
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -82,12 +83,33 @@ def test_killed_training_resumes_to_the_same_model(training_data, tmp_path):
     first.kill()
     first.wait()
     assert checkpoint.exists() and not (tmp_path / "cut/model.pt").exists()
+    kept = checkpoint.read_bytes()
     second = subprocess.run(command + ["--out-dir", str(tmp_path / "cut")], capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     assert "resuming after epoch" in second.stdout
     (whole, _), (resumed, _) = load_model(tmp_path / "whole/model.pt"), load_model(tmp_path / "cut/model.pt")
     assert all(torch.equal(whole.state_dict()[k], resumed.state_dict()[k]) for k in whole.state_dict())
     assert whole.prototypes.abs().sum() > 0  # prototypes from the validation split travel with the model
+
+    # a checkpoint truncated by a kill or a full disk, and one made on data since re-simulated,
+    # are set aside with a line saying so: training starts afresh and ends as the whole run
+    (tmp_path / "truncated").mkdir()
+    (tmp_path / "truncated/checkpoint.pt").write_bytes(kept[: len(kept) // 2])
+    third = subprocess.run(command + ["--out-dir", str(tmp_path / "truncated")], capture_output=True, text=True)
+    assert third.returncode == 0 and "checkpoint.pt: unreadable" in third.stdout and "training starts afresh" in third.stdout, third.stderr
+    (afresh, _) = load_model(tmp_path / "truncated/model.pt")
+    assert all(torch.equal(whole.state_dict()[k], afresh.state_dict()[k]) for k in whole.state_dict())
+    resimulated = [tmp_path / f"resimulated_{p.name}" for p in preprocessed]
+    for source, copy in zip(preprocessed, resimulated):
+        copy.write_bytes(source.read_bytes())
+    with h5py.File(resimulated[0], "r+") as f:
+        f["patterns"][0, 0] = f["patterns"][0, 1]
+    (tmp_path / "stale").mkdir()
+    (tmp_path / "stale/checkpoint.pt").write_bytes(kept)
+    stale = [sys.executable, "-m", "polarmap.cli", "train", *map(str, resimulated), "--split", str(split), "--settings", job, "--quiet"]
+    fourth = subprocess.run(stale + ["--out-dir", str(tmp_path / "stale")], capture_output=True, text=True)
+    assert fourth.returncode == 0 and "made with other settings or data; training starts afresh" in fourth.stdout, fourth.stderr
+    assert "resuming" not in fourth.stdout
 
 
 def test_model_files_are_tensors_only(training_data, tmp_path):

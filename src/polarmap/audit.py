@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from polarmap import io
+from polarmap.atomic import write_text_atomically
 from polarmap.preprocessing import name_key, read_split
 
 EXACT_RMS = 1e-5
@@ -147,7 +148,7 @@ def write_leakage_tables(rows: list[dict], out_md, out_csv) -> None:
     import pandas as pd
 
     frame = pd.DataFrame(rows, columns=COLUMNS)
-    io.write_text_atomically(out_csv, frame.to_csv(index=False, na_rep="nan"))
+    write_text_atomically(out_csv, frame.to_csv(index=False, na_rep="nan"))
     lines = [
         f"Exact copy: RMS difference < {EXACT_RMS:g} of the [0, 1] range (float noise); near copy: < {NEAR_RMS:g} "
         f"(the same crystal at an equivalent position). A set is independent with no whole-set copy and at most "
@@ -159,7 +160,7 @@ def write_leakage_tables(rows: list[dict], out_md, out_csv) -> None:
     for r in frame.itertuples():
         lines.append(f"| {r.set} | {r.role} | {r.compared_with} | {r.same_content_as or '-'} | {r.sampled} | {100 * r.exact_copies:.1f} | "
                      f"{100 * r.near_copies:.1f} | {r.median_rms:.2e} | {'yes' if r.independent else '**no**'} |")
-    io.write_text_atomically(out_md, "\n".join(lines) + "\n")
+    write_text_atomically(out_md, "\n".join(lines) + "\n")
 
 
 def dependent_sets(leakage_csv) -> set[str]:

@@ -10,9 +10,11 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from polarmap import config as study_config
+from polarmap.io import WriteFailed
 from polarmap.provenance import write_record
 
 
@@ -74,6 +76,7 @@ def cmd_experiment_like(args) -> None:
 
 
 def cmd_import(args) -> None:
+    from polarmap.atomic import refuse_overwriting
     from polarmap.classes import CLASS_NAMES
     from polarmap.io import READERS
     from polarmap.provenance import provenance_attrs
@@ -107,6 +110,7 @@ def cmd_import(args) -> None:
     }
     options = {"dataset_path": job["dataset_path"]} if job["format"] == "hdf5" else {}
     scan_shape = tuple(job["scan_shape"]) if job["scan_shape"] else None
+    refuse_overwriting(job["path"], args.out)
     READERS[job["format"]](job["path"], args.out, attrs, scan_shape=scan_shape, label=job["label"], **options)
 
 
@@ -285,7 +289,7 @@ def cmd_relax_vacancy(args) -> None:
     header = ["index", "symbol", "distance_to_vacancy", "dx", "dy", "dz", "displacement", "away_from_vacancy"]
     lines = [f"# relaxation: {relaxed.info['relaxation']}; Angstrom; vacancy at {' '.join(f'{v:.4f}' for v in vacancy)}", "\t".join(header)]
     lines += ["\t".join(str(r[k]) if k in ("index", "symbol") else f"{r[k]:.5f}" for k in header) for r in rows]
-    from polarmap.io import write_text_atomically
+    from polarmap.atomic import write_text_atomically
 
     write_text_atomically(out / "displacements.tsv", "\n".join(lines) + "\n")
     write_record(out / "record.json", inputs, job, started, relaxation=relaxed.info["relaxation"], device="cpu")
@@ -349,8 +353,10 @@ def cmd_filter_counts(args) -> None:
 
 
 def cmd_check_config(args) -> None:
-    config = study_config.load_config(args.config)
-    print(f"{args.config}: valid; study '{config['study']}', data sets: {', '.join(study_config.simulated_datasets(config))}")
+    base = args.base if args.base and Path(args.base).resolve() != Path(args.config).resolve() else None
+    config = study_config.load_config(args.config, base)
+    merged = f" (merged over {base})" if base else ""
+    print(f"{args.config}: valid{merged}; study '{config['study']}', data sets: {', '.join(study_config.simulated_datasets(config))}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -547,20 +553,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .tsv path")
     p.set_defaults(func=cmd_filter_counts)
 
-    p = sub.add_parser("check-config", help="Validate a study config against the schema.")
+    p = sub.add_parser("check-config", help="Validate a study config (merged over config.yaml, as Snakemake merges a preset).")
     p.add_argument("config")
+    p.add_argument("--base", default="config.yaml", help="config the file is merged over, as the Snakefile's configfile ('' for none)")
     p.set_defaults(func=cmd_check_config)
     return parser
+
+
+def _quiet_h5py_dealloc_errors() -> None:
+    """After a failed write (a full disk) every h5py handle of the file reports the failure again
+    as it is freed, a traceback each (through both hooks); the command's one line already says it."""
+    unraisable_hook, except_hook = sys.unraisablehook, sys.excepthook
+
+    def from_h5py_dealloc(exc, where: str) -> bool:
+        return isinstance(exc, OSError) and "h5py" in where and "dealloc" in where
+
+    def unraisable(u):
+        if not from_h5py_dealloc(u.exc_value, f"{u.err_msg} {u.object}"):
+            unraisable_hook(u)
+
+    def uncaught(exc_type, exc, tb):
+        frames = traceback.extract_tb(tb)
+        if not (frames and from_h5py_dealloc(exc, f"{frames[-1].filename} {frames[-1].name}")):
+            except_hook(exc_type, exc, tb)
+
+    sys.unraisablehook, sys.excepthook = unraisable, uncaught
 
 
 def main(argv=None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     args = build_parser().parse_args(argv)
+    _quiet_h5py_dealloc_errors()
     try:
         args.func(args)
-    except (ValueError, OSError, KeyError) as err:
+    except (ValueError, OSError, KeyError, RuntimeError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"polarmap {args.command}: error: {message}", file=sys.stderr)
+        print(f"polarmap {args.command}: error: {message}", file=sys.stderr, flush=True)
+        if isinstance(err, WriteFailed):
+            os._exit(2)  # HDF5's finalisers crash on a file whose write failed; the outputs are already removed
         return 2
     return 0
 

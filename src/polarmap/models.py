@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from polarmap.atomic import save_npz_atomically
 from polarmap.classes import CLASS_NAMES, angle_to_class
 
 N_CLASSES = len(CLASS_NAMES)
@@ -341,8 +342,6 @@ class PcaKnn:
         return nearest
 
     def save(self, path) -> None:
-        from polarmap.io import save_npz_atomically
-
         save_npz_atomically(path, self.arrays)
 
     @classmethod

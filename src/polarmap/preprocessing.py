@@ -26,7 +26,9 @@ import numpy as np
 from tqdm import tqdm
 
 from polarmap import io
+from polarmap.atomic import refuse_overwriting, save_npz_atomically, write_text_atomically
 from polarmap.classes import CLASS_NAMES
+from polarmap.pattern import center_of_mass, intensity_problem, min_max, threshold_centroid
 from polarmap.provenance import provenance_attrs
 
 
@@ -40,6 +42,8 @@ class PreprocessSettings:
     def __post_init__(self):
         if self.mode not in ("corrected", "faithful"):
             raise ValueError(f"mode must be 'corrected' or 'faithful', got {self.mode!r}")
+        if self.crop_px < 4:
+            raise ValueError(f"crop_px must be at least 4 pixels, got {self.crop_px}")
 
 
 @dataclass(frozen=True)
@@ -77,31 +81,9 @@ class SplitSettings:
     block_cells: float = 0.5
     guard_px: int = 1
 
-
-def center_of_mass(patterns: np.ndarray) -> np.ndarray:
-    """Intensity-weighted centre of mass (Eq. 1) over the last two axes, as (..., 2) =
-    (row, col) in pixels from the first pixel.
-
-    One pass over the data: a float32 matrix product gives, for every detector row, its sum and
-    its column-weighted sum (exact enough: 256 terms), which are then reduced in float64."""
-    patterns = np.asarray(patterns, dtype=np.float32)
-    *lead, n_rows, n_cols = patterns.shape
-    weights = np.stack([np.ones(n_cols, np.float32), np.arange(n_cols, dtype=np.float32)], axis=1)
-    per_row = (patterns.reshape(-1, n_cols) @ weights).reshape(*lead, n_rows, 2).astype(np.float64)
-    total = per_row[..., 0].sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):  # an empty pattern gives NaN, for callers to report
-        row = per_row[..., 0] @ np.arange(n_rows, dtype=np.float64) / total
-        col = per_row[..., 1].sum(axis=-1) / total
-    return np.stack([row, col], axis=-1)
-
-
-def threshold_centroid(pattern: np.ndarray, percentile: float = 95.0) -> np.ndarray:
-    """Centroid (row, col) of the binary mask of pixels above a percentile (the published code)."""
-    mask = pattern > np.percentile(pattern, percentile)
-    if not mask.any():
-        raise ValueError("pattern is flat: no pixel above the threshold percentile")
-    rows, cols = np.nonzero(mask)
-    return np.array([rows.mean(), cols.mean()])
+    def __post_init__(self):
+        if abs(sum(self.fractions) - 1) > 1e-6 or min(self.fractions) <= 0:
+            raise ValueError(f"split fractions must be positive and sum to 1, got {list(self.fractions)} (sum {sum(self.fractions):g})")
 
 
 def crop_origin(detector_shape, crop_px: int, global_com, mode: str, simulated: bool) -> tuple[int, int]:
@@ -117,17 +99,6 @@ def crop_origin(detector_shape, crop_px: int, global_com, mode: str, simulated: 
             "use a smaller crop_px"
         )
     return int(start[0]), int(start[1])
-
-
-def min_max(patterns: np.ndarray, source: str = "", first_position=(0, 0)) -> np.ndarray:
-    """Per-pattern min-max to [0, 1]; a flat (e.g. all-zero) pattern is an error, not a NaN."""
-    low = patterns.min(axis=(-2, -1), keepdims=True)
-    span = patterns.max(axis=(-2, -1), keepdims=True) - low
-    if (span <= 0).any():
-        flat = np.argwhere(span[..., 0, 0] <= 0)[0]
-        raise ValueError(f"{source}: flat (e.g. all-zero) pattern at scan block index {tuple(int(i) for i in flat)} "
-                         f"(block starting at row {first_position[0]}); remove or mask it before preprocessing")
-    return ((patterns - low) / span).astype(np.float32)
 
 
 def _blocks(patterns, rows_per_block: int, columns=slice(None)):
@@ -149,11 +120,10 @@ def _scan_statistics(patterns, rows_per_block: int, path: Path):
     pattern_sum = np.zeros(patterns.shape[2:], dtype=np.float64)
     low, high = np.inf, -np.inf
     for start, block in _blocks(patterns, rows_per_block):
-        rows = f"scan rows {start}-{start + len(block) - 1}"
-        block_com = center_of_mass(block)
-        if not np.isfinite(block_com).all():
-            raise ValueError(f"{path}: NaN, infinite or all-zero patterns in {rows}; mask them or re-export")
-        com[start:start + len(block)] = block_com
+        problem = intensity_problem(block, start)
+        if problem:
+            raise ValueError(f"{path}: {problem}")
+        com[start:start + len(block)] = center_of_mass(block)
         pattern_sum += block.sum(axis=(0, 1), dtype=np.float64)
         low, high = min(low, float(block.min())), max(high, float(block.max()))
     return com, pattern_sum / (patterns.shape[0] * patterns.shape[1]), low, high
@@ -167,6 +137,7 @@ def preprocess_dataset(source, out, settings: PreprocessSettings, is_training: b
     sets that are not training sets). Returns a summary with the filter counts.
     """
     source, out = Path(source), Path(out)
+    refuse_overwriting(source, out)
     with io.open_dataset(source) as f:
         attrs = io.read_attrs(f)
         patterns, labels = f["patterns"], f["labels"][()]
@@ -220,7 +191,7 @@ def write_filter_counts(summaries, out) -> None:
             lines.append(f"{name}\t{kept}\t{summary['total']}\t{kept / summary['total']:.4f}")
             kept_all, total_all = kept_all + kept, total_all + summary["total"]
     lines.append(f"all\t{kept_all}\t{total_all}\t{kept_all / max(total_all, 1):.4f}")
-    io.write_text_atomically(out, "\n".join(lines) + "\n")
+    write_text_atomically(out, "\n".join(lines) + "\n")
 
 
 def augmentation_pipeline(settings: AugmentationSettings, seed: int):
@@ -422,7 +393,7 @@ def make_split(preprocessed, out, configuration: str, seed: int, settings: Split
         "meta": np.array(json.dumps({"configuration": configuration, "seed": seed, "split": asdict(settings), "pca_split": asdict(pca_settings),
                                      "sets_per_class": sets_per_class})),
     }
-    io.save_npz_atomically(out, arrays)
+    save_npz_atomically(out, arrays)
     return {name: int((arrays["part"] == k).sum()) for k, name in enumerate(("train", "validation", "test"))}
 
 

@@ -91,7 +91,7 @@ def result_record(inputs, settings, started: float, **extra) -> dict:
 
 def write_record(path, inputs, settings, started: float, **extra) -> dict:
     """Write `result_record` as JSON at `path`, whole or not at all."""
-    from polarmap.io import write_text_atomically
+    from polarmap.atomic import write_text_atomically
 
     record = result_record(inputs, settings, started, **extra)
     write_text_atomically(path, json.dumps(record, indent=2, default=str) + "\n")

@@ -267,7 +267,8 @@ def simulate(
                 f.attrs["vacancy_position_angstrom"] = json.dumps(vacancy)
                 f.attrs["defect_radius_angstrom"] = float(atoms.info["defect_radius_angstrom"])
                 f.create_dataset("defect_mask", data=defect_mask(scan_shape, step[0], vacancy[:2], geo.extent, float(atoms.info["defect_radius_angstrom"])))
-    with h5py.File(partial, "r+") as f:
+    with io.writing(partial, out_path, keep_tmp=True):
+        f = h5py.File(partial, "r+")
         blocks = range(rows_done, settings.scan_px, settings.rows_per_block)
         for row_start in tqdm(blocks, desc=f"simulate {name}", unit="block", disable=not progress):
             row_stop = min(row_start + settings.rows_per_block, settings.scan_px)
@@ -277,21 +278,25 @@ def simulate(
             f.attrs["rows_completed"] = row_stop
             f.flush()
         del f.attrs["rows_completed"]
+        f.close()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial.replace(out_path)
 
 
 def _resumable_rows(partial: Path, attrs: dict) -> int:
-    """Rows already simulated in a partial file made with the same settings, else 0."""
+    """Rows already simulated in a partial file made with the same settings, else 0. The row
+    counter is trusted only as far as the rows hold data: a write that failed (a full disk) can
+    leave the counter ahead of patterns that never reached the file, which read as NaN."""
     if not partial.exists():
         return 0
     try:
         with h5py.File(partial, "r") as f:
             same = f.attrs.get("config_hash") == attrs["config_hash"] and f.attrs.get("structure_hash") == attrs["structure_hash"]
-            rows = int(f.attrs.get("rows_completed", 0))
-    except OSError:
-        same, rows = False, 0
-    if not same:
+            rows = int(f.attrs.get("rows_completed", 0)) if same else 0
+            written = next((row for row in range(rows) if not np.isfinite(f["patterns"][row]).all()), rows)
+    except (OSError, KeyError):
+        same, written = False, 0
+    if not same or written == 0:
         partial.unlink()
         return 0
-    return rows
+    return written

@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from polarmap.classes import CLASS_NAMES, class_direction
-from polarmap.io import temporary_path
+from polarmap.atomic import temporary_path
 
 DEFAULT_LATTICE_FILE = Path(__file__).with_name("data") / "knn_amm2.yaml"
 

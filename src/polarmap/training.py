@@ -19,11 +19,12 @@ import torch
 from tqdm import tqdm
 
 from polarmap import io
+from polarmap.atomic import temporary_path
 from polarmap.models import N_CLASSES, PcaKnn, PolarizationModel, class_prototypes
 from polarmap.preprocessing import (
     CONFIGURATIONS, AugmentationSettings, DomainRandomisationSettings, augmentation_pipeline, augmenter, derived_seed, read_split,
 )
-from polarmap.provenance import file_sha256, write_record
+from polarmap.provenance import config_hash, file_sha256, write_record
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
 # A model whose validation accuracy stays below twice chance (8 classes) did not learn: it is
@@ -57,6 +58,12 @@ class TrainSettings:
     augmentation_kind: str = "paper"  # or "domain_randomisation" (issue 9)
     domain_randomisation: DomainRandomisationSettings = field(default_factory=DomainRandomisationSettings)
     training_data: str = "base"  # recorded only: the split file holds the patterns ("base" or "diverse")
+
+    def __post_init__(self):
+        if self.early_stopping not in ("val_loss", "val_accuracy"):
+            raise ValueError(f"early_stopping must be 'val_loss' or 'val_accuracy', got {self.early_stopping!r}")
+        if self.configuration not in CONFIGURATIONS:
+            raise ValueError(f"unknown configuration {self.configuration!r}; use one of {', '.join(CONFIGURATIONS)}")
 
 
 def load_training_data(split_path, preprocessed) -> dict:
@@ -163,18 +170,17 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
     forward = torch.compile(model) if settings.compile else model  # shares the parameters of `model`
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
 
-    split_hash = file_sha256(split_path)
+    # a checkpoint resumes only the same training on the same data: keyed on the content of the
+    # split and of every training set, so re-simulated data start afresh
+    inputs_hash = config_hash([file_sha256(path) for path in (split_path, *preprocessed)])
     checkpoint_path = out_dir / "checkpoint.pt"
-    if settings.early_stopping not in ("val_loss", "val_accuracy"):
-        raise ValueError(f"early_stopping must be 'val_loss' or 'val_accuracy', got {settings.early_stopping!r}")
     state = {"epoch": -1, "best_score": float("inf"), "best_epoch": -1, "wait": 0, "history": [], "best_model": None}
-    if checkpoint_path.exists():
-        saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if saved["settings"] == settings_json and saved["split_hash"] == split_hash:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            state = {key: saved[key] for key in state}
-            print(f"resuming after epoch {state['epoch'] + 1} from {checkpoint_path}", flush=True)
+    saved = _resumable_checkpoint(checkpoint_path, device, settings_json, inputs_hash)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = {key: saved[key] for key in state}
+        print(f"resuming after epoch {state['epoch'] + 1} from {checkpoint_path}", flush=True)
 
     started = time.perf_counter()
     for epoch in range(state["epoch"] + 1, settings.max_epochs):
@@ -231,7 +237,7 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
         state["epoch"] = epoch
         _save(checkpoint_path, {
             **state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "settings": settings_json, "split_hash": split_hash,
+            "settings": settings_json, "inputs_hash": inputs_hash,
         })
 
     model.load_state_dict(state["best_model"])
@@ -255,8 +261,25 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
     return record
 
 
+def _resumable_checkpoint(path: Path, device, settings_json: str, inputs_hash: str) -> dict | None:
+    """The checkpoint's contents if it continues this training, else None: an unreadable one
+    (truncated by a kill or a full disk) or one of other settings or data is set aside."""
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+        same = saved["settings"] == settings_json and saved["inputs_hash"] == inputs_hash
+    except Exception as err:  # torch raises many types for damaged files
+        print(f"{path}: unreadable ({str(err).splitlines()[0]}); training starts afresh", flush=True)
+        return None
+    if not same:
+        print(f"{path}: made with other settings or data; training starts afresh", flush=True)
+        return None
+    return saved
+
+
 def _save(path: Path, payload: dict) -> None:
-    tmp = io.temporary_path(path)
+    tmp = temporary_path(path)
     torch.save(payload, tmp)
     tmp.replace(path)
 
@@ -273,11 +296,17 @@ def load_model(path) -> tuple[PolarizationModel, dict]:
     plain values only."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such model; train it first") from None
     except Exception as err:  # torch raises many types for damaged files
-        raise ValueError(f"{path}: not a readable polarmap model ({err}); retrain it") from None
-    settings = json.loads(saved["settings"])
-    model = PolarizationModel(settings["encoder"], settings["objective"], saved["input_px"], "scratch", settings["mode"])
-    model.load_state_dict(saved["state_dict"])
+        raise ValueError(f"{path}: not a readable polarmap model ({str(err).splitlines()[0]}); retrain it") from None
+    try:
+        settings = json.loads(saved["settings"])
+        model = PolarizationModel(settings["encoder"], settings["objective"], int(saved["input_px"]), "scratch", settings["mode"])
+        model.load_state_dict(saved["state_dict"])
+    except (TypeError, KeyError, IndexError, ValueError, RuntimeError) as err:  # a bare tensor, missing or foreign weights
+        reason = f"no {err}" if isinstance(err, KeyError) else " ".join(str(err).split())[:200]
+        raise ValueError(f"{path}: not a polarmap model ({reason}); use a model.pt written by `polarmap train`") from None
     return model.eval(), settings
 
 

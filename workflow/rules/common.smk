@@ -12,18 +12,18 @@ from polarmap.config import (
     pca_knn_job_settings,
     preprocess_job_settings,
     simulated_datasets,
+    settings_from_json,
     simulation_settings,
     split_job_settings,
     sweep_points,
     training_jobs,
     training_set_names,
-    validate_config,
 )
+from polarmap.experiment import ExperimentSettings
+from polarmap.experiment import estimated_memory_mb as experiment_memory_mb
 from polarmap.simulation import estimated_memory_mb
 
-# Snakemake's validate() above reports the first bad key; this fills every nested default
-# exactly as the `polarmap` command line does, so both see the same settings.
-validate_config(config, "config")
+PSEUDOCUBIC_ANGSTROM = 4.0  # KNN's pseudocubic cell, to size a scan step for memory requests
 
 STUDY = config["study"]
 RESULTS = f"results/{STUDY}"
@@ -38,7 +38,9 @@ TRAINING_SETS = {data: training_set_names(config, data) for data in TRAINING_DAT
 # the training variants are made only when a model trains on them
 UNUSED = {name for name, role in ROLES.items() if role == "training_variant"} if "diverse" not in TRAINING_DATA else set()
 # every data set in the HDF5 format (the reference only when asked for)
-DATASETS = [name for name, role in ROLES.items() if (role != "reference" or config["datasets"]["reference"]["simulate"]) and name not in UNUSED]
+DATASETS = [
+    name for name, role in ROLES.items() if (role != "reference" or config["datasets"]["reference"]["simulate"]) and name not in UNUSED
+]
 FILTERED = [name for name in DATASETS if ROLES[name] in ("training", "training_variant")]
 STRUCTURES = [name for name in SIMULATED if name not in UNUSED]
 # models trained as in the paper; the others (diverse data, domain randomisation) get their own table
@@ -47,7 +49,6 @@ PAPER_MODELS = {name for name, job in TRAINING_JOBS.items() if job["training_dat
 EVALUATED = [name for name, role in ROLES.items() if role in ("test", "experiment_like", "experimental", "defect")]
 # the leakage audit: every training set made, every evaluated set and the clean sources behind the
 # experiment-like ones, and the split of every trained model (PCA+kNN uses the base splits)
-AUDIT_TRAINING = [name for name in FILTERED]
 AUDITED = EVALUATED + [name for name in DATASETS if ROLES[name] == "clean_source"]
 DEFECT = config["datasets"]["defect"]["enabled"]
 DFT = config["datasets"]["defect"]["dft"]
@@ -65,27 +66,35 @@ TABLE_CONFIGURATIONS = [
 REGIME_TABLE = len(PAPER_MODELS) < len(TRAINING_JOBS)
 SWEEPS = sweep_points(config)
 # thickness sweeps of clean test sets: each also gets the CoM-against-thickness figure
-THICKNESS_SWEEPS = [s for s, spec in config["datasets"]["sweeps"].items() if spec["knob"] == "thickness_cells" and spec["base"] in config["datasets"]["tests"]]
+THICKNESS_SWEEPS = [
+    s
+    for s, spec in config["datasets"]["sweeps"].items()
+    if spec["knob"] == "thickness_cells" and spec["base"] in config["datasets"]["tests"]
+]
 COM_FIELD_DATASET = config["evaluation"]["com_field_dataset"] or next(iter(config["datasets"]["tests"]), "reference")
-
-
-AUDITED_SPLITS = sorted(
-    {f"{RESULTS}/splits/{job['training_data']}/{job['configuration']}_seed{job['seed']}.npz" for job in TRAINING_JOBS.values()}
-    | {f"{RESULTS}/splits/base/{p.split('-')[1]}_seed{p.split('seed')[-1]}.npz" for p in PCA_KNN}
-)
 
 
 def predictors_of(configuration):
     """The predictors whose maps go in one configuration's figure (the CoM baseline in each):
     the paper's models, not those trained on diverse data or with domain randomisation."""
     return [
-        p for p in PREDICTORS
-        if p == "com" or (p in PAPER_MODELS and TRAINING_JOBS[p]["configuration"] == configuration) or p.startswith(f"pca_knn-{configuration}-")
+        p
+        for p in PREDICTORS
+        if p == "com"
+        or (p in PAPER_MODELS and TRAINING_JOBS[p]["configuration"] == configuration)
+        or p.startswith(f"pca_knn-{configuration}-")
     ]
 
 
 def split_file(job):
     return f"{RESULTS}/splits/{job['training_data']}/{job['configuration']}_seed{job['seed']}.npz"
+
+
+# every split a predictor trains on (PCA+kNN: the base split of its configuration and seed)
+AUDITED_SPLITS = sorted(
+    {split_file(job) for job in TRAINING_JOBS.values()}
+    | {split_file({"training_data": "base", "configuration": p.split("-")[1], "seed": p.split("seed")[-1]}) for p in PCA_KNN}
+)
 
 
 def one_of(names):
@@ -136,6 +145,24 @@ def model_file(wildcards):
     return f"{RESULTS}/models/{wildcards.predictor}/{suffix}"
 
 
+# Slurm: a job that needs a GPU asks for one and goes to the GPU partition, every other to the CPU one
+TRAINING_GPUS = 0 if config["training"]["device"] == "cpu" else 1
+SIMULATION_GPUS = 1 if config["simulation"]["device"] == "gpu" else 0
+
+
+def partition(gpus):
+    return config["partitions"]["gpu" if gpus else "cpu"]
+
+
+def experiment_mem_mb(wildcards):
+    """The experiment-like transform streams blocks of scan rows from its clean source."""
+    simulation = simulation_settings(config)
+    source = SIMULATED[EXPERIMENT_LIKE[wildcards.dataset]["clean"]]
+    scan_step = source["supercell"][0] * PSEUDOCUBIC_ANGSTROM / simulation.scan_px
+    detector = settings_from_json(ExperimentSettings, EXPERIMENT_LIKE[wildcards.dataset]["detector"])
+    return experiment_memory_mb(detector, (simulation.scan_px, simulation.scan_px), simulation.detector_px, scan_step)
+
+
 def simulation_mem_mb(wildcards):
     return estimated_memory_mb(simulation_settings(config), SIMULATED[wildcards.dataset]["supercell"][0])
 
@@ -145,14 +172,27 @@ def all_outputs():
         expand(f"{RESULTS}/structures/{{dataset}}.xyz", dataset=STRUCTURES)
         + expand(f"{RESULTS}/qstem/{{dataset}}/{{dataset}}.qsc", dataset=STRUCTURES)
         + expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=DATASETS)
-        + expand(f"{RESULTS}/splits/base/{{configuration}}_seed{{seed}}.npz", configuration=config["preprocessing"]["configurations"], seed=config["seeds"])
+        + expand(
+            f"{RESULTS}/splits/base/{{configuration}}_seed{{seed}}.npz",
+            configuration=config["preprocessing"]["configurations"],
+            seed=config["seeds"],
+        )
         + expand(f"{RESULTS}/models/{{model}}/model.pt", model=TRAINING_JOBS)
         + (
-            expand(f"{RESULTS}/models/pca_knn-{{configuration}}-seed{{seed}}/model.npz", configuration=config["preprocessing"]["configurations"], seed=config["seeds"])
+            expand(
+                f"{RESULTS}/models/pca_knn-{{configuration}}-seed{{seed}}/model.npz",
+                configuration=config["preprocessing"]["configurations"],
+                seed=config["seeds"],
+            )
             if config["training"]["pca_knn"]["enabled"]
             else []
         )
-        + [f"{RESULTS}/datasets/summary.tsv", f"{RESULTS}/preprocessed/filter_counts.tsv", f"{RESULTS}/tables/summary.tsv", f"{RESULTS}/tables/leakage.md"]
+        + [
+            f"{RESULTS}/datasets/summary.tsv",
+            f"{RESULTS}/preprocessed/filter_counts.tsv",
+            f"{RESULTS}/tables/summary.tsv",
+            f"{RESULTS}/tables/leakage.md",
+        ]
         + expand(f"{RESULTS}/figures/{{kind}}_{{configuration}}.png", kind=["distributions", "maps"], configuration=TABLE_CONFIGURATIONS)
         + expand(f"{RESULTS}/figures/sweep_{{sweep}}.png", sweep=SWEEPS)
         + expand(f"{RESULTS}/figures/com_and_accuracy_{{sweep}}.png", sweep=THICKNESS_SWEEPS)

@@ -6,8 +6,10 @@ rule pseudopotentials:
         "resources/pseudo/fetch.log",
     conda:
         "../../envs/dft.yaml"
+    resources:
+        slurm_partition=partition(0),
     shell:
-        "polarmap fetch-pseudopotentials {output} > {log} 2>&1"
+        "polarmap fetch-pseudopotentials {output:q} > {log:q} 2>&1"
 
 
 rule relax_vacancy:
@@ -20,26 +22,27 @@ rule relax_vacancy:
         unrelaxed=f"{RESULTS}/dft/unrelaxed.xyz",
         displacements=report(f"{RESULTS}/dft/displacements.tsv", caption="../report/displacements.rst", category="Defect study"),
         record=f"{RESULTS}/dft/record.json",
-    params:
-        job=lambda wildcards: json.dumps(dft_job_settings(config), sort_keys=True),
-        out_dir=lambda wildcards, output: Path(output.relaxed).parent,
-        pseudo=lambda wildcards, input: input.pseudo or "none",
-    threads: DFT["mpi_ranks"]
-    resources:
-        tasks=DFT["mpi_ranks"],
-        cpus_per_task=1,
-        mem_mb=4000,
-        runtime=240,
-    envmodules:
-        *DFT["envmodules"],
     log:
         f"{RESULTS}/logs/relax_vacancy.log",
     benchmark:
         f"{RESULTS}/benchmarks/relax_vacancy.tsv"
     conda:
         "../../envs/dft.yaml"
+    envmodules:
+        *DFT["envmodules"],
+    threads: DFT["mpi_ranks"]
+    resources:
+        slurm_partition=partition(0),
+        tasks=DFT["mpi_ranks"],
+        cpus_per_task=1,
+        mem_mb=4000,
+        runtime=240,
+    params:
+        job=lambda wildcards: json.dumps(dft_job_settings(config), sort_keys=True),
+        out_dir=lambda wildcards, output: Path(output.relaxed).parent,
+        pseudo=lambda wildcards, input: input.pseudo or "none",
     shell:
-        "polarmap relax-vacancy --settings {params.job:q} --pseudo-dir {params.pseudo} --out-dir {params.out_dir} > {log} 2>&1"
+        "polarmap relax-vacancy --settings {params.job:q} --pseudo-dir {params.pseudo:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule hubbard_u:
@@ -49,23 +52,24 @@ rule hubbard_u:
         pseudo=lambda wildcards: [] if DFT["pseudo_dir"] else rules.pseudopotentials.output,
     output:
         f"{RESULTS}/dft/hubbard_u/U.json",
-    params:
-        job=lambda wildcards: json.dumps(dft_job_settings(config), sort_keys=True),
-        out_dir=lambda wildcards, output: Path(output[0]).parent,
-        pseudo=lambda wildcards, input: input.pseudo or "none",
-    threads: DFT["mpi_ranks"]
-    resources:
-        tasks=DFT["mpi_ranks"],
-        cpus_per_task=1,
-        runtime=240,
-    envmodules:
-        *DFT["envmodules"],
     log:
         f"{RESULTS}/logs/hubbard_u.log",
     conda:
         "../../envs/dft.yaml"
+    envmodules:
+        *DFT["envmodules"],
+    threads: DFT["mpi_ranks"]
+    resources:
+        slurm_partition=partition(0),
+        tasks=DFT["mpi_ranks"],
+        cpus_per_task=1,
+        runtime=240,
+    params:
+        job=lambda wildcards: json.dumps(dft_job_settings(config), sort_keys=True),
+        out_dir=lambda wildcards, output: Path(output[0]).parent,
+        pseudo=lambda wildcards, input: input.pseudo or "none",
     shell:
-        "polarmap hubbard-u --settings {params.job:q} --pseudo-dir {params.pseudo} --out-dir {params.out_dir} > {log} 2>&1"
+        "polarmap hubbard-u --settings {params.job:q} --pseudo-dir {params.pseudo:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule defect_structure:
@@ -76,15 +80,15 @@ rule defect_structure:
     output:
         xyz=f"{RESULTS}/structures/defect.xyz",
         cif=f"{RESULTS}/structures/defect.cif",
-    params:
-        job=lambda wildcards: json.dumps(defect_job_settings(config), sort_keys=True),
-        relaxation=lambda wildcards, input: Path(input.relaxed).parent,
     log:
         f"{RESULTS}/logs/structure/defect.log",
     conda:
         "../../envs/simulation.yaml"
+    params:
+        job=lambda wildcards: json.dumps(defect_job_settings(config), sort_keys=True),
+        relaxation=lambda wildcards, input: Path(input.relaxed).parent,
     shell:
-        "polarmap defect-structure --settings {params.job:q} --relaxation {params.relaxation} --out {output.xyz} > {log} 2>&1"
+        "polarmap defect-structure --settings {params.job:q} --relaxation {params.relaxation:q} --out {output.xyz:q} > {log:q} 2>&1"
 
 
 ruleorder: defect_structure > structure

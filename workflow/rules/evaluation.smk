@@ -7,47 +7,54 @@ rule predict:
         grids=f"{RESULTS}/predictions/{{predictor}}.npz",
         metrics=f"{RESULTS}/predictions/{{predictor}}.json",
         record=f"{RESULTS}/predictions/{{predictor}}.record.json",
-    params:
-        model=lambda wildcards, input: input.model or "com",
-    threads: 2
     log:
         f"{RESULTS}/logs/predict/{{predictor}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/predict/{{predictor}}.tsv"
     conda:
         "../../envs/ml.yaml"
+    threads: 2
+    resources:
+        slurm_partition=partition(0),
+    params:
+        model=lambda wildcards, input: input.model or "com",
     shell:
-        "OMP_NUM_THREADS={threads} polarmap predict-many {params.model} {input.datasets} "
-        "--out {output.grids} --metrics {output.metrics} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} polarmap predict-many {params.model:q} {input.datasets:q} "
+        "--out {output.grids:q} --metrics {output.metrics:q} > {log:q} 2>&1"
 
 
 rule audit:
     """Leakage audit: every evaluated set (and the clean source of each experiment-like set)
     against every training set, and each split's synthetic-test part against its training part."""
     input:
-        training_raw=expand(f"{RESULTS}/datasets/{{dataset}}.h5", dataset=AUDIT_TRAINING),
-        training=expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=AUDIT_TRAINING),
+        training_raw=expand(f"{RESULTS}/datasets/{{dataset}}.h5", dataset=FILTERED),
+        training=expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=FILTERED),
         evaluated_raw=expand(f"{RESULTS}/datasets/{{dataset}}.h5", dataset=AUDITED),
         evaluated=expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=AUDITED),
         splits=AUDITED_SPLITS,
     output:
-        markdown=report(f"{RESULTS}/tables/leakage.md", caption="../report/leakage.rst", category="Evaluation", subcategory="Tables",
-                        labels={"table": "Leakage audit"}),
+        markdown=report(
+            f"{RESULTS}/tables/leakage.md",
+            caption="../report/leakage.rst",
+            category="Evaluation",
+            subcategory="Tables",
+            labels={"table": "Leakage audit"},
+        ),
         csv=f"{RESULTS}/tables/leakage.csv",
         record=f"{RESULTS}/tables/leakage.record.json",
-    params:
-        roles=[ROLES[name] for name in AUDITED],
-        sample=config["evaluation"]["audit_sample_patterns"],
     log:
         f"{RESULTS}/logs/audit.log",
     benchmark:
         f"{RESULTS}/benchmarks/audit.tsv"
     conda:
         "../../envs/ml.yaml"
+    params:
+        roles=[ROLES[name] for name in AUDITED],
+        sample=config["evaluation"]["audit_sample_patterns"],
     shell:
-        "polarmap audit --training-raw {input.training_raw} --training {input.training} --evaluated-raw {input.evaluated_raw} "
-        "--evaluated {input.evaluated} --roles {params.roles} --splits {input.splits} --sample {params.sample} "
-        "--out-md {output.markdown} --out-csv {output.csv} > {log} 2>&1"
+        "polarmap audit --training-raw {input.training_raw:q} --training {input.training:q} --evaluated-raw {input.evaluated_raw:q} "
+        "--evaluated {input.evaluated:q} --roles {params.roles:q} --splits {input.splits:q} --sample {params.sample:q} "
+        "--out-md {output.markdown:q} --out-csv {output.csv:q} > {log:q} 2>&1"
 
 
 rule tables:
@@ -61,25 +68,40 @@ rule tables:
         results=report(f"{RESULTS}/tables/results.tsv", caption="../report/results.rst", category="Evaluation", subcategory="Tables"),
         summary=report(f"{RESULTS}/tables/summary.tsv", caption="../report/summary.rst", category="Evaluation", subcategory="Tables"),
         markdown=[
-            report(f"{RESULTS}/tables/table_{c}.md", caption="../report/table.rst", category="Evaluation", subcategory="Tables",
-                   labels={"table": f"Table {TABLE_NUMBERS[c]}", "configuration": c})
+            report(
+                f"{RESULTS}/tables/table_{c}.md",
+                caption="../report/table.rst",
+                category="Evaluation",
+                subcategory="Tables",
+                labels={"table": f"Table {TABLE_NUMBERS[c]}", "configuration": c},
+            )
             for c in TABLE_CONFIGURATIONS
         ],
-        other_formats=expand(f"{RESULTS}/tables/table_{{configuration}}.{{suffix}}", configuration=TABLE_CONFIGURATIONS, suffix=["csv", "tex"]),
-        regimes=[report(f"{RESULTS}/tables/table_regimes.md", caption="../report/regimes.rst", category="Evaluation", subcategory="Tables",
-                        labels={"table": "Training regimes"})] * REGIME_TABLE,
+        other_formats=expand(
+            f"{RESULTS}/tables/table_{{configuration}}.{{suffix}}", configuration=TABLE_CONFIGURATIONS, suffix=["csv", "tex"]
+        ),
+        regimes=[
+            report(
+                f"{RESULTS}/tables/table_regimes.md",
+                caption="../report/regimes.rst",
+                category="Evaluation",
+                subcategory="Tables",
+                labels={"table": "Training regimes"},
+            )
+        ]
+        * REGIME_TABLE,
         regimes_other_formats=expand(f"{RESULTS}/tables/table_regimes.{{suffix}}", suffix=["csv", "tex"] * REGIME_TABLE),
         record=f"{RESULTS}/tables/tables.record.json",
-    params:
-        out_dir=lambda wildcards, output: Path(output.results).parent,
-        mode=config["mode"],
     log:
         f"{RESULTS}/logs/tables.log",
     conda:
         "../../envs/ml.yaml"
+    params:
+        out_dir=lambda wildcards, output: Path(output.results).parent,
+        mode=config["mode"],
     shell:
-        "polarmap tables {input.metrics} --records {input.records} --leakage {input.leakage} --mode {params.mode} "
-        "--out-dir {params.out_dir} > {log} 2>&1"
+        "polarmap tables {input.metrics:q} --records {input.records:q} --leakage {input.leakage:q} --mode {params.mode:q} "
+        "--out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule compare_modes:
@@ -95,7 +117,7 @@ rule compare_modes:
     conda:
         "../../envs/ml.yaml"
     shell:
-        "polarmap compare-modes {input.summary} {input.other} --out {output.table} > {log} 2>&1"
+        "polarmap compare-modes {input.summary:q} {input.other:q} --out {output.table:q} > {log:q} 2>&1"
 
 
 rule figure_distributions:
@@ -103,18 +125,23 @@ rule figure_distributions:
     input:
         f"{RESULTS}/tables/results.tsv",
     output:
-        png=report(f"{RESULTS}/figures/distributions_{{configuration}}.png", caption="../report/distributions.rst",
-                   category="Evaluation", subcategory="Prediction distributions", labels={"configuration": "{configuration}"}),
+        png=report(
+            f"{RESULTS}/figures/distributions_{{configuration}}.png",
+            caption="../report/distributions.rst",
+            category="Evaluation",
+            subcategory="Prediction distributions",
+            labels={"configuration": "{configuration}"},
+        ),
         pdf=f"{RESULTS}/figures/distributions_{{configuration}}.pdf",
         record=f"{RESULTS}/figures/distributions_{{configuration}}.record.json",
-    params:
-        out=lambda wildcards, output: output.png.removesuffix(".png"),
     log:
         f"{RESULTS}/logs/figures/distributions_{{configuration}}.log",
     conda:
         "../../envs/ml.yaml"
+    params:
+        out=lambda wildcards, output: output.png.removesuffix(".png"),
     shell:
-        "polarmap figure distributions {input} --configuration {wildcards.configuration} --out {params.out} > {log} 2>&1"
+        "polarmap figure distributions {input:q} --configuration {wildcards.configuration:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule figure_maps:
@@ -123,19 +150,24 @@ rule figure_maps:
         predictions=lambda wildcards: expand(f"{RESULTS}/predictions/{{predictor}}.npz", predictor=predictors_of(wildcards.configuration)),
         results=f"{RESULTS}/tables/results.tsv",
     output:
-        png=report(f"{RESULTS}/figures/maps_{{configuration}}.png", caption="../report/maps.rst",
-                   category="Evaluation", subcategory="Class maps", labels={"configuration": "{configuration}"}),
+        png=report(
+            f"{RESULTS}/figures/maps_{{configuration}}.png",
+            caption="../report/maps.rst",
+            category="Evaluation",
+            subcategory="Class maps",
+            labels={"configuration": "{configuration}"},
+        ),
         pdf=f"{RESULTS}/figures/maps_{{configuration}}.pdf",
         record=f"{RESULTS}/figures/maps_{{configuration}}.record.json",
-    params:
-        out=lambda wildcards, output: output.png.removesuffix(".png"),
     log:
         f"{RESULTS}/logs/figures/maps_{{configuration}}.log",
     conda:
         "../../envs/ml.yaml"
+    params:
+        out=lambda wildcards, output: output.png.removesuffix(".png"),
     shell:
-        "polarmap figure maps {input.predictions} --results {input.results} --configuration {wildcards.configuration} "
-        "--out {params.out} > {log} 2>&1"
+        "polarmap figure maps {input.predictions:q} --results {input.results:q} --configuration {wildcards.configuration:q} "
+        "--out {params.out:q} > {log:q} 2>&1"
 
 
 rule figure_com_field:
@@ -147,14 +179,14 @@ rule figure_com_field:
         png=report(f"{RESULTS}/figures/com_field.png", caption="../report/com_field.rst", category="Evaluation", subcategory="Physics"),
         pdf=f"{RESULTS}/figures/com_field.pdf",
         record=f"{RESULTS}/figures/com_field.record.json",
-    params:
-        out=lambda wildcards, output: output.png.removesuffix(".png"),
     log:
         f"{RESULTS}/logs/figures/com_field.log",
     conda:
         "../../envs/ml.yaml"
+    params:
+        out=lambda wildcards, output: output.png.removesuffix(".png"),
     shell:
-        "polarmap figure com-field {input.preprocessed} {input.structure} --out {params.out} > {log} 2>&1"
+        "polarmap figure com-field {input.preprocessed:q} {input.structure:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule figure_sweep:
@@ -162,19 +194,24 @@ rule figure_sweep:
     input:
         f"{RESULTS}/tables/results.tsv",
     output:
-        png=report(f"{RESULTS}/figures/sweep_{{sweep}}.png", caption="../report/sweep.rst",
-                   category="Evaluation", subcategory="Domain gap", labels={"sweep": "{sweep}"}),
+        png=report(
+            f"{RESULTS}/figures/sweep_{{sweep}}.png",
+            caption="../report/sweep.rst",
+            category="Evaluation",
+            subcategory="Domain gap",
+            labels={"sweep": "{sweep}"},
+        ),
         pdf=f"{RESULTS}/figures/sweep_{{sweep}}.pdf",
         record=f"{RESULTS}/figures/sweep_{{sweep}}.record.json",
-    params:
-        sweep=lambda wildcards: json.dumps(SWEEPS[wildcards.sweep]),
-        out=lambda wildcards, output: output.png.removesuffix(".png"),
     log:
         f"{RESULTS}/logs/figures/sweep_{{sweep}}.log",
     conda:
         "../../envs/ml.yaml"
+    params:
+        sweep=lambda wildcards: json.dumps(SWEEPS[wildcards.sweep]),
+        out=lambda wildcards, output: output.png.removesuffix(".png"),
     shell:
-        "polarmap figure sweep {input} --sweep {params.sweep:q} --out {params.out} > {log} 2>&1"
+        "polarmap figure sweep {input:q} --sweep {params.sweep:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule figure_thickness:
@@ -185,19 +222,24 @@ rule figure_thickness:
         preprocessed=lambda wildcards: [f"{RESULTS}/preprocessed/{p['dataset']}.h5" for p in SWEEPS[wildcards.sweep]["points"]],
         structures=lambda wildcards: [f"{RESULTS}/structures/{p['dataset']}.xyz" for p in SWEEPS[wildcards.sweep]["points"]],
     output:
-        png=report(f"{RESULTS}/figures/com_and_accuracy_{{sweep}}.png", caption="../report/thickness.rst",
-                   category="Evaluation", subcategory="Domain gap", labels={"sweep": "{sweep}"}),
+        png=report(
+            f"{RESULTS}/figures/com_and_accuracy_{{sweep}}.png",
+            caption="../report/thickness.rst",
+            category="Evaluation",
+            subcategory="Domain gap",
+            labels={"sweep": "{sweep}"},
+        ),
         pdf=f"{RESULTS}/figures/com_and_accuracy_{{sweep}}.pdf",
         record=f"{RESULTS}/figures/com_and_accuracy_{{sweep}}.record.json",
-    params:
-        out=lambda wildcards, output: output.png.removesuffix(".png"),
     log:
         f"{RESULTS}/logs/figures/com_and_accuracy_{{sweep}}.log",
     conda:
         "../../envs/ml.yaml"
+    params:
+        out=lambda wildcards, output: output.png.removesuffix(".png"),
     shell:
-        "polarmap figure thickness {input.results} --preprocessed {input.preprocessed} --structures {input.structures} "
-        "--out {params.out} > {log} 2>&1"
+        "polarmap figure thickness {input.results:q} --preprocessed {input.preprocessed:q} --structures {input.structures:q} "
+        "--out {params.out:q} > {log:q} 2>&1"
 
 
 rule defect_study:
@@ -210,11 +252,11 @@ rule defect_study:
         png=report(f"{RESULTS}/figures/defect_maps.png", caption="../report/defects.rst", category="Defect study"),
         pdf=f"{RESULTS}/figures/defect_maps.pdf",
         record=f"{RESULTS}/tables/defect_localisation.record.json",
-    params:
-        out=lambda wildcards, output: output.png.removesuffix(".png"),
     log:
         f"{RESULTS}/logs/defect_study.log",
     conda:
         "../../envs/ml.yaml"
+    params:
+        out=lambda wildcards, output: output.png.removesuffix(".png"),
     shell:
-        "polarmap defect-study {input.predictions} --dataset {input.dataset} --out-table {output.table} --out-figure {params.out} > {log} 2>&1"
+        "polarmap defect-study {input.predictions:q} --dataset {input.dataset:q} --out-table {output.table:q} --out-figure {params.out:q} > {log:q} 2>&1"

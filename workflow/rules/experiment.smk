@@ -5,16 +5,19 @@ rule experiment_like:
         lambda wildcards: f"{RESULTS}/datasets/{EXPERIMENT_LIKE[wildcards.dataset]['clean']}.h5",
     output:
         f"{RESULTS}/datasets/{{dataset}}.h5",
-    wildcard_constraints:
-        dataset=one_of(EXPERIMENT_LIKE),
-    params:
-        job=experiment_settings,
     log:
         f"{RESULTS}/logs/experiment_like/{{dataset}}.log",
+    wildcard_constraints:
+        dataset=one_of(EXPERIMENT_LIKE),
     conda:
         "../../envs/preprocessing.yaml"
+    resources:
+        slurm_partition=partition(0),
+        mem_mb=experiment_mem_mb,
+    params:
+        job=experiment_settings,
     shell:
-        "polarmap experiment-like --settings {params.job:q} --source {input} --out {output} > {log} 2>&1"
+        "polarmap experiment-like --settings {params.job:q} --source {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule import_experimental:
@@ -23,13 +26,15 @@ rule import_experimental:
         lambda wildcards: EXPERIMENTAL[wildcards.dataset]["path"],
     output:
         f"{RESULTS}/datasets/{{dataset}}.h5",
-    wildcard_constraints:
-        dataset=one_of(EXPERIMENTAL),
-    params:
-        job=experimental_settings,
     log:
         f"{RESULTS}/logs/import_experimental/{{dataset}}.log",
+    wildcard_constraints:
+        dataset=one_of(EXPERIMENTAL),
     conda:
         "../../envs/preprocessing.yaml"
+    resources:
+        slurm_partition=partition(0),
+    params:
+        job=experimental_settings,
     shell:
-        "polarmap import --settings {params.job:q} --out {output} > {log} 2>&1"
+        "polarmap import --settings {params.job:q} --out {output:q} > {log:q} 2>&1"

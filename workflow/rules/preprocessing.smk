@@ -5,16 +5,18 @@ rule preprocess:
     output:
         data=f"{RESULTS}/preprocessed/{{dataset}}.h5",
         summary=f"{RESULTS}/preprocessed/{{dataset}}.json",
-    params:
-        job=preprocess_settings,
     log:
         f"{RESULTS}/logs/preprocess/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/preprocess/{{dataset}}.tsv"
     conda:
         "../../envs/preprocessing.yaml"
+    resources:
+        slurm_partition=partition(0),
+    params:
+        job=preprocess_settings,
     shell:
-        "polarmap preprocess --settings {params.job:q} --source {input} --out {output.data} --summary {output.summary} > {log} 2>&1"
+        "polarmap preprocess --settings {params.job:q} --source {input:q} --out {output.data:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
 rule filter_counts:
@@ -32,7 +34,7 @@ rule filter_counts:
     conda:
         "../../envs/preprocessing.yaml"
     shell:
-        "polarmap filter-counts {input} --out {output} > {log} 2>&1"
+        "polarmap filter-counts {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule split:
@@ -42,11 +44,11 @@ rule split:
         lambda wildcards: expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=TRAINING_SETS[wildcards.training_data]),
     output:
         f"{RESULTS}/splits/{{training_data}}/{{configuration}}_seed{{seed}}.npz",
-    params:
-        job=lambda wildcards: json.dumps(split_job_settings(config, wildcards.configuration, int(wildcards.seed), wildcards.training_data)),
     log:
         f"{RESULTS}/logs/split/{{training_data}}/{{configuration}}_seed{{seed}}.log",
     conda:
         "../../envs/preprocessing.yaml"
+    params:
+        job=lambda wildcards: json.dumps(split_job_settings(config, wildcards.configuration, int(wildcards.seed), wildcards.training_data)),
     shell:
-        "polarmap split {input} --settings {params.job:q} --out {output} > {log} 2>&1"
+        "polarmap split {input:q} --settings {params.job:q} --out {output:q} > {log:q} 2>&1"

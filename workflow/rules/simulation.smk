@@ -4,24 +4,25 @@ rule simulate:
         structure=rules.structure.output.xyz,
     output:
         f"{RESULTS}/datasets/{{dataset}}.h5",
-    wildcard_constraints:
-        dataset=one_of(SIMULATED),
-    params:
-        job=job_settings,
-    threads: 1
-    resources:
-        mem_mb=simulation_mem_mb,
-        runtime=120,
-        gpu=lambda wildcards: 1 if config["simulation"]["device"] == "gpu" else 0,
     log:
         f"{RESULTS}/logs/simulate/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/simulate/{{dataset}}.tsv"
+    wildcard_constraints:
+        dataset=one_of(SIMULATED),
     conda:
         "../../envs/simulation.yaml"
+    threads: 1
+    resources:
+        mem_mb=simulation_mem_mb,
+        runtime=120,
+        gpu=SIMULATION_GPUS,
+        slurm_partition=partition(SIMULATION_GPUS),
+    params:
+        job=job_settings,
     shell:
         "OMP_NUM_THREADS={threads} NUMBA_NUM_THREADS={threads} "
-        "polarmap simulate --settings {params.job:q} --structure {input.structure} --out {output} > {log} 2>&1"
+        "polarmap simulate --settings {params.job:q} --structure {input.structure:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule dataset_summary:
@@ -39,4 +40,4 @@ rule dataset_summary:
     conda:
         "../../envs/simulation.yaml"
     shell:
-        "polarmap summary {input} --out {output} > {log} 2>&1"
+        "polarmap summary {input:q} --out {output:q} > {log:q} 2>&1"

@@ -3,14 +3,14 @@ rule structure:
     output:
         xyz=f"{RESULTS}/structures/{{dataset}}.xyz",
         cif=f"{RESULTS}/structures/{{dataset}}.cif",
-    params:
-        job=job_settings,
     log:
         f"{RESULTS}/logs/structure/{{dataset}}.log",
     conda:
         "../../envs/simulation.yaml"
+    params:
+        job=job_settings,
     shell:
-        "polarmap structure --settings {params.job:q} --out {output.xyz} > {log} 2>&1"
+        "polarmap structure --settings {params.job:q} --out {output.xyz:q} > {log:q} 2>&1"
 
 
 rule qstem_inputs:
@@ -20,12 +20,12 @@ rule qstem_inputs:
     output:
         qsc=f"{RESULTS}/qstem/{{dataset}}/{{dataset}}.qsc",
         cfg=f"{RESULTS}/qstem/{{dataset}}/{{dataset}}.cfg",
-    params:
-        job=job_settings,
-        out_dir=lambda wildcards, output: Path(output.qsc).parent,
     log:
         f"{RESULTS}/logs/qstem_inputs/{{dataset}}.log",
     conda:
         "../../envs/simulation.yaml"
+    params:
+        job=job_settings,
+        out_dir=lambda wildcards, output: Path(output.qsc).parent,
     shell:
-        "polarmap qstem --settings {params.job:q} --structure {input.structure} --out-dir {params.out_dir} > {log} 2>&1"
+        "polarmap qstem --settings {params.job:q} --structure {input.structure:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
