@@ -352,6 +352,17 @@ def cmd_filter_counts(args) -> None:
     write_filter_counts([json.loads(Path(p).read_text()) for p in args.summaries], args.out)
 
 
+def cmd_virtual_images(args) -> None:
+    from polarmap import figures
+    from polarmap.atomic import save_npz_atomically
+    from polarmap.imaging import VirtualDetectors, virtual_images
+
+    images = virtual_images(args.dataset, VirtualDetectors(adf_mrad=tuple(args.adf_mrad)))
+    save_npz_atomically(args.out, images)
+    if args.figure:
+        figures.virtual_images(images, f"{Path(args.dataset).stem}: virtual images", args.figure)
+
+
 def cmd_check_config(args) -> None:
     base = args.base if args.base and Path(args.base).resolve() != Path(args.config).resolve() else None
     config = study_config.load_config(args.config, base)
@@ -552,6 +563,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("summaries", nargs="+", help="preprocess --summary JSON files")
     p.add_argument("--out", required=True, help="output .tsv path")
     p.set_defaults(func=cmd_filter_counts)
+
+    p = sub.add_parser("virtual-images", help="ADF, BF, ABF, CoM field, iDPC and dDPC of a data set (simulated or imported).")
+    p.add_argument("dataset", help="data set .h5 (raw patterns, calibrated: detector_mrad_per_px)")
+    p.add_argument("--out", required=True, help="output .npz: adf, bf, abf, com_mrad, idpc, ddpc and the settings (meta)")
+    p.add_argument("--adf-mrad", type=float, nargs=2, default=[60.0, 150.0], metavar=("INNER", "OUTER"), help="ADF detector range")
+    p.add_argument("--figure", help="also draw them: this path without suffix gets .png and .pdf")
+    p.set_defaults(func=cmd_virtual_images)
 
     p = sub.add_parser("check-config", help="Validate a study config (merged over config.yaml, as Snakemake merges a preset).")
     p.add_argument("config")

@@ -143,6 +143,26 @@ def com_field(beam_shift: np.ndarray, scan_step: float, cell: float, atoms, titl
     return save(fig, out)
 
 
+def virtual_images(images: dict, title: str, out):
+    """ADF, BF, ABF, iDPC and dDPC of one scan, and its CoM field as arrows over the ADF image,
+    drawn as the scan was recorded (row 0 at the bottom, +row up)."""
+    fig, axes = _panel_grid(6, 3, 3.4, 3.4)
+    axes = list(axes)
+    panels = [("adf", "ADF"), ("bf", "BF"), ("abf", "ABF"), ("idpc", "iDPC"), ("ddpc", "dDPC")]
+    for ax, (key, label) in zip(axes, panels):
+        ax.imshow(images[key], origin="lower", cmap="gray")
+        ax.set_title(label)
+    ax = axes[5]
+    ax.imshow(images["adf"], origin="lower", cmap="gray")
+    field = images["com_mrad"]
+    ax.quiver(field[..., 1], field[..., 0], color="#E69F00", angles="xy")
+    ax.set_title("CoM field on ADF")
+    for ax in axes:
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(title)
+    return save(fig, out)
+
+
 def defect_maps(maps: dict, masks: dict, scores: dict, title: str, out):
     """Class maps with the defect region outlined, one row per model and one column per
     configuration: `maps[model][configuration]`, `masks[configuration]`, `scores` the ROC AUC."""
