@@ -62,8 +62,7 @@ def create_dataset_file(path, scan_shape, detector_shape, attrs, compression=Non
         class_index(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
-    with writing(tmp, path):
-        f = h5py.File(tmp, "w")
+    with writing(tmp, path) as f:
         f.attrs["format"] = FORMAT_NAME
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["convention"] = CONVENTION
@@ -77,8 +76,7 @@ def create_dataset_file(path, scan_shape, detector_shape, attrs, compression=Non
         )
         f.create_dataset("labels", shape=scan_shape, dtype="int8", fillvalue=UNKNOWN_LABEL)
         yield f
-        f.close()
-        tmp.replace(path)
+    tmp.replace(path)
 
 
 class WriteFailed(OSError):
@@ -87,18 +85,24 @@ class WriteFailed(OSError):
 
 
 @contextmanager
-def writing(tmp: Path, path: Path, keep_tmp: bool = False):
-    """Around writing `tmp` on the way to `path`: any failure removes `tmp` (unless it is resumable
-    work, `keep_tmp`), and a failed write becomes one `WriteFailed` line naming the file."""
+def writing(tmp: Path, path: Path, mode: str = "w", keep_tmp: bool = False):
+    """`tmp` open as HDF5 on the way to `path`, closed at the end. Any failure removes `tmp`
+    (unless it is resumable work, `keep_tmp`); a failed write becomes one `WriteFailed` line
+    naming the file, and the file is then left unclosed (closing it would fail again)."""
+    f = None
     try:
-        yield
+        f = h5py.File(tmp, mode)
+        yield f
+        f.close()
     except BaseException as err:
+        failed_write = isinstance(err, (OSError, RuntimeError)) and not isinstance(err, FileNotFoundError) and _is_write_failure(err)
+        if f is not None and not failed_write:
+            f.close()
         if not keep_tmp:
             tmp.unlink(missing_ok=True)
-        if isinstance(err, (OSError, RuntimeError)) and not isinstance(err, FileNotFoundError) and _is_write_failure(err):
-            first_line = str(err).splitlines()[0]
-            raise WriteFailed(f"{path}: writing failed ({first_line}); free disk space (or raise the file-size limit) and rerun"
-                              + ("; finished rows are kept and resumed" if keep_tmp else "")) from None
+        if failed_write:
+            raise WriteFailed(f"{path}: writing failed ({str(err).splitlines()[0]}); free disk space (or raise the file-size "
+                              "limit) and rerun" + ("; finished rows are kept and resumed" if keep_tmp else "")) from None
         raise
 
 

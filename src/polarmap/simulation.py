@@ -267,8 +267,7 @@ def simulate(
                 f.attrs["vacancy_position_angstrom"] = json.dumps(vacancy)
                 f.attrs["defect_radius_angstrom"] = float(atoms.info["defect_radius_angstrom"])
                 f.create_dataset("defect_mask", data=defect_mask(scan_shape, step[0], vacancy[:2], geo.extent, float(atoms.info["defect_radius_angstrom"])))
-    with io.writing(partial, out_path, keep_tmp=True):
-        f = h5py.File(partial, "r+")
+    with io.writing(partial, out_path, "r+", keep_tmp=True) as f:
         blocks = range(rows_done, settings.scan_px, settings.rows_per_block)
         for row_start in tqdm(blocks, desc=f"simulate {name}", unit="block", disable=not progress):
             row_stop = min(row_start + settings.rows_per_block, settings.scan_px)
@@ -278,7 +277,6 @@ def simulate(
             f.attrs["rows_completed"] = row_stop
             f.flush()
         del f.attrs["rows_completed"]
-        f.close()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial.replace(out_path)
 

@@ -300,11 +300,15 @@ def load_model(path) -> tuple[PolarizationModel, dict]:
         raise FileNotFoundError(f"{path}: no such model; train it first") from None
     except Exception as err:  # torch raises many types for damaged files
         raise ValueError(f"{path}: not a readable polarmap model ({str(err).splitlines()[0]}); retrain it") from None
+    expected = {"settings", "input_px", "state_dict"}
+    if not isinstance(saved, dict) or not expected <= saved.keys():
+        held = f"keys {sorted(saved)}" if isinstance(saved, dict) else f"a {type(saved).__name__}"
+        raise ValueError(f"{path}: not a polarmap model (it holds {held}); use a model.pt written by `polarmap train`")
     try:
         settings = json.loads(saved["settings"])
         model = PolarizationModel(settings["encoder"], settings["objective"], int(saved["input_px"]), "scratch", settings["mode"])
         model.load_state_dict(saved["state_dict"])
-    except (TypeError, KeyError, IndexError, ValueError, RuntimeError) as err:  # a bare tensor, missing or foreign weights
+    except (TypeError, KeyError, ValueError, RuntimeError) as err:  # missing or foreign weights, unknown settings
         reason = f"no {err}" if isinstance(err, KeyError) else " ".join(str(err).split())[:200]
         raise ValueError(f"{path}: not a polarmap model ({reason}); use a model.pt written by `polarmap train`") from None
     return model.eval(), settings
