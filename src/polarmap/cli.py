@@ -364,7 +364,8 @@ def cmd_virtual_images(args) -> None:
 
 
 def cmd_check_config(args) -> None:
-    base = args.base if args.base and Path(args.base).resolve() != Path(args.config).resolve() else None
+    base = args.base if args.base is not None else ("config.yaml" if Path("config.yaml").exists() else "")
+    base = base if base and Path(base).resolve() != Path(args.config).resolve() else None
     config = study_config.load_config(args.config, base)
     merged = f" (merged over {base})" if base else ""
     print(f"{args.config}: valid{merged}; study '{config['study']}', data sets: {', '.join(study_config.simulated_datasets(config))}")
@@ -573,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="Validate a study config (merged over config.yaml, as Snakemake merges a preset).")
     p.add_argument("config")
-    p.add_argument("--base", default="config.yaml", help="config the file is merged over, as the Snakefile's configfile ('' for none)")
+    p.add_argument("--base", help="config the file is merged over, as the Snakefile's configfile (default: ./config.yaml where there is one; '' for none)")
     p.set_defaults(func=cmd_check_config)
     return parser
 
