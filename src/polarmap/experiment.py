@@ -47,6 +47,11 @@ def _interpolate_scan(patterns: np.ndarray, rows: np.ndarray, cols: np.ndarray, 
             + fr * (1 - fc) * patterns[r1, c0] + fr * fc * patterns[r1, c1])
 
 
+def _halo_rows(sigma: float) -> int:
+    """Scan rows a source-size blur of `sigma` rows reaches: scipy's Gaussian kernel radius (truncate=4)."""
+    return int(4.0 * sigma + 0.5) if sigma > 0 else 0
+
+
 def scan_effects(read_row, scan_shape, start: int, stop: int, scan_step_angstrom: float, settings: ExperimentSettings) -> np.ndarray:
     """Source size and scan jitter for scan rows [start, stop), float32. They mix neighbouring
     scan positions, so the rows around the block are read too (`read_row(i)`, wrapping at the
@@ -60,7 +65,7 @@ def scan_effects(read_row, scan_shape, start: int, stop: int, scan_step_angstrom
         rows, cols = rows + error[0, start:stop], cols + error[1, start:stop]
     first, last = int(np.floor(rows.min())), int(np.floor(rows.max())) + 1
     sigma = settings.source_size_angstrom / scan_step_angstrom
-    halo = int(4.0 * sigma + 0.5) if sigma > 0 else 0  # scipy's Gaussian kernel radius (truncate=4)
+    halo = _halo_rows(sigma)
     data = np.stack([np.asarray(read_row(i % n_rows), dtype=np.float32) for i in range(first - halo, last + halo + 1)])
     if sigma > 0:
         data = ndimage.gaussian_filter(data, sigma=(sigma, sigma, 0, 0), mode="wrap")[halo:len(data) - halo]
@@ -128,6 +133,5 @@ def estimated_memory_mb(settings: ExperimentSettings, scan_shape, detector_px: i
     """Peak memory of one streamed experiment-like job, for schedulers: a block of scan rows with
     the rows its source size reaches on either side, in float32, held about six times over (read,
     blurred, the float64 interpolation), over a fixed interpreter baseline."""
-    sigma = settings.source_size_angstrom / scan_step_angstrom
-    rows = min(scan_shape[0], rows_per_block + 2 * (int(4.0 * sigma + 0.5) + 1))
+    rows = min(scan_shape[0], rows_per_block + 2 * (_halo_rows(settings.source_size_angstrom / scan_step_angstrom) + 1))
     return int(600 + 6 * rows * scan_shape[1] * detector_px**2 * 4 / 1e6)
