@@ -112,3 +112,17 @@ def test_virtual_images_of_a_data_set_file_by_the_command(tmp_path, simulated_sc
     io.write_dataset(tmp_path / "raw.h5", patterns[:2, :2], np.zeros((2, 2), np.int8), attrs(name="raw", supercell="experimental", detector_mrad_per_px=float("nan")))
     assert main(["virtual-images", str(tmp_path / "raw.h5"), "--out", str(tmp_path / "r.npz")]) == 2
     assert not (tmp_path / "r.npz").exists()
+
+
+def test_column_fitting_on_the_virtual_adf_finds_the_class_of_every_cell(simulated_scan):
+    from polarmap.classes import CLASS_NAMES
+    from polarmap.columns import fit_cells
+
+    atoms, patterns, step, mrad = simulated_scan
+    centre = np.array(patterns.shape[-2:]) // 2
+    adf = virtual_image(patterns, annular_mask(patterns.shape[-2:], centre, mrad, 60, 150))
+    fit = fit_cells(adf, atoms.info["a_pc_angstrom"] / step, step, periodic=True)
+    assert [CLASS_NAMES[k] for k in fit.classes] == ["RU"] * 4
+    # the Nb-O column's centre moves by less than the Nb (0.15 A): its oxygen stays. Measured: 0.106 A
+    angles = np.degrees(np.arctan2(fit.displacement_angstrom[:, 0], fit.displacement_angstrom[:, 1]))
+    assert angles == pytest.approx(45, abs=3) and fit.magnitude_angstrom == pytest.approx(0.106, abs=0.01)
