@@ -36,6 +36,7 @@ include: "workflow/rules/preprocessing.smk"
 include: "workflow/rules/dft.smk"
 include: "workflow/rules/training.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/imaging.smk"
 
 
 # Cheap jobs (seconds, little memory) run where snakemake runs instead of waiting in a cluster
@@ -56,6 +57,7 @@ localrules:
     figure_com_field,
     figure_sweep,
     figure_thickness,
+    figure_cells,
     defect_study,
 
 

@@ -9,10 +9,11 @@ from polarmap.classes import CLASS_NAMES, class_direction
 from polarmap.columns import fit_cells
 
 
-def lattice_image(cells=4, cell_px=12.0, step=0.33, displacement=0.15, noise=0.01, seed=0, periodic=True, margin_px=0):
+def lattice_image(cells=4, cell_px=12.0, step=0.33, displacement=0.15, noise=0.01, seed=0, periodic=True, margin_px=0, polarization=None):
     """An ADF-like image: Gaussian A-site columns of random height (K or Na) at the cell corners,
     bright Nb columns displaced from the cell centres by `displacement` angstrom along the class
-    of each cell (all 8 classes, twice over), faint oxygen columns, Gaussian noise relative to the
+    of each cell (all 8 classes in turn, or every cell `polarization`), faint oxygen columns,
+    Gaussian noise relative to the
     Nb height; not periodic: the lattice `margin_px` inside the image. Returns the image and the
     true (class, (row, col) displacement) of each cell."""
     rng = np.random.default_rng(seed)
@@ -34,7 +35,7 @@ def lattice_image(cells=4, cell_px=12.0, step=0.33, displacement=0.15, noise=0.0
             column((i + 0.5) * cell_px, j * cell_px, 0.1)
             column(i * cell_px, (j + 0.5) * cell_px, 0.1)
             if i < cells and j < cells:
-                k = (i * cells + j) % len(CLASS_NAMES)
+                k = (i * cells + j) % len(CLASS_NAMES) if polarization is None else polarization
                 col_row = class_direction(CLASS_NAMES[k]) * displacement
                 truth[i, j] = k, np.array([col_row[1], col_row[0]])
                 column((i + 0.5) * cell_px + col_row[1] / step, (j + 0.5) * cell_px + col_row[0] / step, 1.0)

@@ -133,3 +133,9 @@ def test_a_thickness_sweep_of_a_test_set_resimulates_it_clean():
     config["datasets"]["sweeps"] = {"dose": {"base": "3S", "knob": "dose_e_per_pattern", "values": [100]}}
     with pytest.raises(ValueError, match="only thickness_cells can be swept on it"):
         simulated_datasets(config)
+
+
+def test_a_unit_cell_model_needs_a_held_out_crystal():
+    with pytest.raises(ValueError, match="training.unit_cell needs held-out crystals to validate on: set datasets.training.crystals"):
+        validate_config({"training": {"unit_cell": {"enabled": True}}})
+    assert validate_config({"training": {"unit_cell": {"enabled": True}}, "datasets": {"training": {"crystals": 2}}})["training"]["unit_cell"]["epochs"] == 15

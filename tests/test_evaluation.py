@@ -251,3 +251,52 @@ def test_a_sets_faithful_test_time_augmentation_does_not_depend_on_the_other_set
     with np.load(tmp_path / "both.npz") as both, np.load(tmp_path / "alone.npz") as alone:
         assert np.array_equal(both["B.angle"], alone["B.angle"])
         assert not np.array_equal(both["A.angle"], both["B.angle"])  # same patterns, other streams
+
+
+def test_per_cell_accuracy_is_the_majority_of_each_cells_patterns():
+    from polarmap.evaluation import POSITION_BINS, grid_metrics
+
+    # 2x2 cells of 8x8 probe positions (step 0.5 A, cell 4 A), origin on a cell corner
+    attrs = {"name": "3S", "classes": ["RM"], "supercell": "2x2x50", "thickness_nm": 20.0, "scan_step_angstrom": 0.5,
+             "scan_origin_angstrom": "[0.0, 0.0]"}
+    grid = np.zeros((16, 16), np.int8)  # RM everywhere ...
+    grid[:8, :8] = 1  # ... but cell 0 all RU
+    grid[8:, 8:][:3] = 2  # and cell 3 has 24 of 64 MU: still RM by majority
+    grid[8:, :8][:, :4] = -1  # cell 2: half no answer, the rest RM
+    result = grid_metrics(attrs, grid, None, "hand")
+    assert result["accuracy"] == pytest.approx((256 - 64 - 24 - 32) / 256)
+    assert result["cell_accuracy"] == 0.75 and result["n_cells"] == 4
+    heat = np.array(result["position_accuracy"], dtype=float)
+    assert heat.shape == (POSITION_BINS, POSITION_BINS)
+    # the left half of every cell: cell 0 wrong, cell 2 unanswered, cells 1 and 3 right
+    assert heat[7, 0] == 0.5 and heat[0, 7] == pytest.approx(0.5)  # top-right bin: cell 3's MU rows are its bottom rows
+    assert result["counts"]["RM"] == 256 - 64 - 24 - 32 and result["majority_class"] == "RM"
+
+
+def test_column_fit_is_a_column_of_every_table_and_every_predictor_has_a_per_cell_accuracy(study, tmp_path):
+    files, records = study
+    for path in files:  # the learned models' and baselines' per-cell answers
+        content = json.loads(path.read_text())
+        path.write_text(json.dumps([{**m, "cell_accuracy": 1.0 if m["accuracy"] > 0.5 else 0.0} for m in content]))
+    fitted = {**metrics("3S", 0.75, {"RM": 6, "RD": 2}, ["RM"], 12.0), "cell_accuracy": 0.75, "cell_predictor": "answered"}
+    coarse = {**metrics("4E", float("nan"), {}, ["RM", "RD"]), "cell_predictor": "not applicable: 2.0 scan px per unit cell, 4 needed"}
+    (tmp_path / "column_fit_adf.json").write_text(json.dumps([coarse, fitted]))
+    write_tables([*files, tmp_path / "column_fit_adf.json"], records, tmp_path / "tables", "corrected")
+    table = (tmp_path / "tables/table_none.md").read_text().splitlines()
+    assert table[0] == "| Dataset | Conv (Reg) | Conv (Cls) | PCA | CoM | Columns (ADF) |"
+    assert next(line for line in table if line.startswith("| 3S")).endswith("| 75.0 ± 0.0 |")
+    four_e = table.index(next(line for line in table if line.startswith("| 4E")))
+    assert table[four_e].endswith("| n/a |") and table[four_e + 1].endswith("| n/a |")
+    cells = (tmp_path / "tables/table_cells.md").read_text().splitlines()
+    assert cells[0] == "| Dataset (pattern / cell %) | Conv (Reg) [none] | Conv (Cls) [none] | PCA [none] | CoM | Columns (ADF) |"
+    three_s = next(line for line in cells if line.startswith("| 3S"))
+    # Conv (Cls): 90 and 70 % per pattern, both seeds' cells right: best per cell, with the Reg and the CoM
+    assert "| **80.0 / 100.0** |" in three_s and "| **100.0 / 100.0** |" in three_s and "| 30.0 / 0.0 |" in three_s
+    assert three_s.endswith("| 75.0 / 75.0 |")
+    assert next(line for line in cells if line.startswith("| 4E")).endswith("| n/a |")
+    from polarmap import figures
+
+    results = read_table(tmp_path / "tables/results.tsv")
+    fig = figures.sweep_from_results(results, [{"dataset": "3S", "value": 50}, {"dataset": "4E", "value": 100}], "thickness_cells", tmp_path / "sweep")
+    assert [ax.get_ylabel() for ax in fig.axes] == ["accuracy per pattern", "accuracy per unit cell"]
+    assert "Columns (ADF)" in {t.get_text() for t in fig.axes[1].get_legend().get_texts()}

@@ -126,3 +126,39 @@ def test_column_fitting_on_the_virtual_adf_finds_the_class_of_every_cell(simulat
     # the Nb-O column's centre moves by less than the Nb (0.15 A): its oxygen stays. Measured: 0.106 A
     angles = np.degrees(np.arctan2(fit.displacement_angstrom[:, 0], fit.displacement_angstrom[:, 1]))
     assert angles == pytest.approx(45, abs=3) and fit.magnitude_angstrom == pytest.approx(0.106, abs=0.01)
+
+
+def test_column_fitting_is_a_predictor_on_stored_virtual_images(tmp_path, simulated_scan):
+    """`polarmap column-fit` on the virtual images of a simulated set: every cell and pattern
+    right; a scan too coarse for its columns is not applicable, not wrong."""
+    import json
+
+    from polarmap import io
+    from polarmap.cli import main
+    from test_io import attrs
+
+    atoms, patterns, step, mrad = simulated_scan
+    geometry = dict(classes=["RU"], detector_mrad_per_px=mrad, scan_step_angstrom=step, supercell="2x2x25", scan_origin_angstrom="[0.0, 0.0]")
+    io.write_dataset(tmp_path / "ru.h5", patterns, np.full(patterns.shape[:2], 1, np.int8), attrs(name="ru", **geometry))
+    coarse = patterns[::4, ::4]  # 4x4 probe positions over 2x2 cells: 2 px per cell
+    io.write_dataset(tmp_path / "coarse.h5", coarse, np.full(coarse.shape[:2], 1, np.int8),
+                     attrs(name="coarse", **{**geometry, "scan_step_angstrom": 4 * step}))
+    for name in ("ru", "coarse"):
+        assert main(["virtual-images", str(tmp_path / f"{name}.h5"), "--out", str(tmp_path / f"{name}.npz")]) == 0
+    assert main(["predict-cells", "column_fit_adf", str(tmp_path / "ru.npz"), str(tmp_path / "coarse.npz"),
+                 "--out", str(tmp_path / "column_fit_adf.npz"), "--metrics", str(tmp_path / "column_fit_adf.json")]) == 0
+    fitted, not_applicable = json.loads((tmp_path / "column_fit_adf.json").read_text())
+    assert fitted["accuracy"] == 1.0 and fitted["cell_accuracy"] == 1.0 and fitted["cells_answered"] == 4
+    assert fitted["angular_error_deg"] < 3 and fitted["majority_class"] == "RU"
+    assert np.isnan(not_applicable["accuracy"]) and not_applicable["cell_predictor"].startswith("not applicable: 2.0 scan px")
+    with np.load(tmp_path / "column_fit_adf.npz") as grids:
+        assert (grids["ru"] == 1).all() and (grids["coarse"] == -1).all()
+    assert (tmp_path / "column_fit_adf.record.json").exists()
+    # the per-cell figure: one arrow per cell, along RU (45 degrees), on the virtual ADF image
+    from polarmap import figures
+
+    fig = figures.cells_from_files(tmp_path / "ru.npz", [tmp_path / "column_fit_adf.npz"], [tmp_path / "column_fit_adf.json"], "ru", tmp_path / "cells")
+    quiver = next(c for c in fig.axes[0].collections if c.__class__.__name__ == "Quiver")
+    assert quiver.N == 4 and np.degrees(np.arctan2(quiver.V, quiver.U)) == pytest.approx(45, abs=3)
+    assert np.nanmin(fig.axes[1].images[0].get_array()) == 1.0  # every probe position right
+    assert (tmp_path / "cells.png").exists()

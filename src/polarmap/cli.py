@@ -187,6 +187,35 @@ def cmd_predict_many(args) -> None:
     _record(args.out, inputs, {"model": args.model, "compile": args.compile}, started, device=device)
 
 
+def cmd_predict_cells(args) -> None:
+    from polarmap.evaluation import predict_cells_many
+
+    started = time.perf_counter()
+    predict_cells_many(args.predictor, args.virtual, args.out, args.metrics)
+    model = [] if args.predictor.startswith("column_fit_") else [args.predictor]
+    _record(args.out, model + args.virtual, {"predictor": args.predictor}, started, device="cpu")
+
+
+def cmd_train_unit_cell(args) -> None:
+    from dataclasses import asdict
+
+    from polarmap.atomic import write_text_atomically
+    from polarmap.training import LEARNED_MIN_VALIDATION_ACCURACY
+    from polarmap.unitcell import UnitCellSettings, cell_source, train_unit_cell_model
+
+    started = time.perf_counter()
+    settings = study_config.settings_from_json(UnitCellSettings, json.loads(args.settings))
+    training, validation = [cell_source(p) for p in args.train], [cell_source(p) for p in args.validate]
+    for source in training + validation:
+        if source["label"] < 0:
+            raise ValueError(f"{source['name']}: a unit-cell model trains on sets of one class")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    record = train_unit_cell_model(training, validation, Path(args.out), settings, LEARNED_MIN_VALIDATION_ACCURACY)
+    record["training_sets"], record["validation_sets"] = [s["name"] for s in training], [s["name"] for s in validation]
+    write_text_atomically(args.record, json.dumps(record, indent=2) + "\n")
+    _record(Path(args.out).with_name("training"), args.train + args.validate, asdict(settings), started, device="cpu")
+
+
 def _record(out, inputs, settings, started, **extra) -> None:
     """The provenance record next to a result: <out without suffix>.record.json."""
     out = Path(out)
@@ -243,10 +272,15 @@ def cmd_figure(args) -> None:
         figures.com_field_from_files(args.inputs[0], args.inputs[1], args.out)
     elif args.kind == "thickness":
         figures.thickness_from_files(read_table(args.inputs[0]), args.preprocessed, args.structures, args.out)
+    elif args.kind == "cells":
+        unlearned = set(read_table(args.results).query("not learned")["predictor"]) if args.results else set()
+        figures.cells_from_files(args.virtual, args.inputs, args.metrics, args.dataset, args.out, unlearned)
+        settings["dataset"] = args.dataset
     else:
         sweep = json.loads(args.sweep)
         figures.sweep_from_results(read_table(args.inputs[0]), sweep["points"], sweep["knob"], args.out)
-    _record(args.out, [*args.inputs, *args.preprocessed, *args.structures, *[args.results] * bool(args.results)], settings, started)
+    inputs = [*args.inputs, *args.preprocessed, *args.structures, *[args.results] * bool(args.results), *[args.virtual] * bool(args.virtual), *args.metrics]
+    _record(args.out, inputs, settings, started)
 
 
 def cmd_fetch_pseudopotentials(args) -> None:
@@ -478,6 +512,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model first")
     p.set_defaults(func=cmd_predict_many)
 
+    p = sub.add_parser("predict-cells", help="A per-unit-cell predictor (column fitting, a unit-cell model) on stored virtual images.")
+    p.add_argument("predictor", help="column_fit_adf, column_fit_idpc, or a unit-cell model.pt")
+    p.add_argument("virtual", nargs="+", help="virtual-images .npz files of simulated data sets")
+    p.add_argument("--out", required=True, help="output .npz: per data set, every pattern given its cell's class (-1: no answer)")
+    p.add_argument("--metrics", required=True, help="output .json: accuracy per pattern and per unit cell, per data set")
+    p.set_defaults(func=cmd_predict_cells)
+
+    p = sub.add_parser("train-unit-cell", help="Train the position-aware unit-cell model on virtual images (ADF + CoM per cell).")
+    p.add_argument("--train", nargs="+", required=True, help="virtual-images .npz of the training sets (one class each)")
+    p.add_argument("--validate", nargs="+", required=True, help="virtual-images .npz of held-out crystals")
+    p.add_argument("--settings", default="{}", help="UnitCellSettings as JSON (epochs, lr, batch_size, windows_per_cell, jitter_fraction, seed)")
+    p.add_argument("--out", required=True, help="output model.pt")
+    p.add_argument("--record", required=True, help="output record.json: validation accuracy and whether it learned")
+    p.set_defaults(func=cmd_train_unit_cell)
+
     p = sub.add_parser("tables", help="Results, per-family summary and the paper's Tables 1-3 (Markdown, CSV, LaTeX).")
     p.add_argument("metrics", nargs="+", help="predict-many metrics .json files, named <predictor>.json")
     p.add_argument("--records", nargs="*", default=[], help="models/<model>/record.json files (the synthetic test row)")
@@ -505,13 +554,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare_modes)
 
     p = sub.add_parser("figure", help="One evaluation figure as PNG and PDF.")
-    p.add_argument("kind", choices=("distributions", "maps", "com-field", "sweep", "thickness"))
-    p.add_argument("inputs", nargs="+", help="distributions, sweep, thickness: results.tsv; maps: prediction .npz files; com-field: preprocessed .h5 and its structure .xyz")
+    p.add_argument("kind", choices=("distributions", "maps", "com-field", "sweep", "thickness", "cells"))
+    p.add_argument("inputs", nargs="+", help="distributions, sweep, thickness: results.tsv; maps, cells: prediction .npz files; com-field: preprocessed .h5 and its structure .xyz")
     p.add_argument("--configuration", help="preprocessing configuration (distributions, maps)")
     p.add_argument("--sweep", help="sweep as JSON {knob, points: [{dataset, value}]} (sweep)")
     p.add_argument("--preprocessed", nargs="+", default=[], help="the thickness sweep's preprocessed .h5 sets (thickness)")
     p.add_argument("--structures", nargs="+", default=[], help="their structure .xyz files, in the same order (thickness)")
-    p.add_argument("--results", default="", help="results.tsv, whose models that did not learn are marked (maps)")
+    p.add_argument("--results", default="", help="results.tsv, whose models that did not learn are marked (maps, cells)")
+    p.add_argument("--virtual", default="", help="the data set's virtual-images .npz (cells)")
+    p.add_argument("--metrics", nargs="+", default=[], help="the predictors' metrics .json files (cells)")
+    p.add_argument("--dataset", help="the data set drawn (cells)")
     p.add_argument("--out", required=True, help="output path without suffix (.png and .pdf are written)")
     p.set_defaults(func=cmd_figure)
 

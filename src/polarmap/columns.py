@@ -18,6 +18,10 @@ from scipy import ndimage, optimize
 from polarmap.classes import angle_to_class
 
 
+# scan pixels per cell edge below which the A and Nb columns (0.71 cells apart) cannot be told apart
+MIN_CELL_PX = 4
+
+
 @dataclass(frozen=True)
 class ColumnFitSettings:
     # a column's Gaussian is fitted within this radius (fraction of the cell edge): clear of the
@@ -95,8 +99,8 @@ def fit_cells(image: np.ndarray, cell_px: float, step_angstrom: float, periodic:
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 2 or not np.isfinite(image).all():
         raise ValueError("column fitting needs a finite 2-D image")
-    if cell_px < 4:
-        raise ValueError(f"a unit cell spans {cell_px:.1f} scan px: at least 4 are needed to separate its columns")
+    if cell_px < MIN_CELL_PX:
+        raise ValueError(f"a unit cell spans {cell_px:.1f} scan px: at least {MIN_CELL_PX} are needed to separate its columns")
     peaks = _nb_peaks(image, cell_px, periodic, settings)
     radius = max(1, int(round(settings.window_fraction * cell_px)))
     shape = np.array(image.shape, dtype=np.float64)

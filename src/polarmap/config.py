@@ -64,6 +64,10 @@ def _check_consistency(config: dict, source: str) -> None:
     for key in ("split_fractions", "pca_split_fractions"):
         if abs(sum(preprocessing[key]) - 1) > 1e-6:
             raise ValueError(f"{source}: preprocessing.{key} {preprocessing[key]} sums to {sum(preprocessing[key]):g}; the parts must sum to 1")
+    training = config["datasets"]["training"]
+    if config["training"]["unit_cell"]["enabled"] and training["crystals"] < 2 and not training["variants"]:
+        raise ValueError(f"{source}: training.unit_cell needs held-out crystals to validate on: set datasets.training.crystals "
+                         "to 2 or more, or declare datasets.training.variants, or set training.unit_cell.enabled: false")
     dataset_roles(config)
 
 

@@ -13,7 +13,9 @@ import torch
 
 from polarmap import io
 from polarmap.atomic import save_npz_atomically, write_text_atomically
+from polarmap.cells import ScanCells, accuracy_by_position, cell_majority, scan_cells
 from polarmap.classes import CLASS_NAMES, angle_to_class, class_index
+from polarmap.columns import MIN_CELL_PX, fit_cells
 from polarmap.config import settings_from_json
 from polarmap.preprocessing import CONFIGURATIONS, AugmentationSettings, DomainRandomisationSettings, augmenter, derived_seed, name_key
 from polarmap.training import LEARNED_MIN_VALIDATION_ACCURACY
@@ -111,6 +113,45 @@ def dataset_label(attrs: dict) -> str:
     return label
 
 
+# the heat map of accuracy against the probe's position in its cell: bins per cell edge
+POSITION_BINS = 8
+
+
+def cell_metrics(grid: np.ndarray, accepted: list[int], cells: ScanCells) -> dict:
+    """Per-unit-cell accuracy (the majority vote of a cell's patterns in an accepted class; a cell
+    without an answer counts as wrong) and per-pattern accuracy against the position in the cell.
+    A prediction of -1 is no answer."""
+    positions = cells.positions(grid.shape)
+    ids = cells.index(positions)
+    answered = grid >= 0
+    majority = cell_majority(grid[answered], ids[answered], cells.n_cells, len(CLASS_NAMES))
+    correct = np.isin(grid, accepted)
+    heat = accuracy_by_position(correct, cells.fraction(positions), POSITION_BINS)
+    return {"cell_accuracy": float(np.isin(majority, accepted).mean()), "n_cells": cells.n_cells,
+            "position_accuracy": [[None if np.isnan(v) else round(float(v), 6) for v in row] for row in heat]}
+
+
+def grid_metrics(attrs: dict, grid: np.ndarray, angles: np.ndarray | None, model: str) -> dict:
+    """Metrics of one prediction grid (scan rows, cols; -1: no answer) on one data set: accuracy
+    against the set's accepted classes, angular error, class counts and majority, and per unit cell
+    where the set's lattice is known."""
+    accepted = [class_index(name) for name in attrs["classes"]]
+    counts = np.bincount(grid[grid >= 0], minlength=len(CLASS_NAMES))
+    errors = angular_error_deg(angles.ravel(), accepted) if angles is not None and accepted else np.full(1, np.nan)
+    result = {
+        "dataset": attrs["name"], "label": dataset_label(attrs), "model": model,
+        "accuracy": float(np.isin(grid, accepted).mean()) if accepted else float("nan"),
+        "angular_error_deg": float(np.nanmean(errors)) if np.isfinite(errors).any() else float("nan"),
+        "majority_class": CLASS_NAMES[int(counts.argmax())] if counts.sum() else "",  # ties: the lowest class index
+        "thickness_nm": float(attrs.get("thickness_nm", "nan")),
+        "accepted": list(attrs["classes"]), "counts": dict(zip(CLASS_NAMES, counts.tolist())),
+    }
+    cells = scan_cells(attrs, grid.shape)
+    if cells is not None and accepted:
+        result.update(cell_metrics(grid, accepted, cells))
+    return result
+
+
 def _predict_one(predictor, model_path, dataset_path) -> tuple[dict, np.ndarray, np.ndarray | None]:
     """Metrics, the prediction grid and the angle grid (or None) of one preprocessed data set."""
     with io.open_dataset(dataset_path) as f:
@@ -127,18 +168,9 @@ def _predict_one(predictor, model_path, dataset_path) -> tuple[dict, np.ndarray,
         predictions, angles = predictor(patterns.reshape(-1, *patterns.shape[2:]), beam_shift, attrs["name"])
     except ValueError as err:
         raise ValueError(f"{dataset_path}: {err}") from None
-    accepted = [class_index(name) for name in attrs["classes"]]
-    accuracy = float(np.isin(predictions, accepted).mean()) if accepted else float("nan")
-    counts = np.bincount(predictions, minlength=len(CLASS_NAMES))
-    result = {
-        "dataset": attrs["name"], "label": dataset_label(attrs), "model": str(model_path), "accuracy": accuracy,
-        "angular_error_deg": float(angular_error_deg(angles, accepted).mean()) if angles is not None and accepted else float("nan"),
-        "majority_class": CLASS_NAMES[int(counts.argmax())],  # ties: the lowest class index
-        "thickness_nm": float(attrs.get("thickness_nm", "nan")),
-        "accepted": attrs["classes"], "counts": dict(zip(CLASS_NAMES, counts.tolist())),
-    }
+    grid = predictions.reshape(scan_shape).astype(np.int8)
     angle_grid = angles.reshape(scan_shape).astype(np.float32) if angles is not None else None
-    return result, predictions.reshape(scan_shape).astype(np.int8), angle_grid
+    return grid_metrics(attrs, grid, angles.reshape(scan_shape) if angles is not None else None, str(model_path)), grid, angle_grid
 
 
 def predict_many(model_path, dataset_paths, out, metrics_out, compile_model: bool = False) -> list[dict]:
@@ -152,6 +184,75 @@ def predict_many(model_path, dataset_paths, out, metrics_out, compile_model: boo
         if angles is not None:
             grids[f"{result['dataset']}.angle"] = angles
         results.append(result)
+    save_npz_atomically(out, grids)
+    write_text_atomically(metrics_out, json.dumps(results, indent=2) + "\n")
+    return results
+
+
+COLUMN_FIT_IMAGES = ("adf", "idpc")
+
+
+def column_fit_cells(image: np.ndarray, cells: ScanCells) -> tuple[np.ndarray, np.ndarray]:
+    """Column fitting as a per-cell predictor: the class and angle of the Nb displacement of every
+    cell of a simulated set's virtual image (-1 and NaN where its columns could not be fitted)."""
+    fit = fit_cells(image, cells.cell_px, cells.step_angstrom, periodic=True)
+    cell_class = np.full(cells.n_cells, -1, np.int8)
+    cell_angle = np.full(cells.n_cells, np.nan)
+    fitted = cells.index(np.asarray(cells.origin_angstrom) + fit.nb_px * cells.step_angstrom)
+    cell_class[fitted] = fit.classes
+    cell_angle[fitted] = np.arctan2(fit.displacement_angstrom[:, 0], fit.displacement_angstrom[:, 1])
+    return cell_class, cell_angle
+
+
+def cell_predictor(name: str):
+    """A function (virtual images, cells) -> (class, angle) per cell, for column_fit_<image> or a
+    unit-cell model.pt."""
+    if name.startswith("unit_cell-"):
+        return {"family": "unit_cell", "label": "Unit cell (ADF+CoM)", "encoder": "unit_cell", "objective": "", "configuration": "",
+                "pretrained": "", "regime": "paper", "seed": int(name.split("-")[-1].removeprefix("seed"))}
+    if name.startswith("column_fit_"):
+        image = name.removeprefix("column_fit_")
+        if image not in COLUMN_FIT_IMAGES:
+            raise ValueError(f"column fitting works on {' or '.join(COLUMN_FIT_IMAGES)}, not {image!r}")
+        return lambda images, cells: column_fit_cells(images[image], cells)
+    from polarmap.unitcell import cell_corners_px, cell_windows, load_unit_cell_model, predict_windows
+
+    model = load_unit_cell_model(name)
+    return lambda images, cells: predict_windows(model, cell_windows(images["adf"], images["com_mrad"], cells.cell_px, cell_corners_px(cells)))
+
+
+def predict_cells_many(predictor_name: str, virtual_paths, out, metrics_out) -> list[dict]:
+    """A per-cell predictor (column fitting, a unit-cell model) on the stored virtual images of
+    several data sets (`polarmap virtual-images`), written as `predict_many` writes a per-pattern
+    model's: every pattern gets its cell's answer. A set without known unit cells (detector data)
+    or sampled too coarsely to separate the columns is not applicable (accuracy NaN, the reason in
+    `cell_predictor`); a cell without an answer counts as wrong."""
+    predict = cell_predictor(predictor_name)
+    label = f"column-fit ({predictor_name.removeprefix('column_fit_')})" if predictor_name.startswith("column_fit_") else str(predictor_name)
+    grids, results = {}, []
+    for path in virtual_paths:
+        with np.load(path, allow_pickle=False) as stored:
+            images = {key: stored[key] for key in stored.files}
+        attrs = json.loads(str(images["meta"]))["dataset_attrs"]
+        scan_shape = images["adf"].shape
+        cells = scan_cells(attrs, scan_shape)
+        grid, angles = np.full(scan_shape, -1, np.int8), np.full(scan_shape, np.nan)
+        if cells is None or cells.cell_px < MIN_CELL_PX:
+            note = "no known unit cells" if cells is None else f"{cells.cell_px:.1f} scan px per unit cell, {MIN_CELL_PX} needed"
+            results.append({**grid_metrics({**attrs, "classes": []}, grid, None, label), "accepted": list(attrs["classes"]),
+                            "cells_answered": 0, "cell_predictor": f"not applicable: {note}"})
+        else:
+            try:
+                cell_class, cell_angle = predict(images, cells)
+                note = "answered"
+            except ValueError as err:  # e.g. no lattice of columns found: no answer
+                cell_class, cell_angle, note = np.full(cells.n_cells, -1), np.full(cells.n_cells, np.nan), f"no answer: {err}"
+            ids = cells.index(cells.positions(scan_shape))
+            grid, angles = np.asarray(cell_class, np.int8)[ids], np.asarray(cell_angle, np.float64)[ids]
+            results.append({**grid_metrics(attrs, grid, angles, label), "cells_answered": int((np.asarray(cell_class) >= 0).sum()),
+                            "cell_predictor": note})
+        grids[attrs["name"]] = grid
+        grids[f"{attrs['name']}.angle"] = angles.astype(np.float32)
     save_npz_atomically(out, grids)
     write_text_atomically(metrics_out, json.dumps(results, indent=2) + "\n")
     return results
@@ -183,16 +284,26 @@ CONFIGURATION_TITLES = {
 
 
 REGIME_LABELS = {"diverse": "diverse data", "domain_randomisation": "domain rand."}
+# predictors without training, a column of every table
+UNTRAINED = ("com", "column_fit")
 
 
 def describe_predictor(name: str) -> dict:
     """Model family, column label, configuration, training regime and seed of a predictor name:
     <encoder>-<objective>-<configuration>-<pretrained>[-diverse][-domain_randomisation]-seed<N>
-    (polarmap.config.model_name), pca_knn-<configuration>-seed<N>, com. The regime is "paper"
+    (polarmap.config.model_name), pca_knn-<configuration>-seed<N>, unit_cell-seed<N>, com,
+    column_fit_<image>. The regime is "paper"
     for the paper's training data and augmentation."""
     if name == "com":
         return {"family": "com", "label": "CoM", "encoder": "com", "objective": "", "configuration": "", "pretrained": "",
                 "regime": "paper", "seed": -1}
+    if name.startswith("unit_cell-"):
+        return {"family": "unit_cell", "label": "Unit cell (ADF+CoM)", "encoder": "unit_cell", "objective": "", "configuration": "",
+                "pretrained": "", "regime": "paper", "seed": int(name.split("-")[-1].removeprefix("seed"))}
+    if name.startswith("column_fit_"):
+        image = name.removeprefix("column_fit_")
+        return {"family": name, "label": f"Columns ({image.upper() if image == 'adf' else 'iDPC'})", "encoder": "column_fit",
+                "objective": "", "configuration": "", "pretrained": "", "regime": "paper", "seed": -1}
     parts = name.split("-")
     seed = int(parts[-1].removeprefix("seed"))
     if parts[0] == "pca_knn":
@@ -221,12 +332,14 @@ def results_frame(metrics_files, record_files=()):
             rows.append({**info, "predictor": path.stem, "dataset": r["dataset"], "dataset_label": r.get("label", r["dataset"]),
                          "thickness_nm": r.get("thickness_nm", float("nan")),
                          "accepted": "/".join(r["accepted"]), "accuracy": r["accuracy"],
+                         "cell_accuracy": r.get("cell_accuracy", float("nan")),
                          "angular_error_deg": r.get("angular_error_deg", float("nan")),
                          **{f"count_{k}": r["counts"][k] for k in CLASS_NAMES}})
     for name, record in records.items():
         info = {**describe_predictor(name), "learned": bool(record.get("learned", True))}
         rows.append({**info, "predictor": name, "dataset": SYNTHETIC_TEST, "dataset_label": SYNTHETIC_TEST, "thickness_nm": float("nan"),
-                     "accepted": "", "accuracy": record["synthetic_test_accuracy"], "angular_error_deg": float("nan"),
+                     "accepted": "", "accuracy": record["synthetic_test_accuracy"], "cell_accuracy": float("nan"),
+                     "angular_error_deg": float("nan"),
                      **dict.fromkeys(COUNT_COLUMNS, 0)})
     if not rows:
         raise ValueError("no predictions to tabulate: the metrics files are empty")
@@ -252,6 +365,8 @@ def summarize(results):
             "dataset_label": first["dataset_label"], "thickness_nm": first["thickness_nm"], "seeds": len(all_seeds),
             "seeds_learned": len(group), "accuracy_mean": group["accuracy"].mean() if len(group) else float("nan"),
             "accuracy_std": group["accuracy"].std(ddof=0) if len(group) else float("nan"),
+            "cell_accuracy_mean": group["cell_accuracy"].mean() if len(group) else float("nan"),
+            "cell_accuracy_std": group["cell_accuracy"].std(ddof=0) if len(group) else float("nan"),
             "angular_error_deg": group["angular_error_deg"].mean() if len(group) else float("nan"),
             "majority_class": majority, "majority_correct": bool(majority) and majority in first["accepted"].split("/"),
         })
@@ -260,17 +375,19 @@ def summarize(results):
 
 def _column_order(summary, configuration: str) -> list[str]:
     """The paper's columns for one configuration: Conv, VGG, ResNet x (Reg, Cls, Proto), PCA;
-    then the CoM baseline, which needs no training. Models trained otherwise than in the paper
-    (diverse data, domain randomisation) are in the regime table instead."""
-    mine = summary[((summary["configuration"] == configuration) & (summary["regime"] == "paper")) | (summary["family"] == "com")]
-    encoders, objectives = list(ENCODER_LABELS) + ["pca_knn", "com"], list(OBJECTIVE_LABELS) + [""]
-    keyed = {(encoders.index(r.encoder), objectives.index(r.objective), r.pretrained): r.family for r in mine.itertuples()}
+    then the unit-cell model (which sees whole cells, not preprocessed patterns), then the
+    baselines, which need no training: CoM and column fitting. Models trained otherwise
+    than in the paper (diverse data, domain randomisation) are in the regime table instead."""
+    per_cell_or_untrained = summary["encoder"].isin(("unit_cell", *UNTRAINED))
+    mine = summary[((summary["configuration"] == configuration) & (summary["regime"] == "paper")) | per_cell_or_untrained]
+    encoders, objectives = list(ENCODER_LABELS) + ["pca_knn", "unit_cell", *UNTRAINED], list(OBJECTIVE_LABELS) + [""]
+    keyed = {(encoders.index(r.encoder), objectives.index(r.objective), r.pretrained, r.family): r.family for r in mine.itertuples()}
     return [keyed[key] for key in sorted(keyed)]
 
 
 def regime_families(summary) -> list[str]:
     """Columns of the regime table (issue 9): each model trained on diverse data or with domain
-    randomisation, beside the same model trained as in the paper, then the CoM baseline."""
+    randomisation, beside the same model trained as in the paper, then the baselines."""
     regimes = ["paper", "diverse", "domain_randomisation", "diverse+domain_randomisation"]
     families = summary.drop_duplicates("family")
     model = ["encoder", "objective", "configuration", "pretrained"]
@@ -279,8 +396,8 @@ def regime_families(summary) -> list[str]:
     configurations = list(CONFIGURATION_TITLES)
     order = sorted(mine, key=lambda r: (configurations.index(r.configuration), r.encoder, r.objective, r.pretrained, regimes.index(r.regime)))
     columns = [r.family for r in order]
-    if columns and "com" in set(families["family"]):
-        columns.append("com")
+    if columns:
+        columns += sorted(families.loc[families["encoder"].isin(UNTRAINED), "family"], key=lambda f: (f != "com", f))
     return columns
 
 
@@ -292,11 +409,14 @@ def paper_table(summary, configuration: str, dependent: set[str] = frozenset()) 
 DEPENDENT_MARK = " †"
 DEPENDENT_NOTE = "† not independent of the training data: a copy or near copy of training patterns (tables/leakage.md)."
 DID_NOT_LEARN = "did not learn"
+NOT_APPLICABLE = "n/a"  # e.g. column fitting on a scan too coarse to separate the columns
 
 
 def _accuracy_text(entry) -> str:
     if entry.seeds_learned == 0:
         return DID_NOT_LEARN
+    if not np.isfinite(entry.accuracy_mean):
+        return NOT_APPLICABLE
     text = f"{100 * entry.accuracy_mean:.1f} ± {100 * entry.accuracy_std:.1f}"
     return text + (f" ({entry.seeds_learned} of {entry.seeds} seeds learned)" if entry.seeds_learned < entry.seeds else "")
 
@@ -319,7 +439,8 @@ def table_rows(summary, families: list[str], with_configuration: bool = False, d
     rows = [{"kind": "header", "cells": [{"text": h} for h in header]}]
     for dataset in datasets:
         entries = [by_key.get((f, dataset)) for f in families]
-        shown = [round(100 * e.accuracy_mean, 1) if e is not None and e.seeds_learned else None for e in entries]
+        shown = [round(100 * e.accuracy_mean, 1) if e is not None and e.seeds_learned and np.isfinite(e.accuracy_mean) else None
+                 for e in entries]
         best = max((v for v in shown if v is not None), default=None)
         label = entries[[e is not None for e in entries].index(True)].dataset_label + DEPENDENT_MARK * (dataset in dependent)
         rows.append({"kind": "accuracy", "cells": [{"text": label}] + [
@@ -327,12 +448,38 @@ def table_rows(summary, families: list[str], with_configuration: bool = False, d
             for e, v in zip(entries, shown)]})
         if dataset != SYNTHETIC_TEST:
             rows.append({"kind": "majority", "cells": [{"text": "Maj. class"}] + [
-                ({"text": e.majority_class, "correct": e.majority_correct} if e.seeds_learned else {"text": DID_NOT_LEARN}) if e is not None
+                ({"text": e.majority_class, "correct": e.majority_correct} if e.seeds_learned and e.majority_class
+                 else {"text": NOT_APPLICABLE if e.seeds_learned else DID_NOT_LEARN}) if e is not None
                 else {"text": ""} for e in entries]})
             if any(e is not None and np.isfinite(e.angular_error_deg) for e in entries):
                 rows.append({"kind": "angle", "cells": [{"text": "Ang. error (deg)"}] + [
                     {"text": f"{e.angular_error_deg:.1f}"} if e is not None and np.isfinite(e.angular_error_deg) else {"text": ""}
                     for e in entries]})
+    return rows
+
+
+def cell_table_rows(summary, families: list[str], dependent: set[str] = frozenset()) -> list[dict]:
+    """Per data set whose unit cells are known: per-pattern and per-unit-cell accuracy (percent,
+    means over the seeds that learned; a learned predictor's cell answer is the majority vote of
+    its patterns), the best per-cell accuracy marked; one column per predictor family."""
+    by_key = {(r.family, r.dataset): r for r in summary.itertuples()}
+    datasets = list(dict.fromkeys(d for d in summary.loc[np.isfinite(summary["cell_accuracy_mean"].astype(float)), "dataset"]))
+    families = [f for f in families if any((f, d) in by_key for d in datasets)]
+    def title(family):
+        first = by_key[next((family, d) for d in datasets if (family, d) in by_key)]
+        return first.label + (f" [{first.configuration}]" if first.configuration else "")
+
+    header = ["Dataset (pattern / cell %)"] + [title(f) for f in families]
+    rows = [{"kind": "header", "cells": [{"text": h} for h in header]}]
+    for dataset in datasets:
+        entries = [by_key.get((f, dataset)) for f in families]
+        shown = [round(100 * e.cell_accuracy_mean, 1) if e is not None and e.seeds_learned and np.isfinite(e.cell_accuracy_mean) else None
+                 for e in entries]
+        best = max((v for v in shown if v is not None), default=None)
+        label = next(e for e in entries if e is not None).dataset_label + DEPENDENT_MARK * (dataset in dependent)
+        rows.append({"kind": "accuracy", "cells": [{"text": label}] + [
+            {"text": ""} if e is None else {"text": DID_NOT_LEARN} if not e.seeds_learned else {"text": NOT_APPLICABLE} if v is None else
+            {"text": f"{100 * e.accuracy_mean:.1f} / {v:.1f}", "best": v == best} for e, v in zip(entries, shown)]})
     return rows
 
 
@@ -389,7 +536,8 @@ def render_csv(rows: list[dict]) -> str:
 def write_tables(metrics_files, record_files, out_dir, mode: str, leakage_csv="") -> list[Path]:
     """results.tsv (one row per predictor x data set), summary.tsv (per model family) and one
     table per preprocessing configuration as Markdown, CSV and LaTeX (paper Tables 1-3), plus
-    table_regimes when some models were trained otherwise than in the paper. With the leakage
+    table_regimes when some models were trained otherwise than in the paper, and table_cells (every
+    predictor per pattern and per unit cell). With the leakage
     audit's CSV, every set that is not independent of training is marked."""
     from polarmap.audit import dependent_sets
 
@@ -403,17 +551,27 @@ def write_tables(metrics_files, record_files, out_dir, mode: str, leakage_csv=""
     write_text_atomically(written[0], results.to_csv(sep="\t", index=False, na_rep="nan"))
     write_text_atomically(written[1], summary.to_csv(sep="\t", index=False, na_rep="nan"))
     seeds = ", ".join(str(seed) for seed in sorted(set(results["seed"])) if seed >= 0)
-    tables = {f"table_{c}": (paper_table(summary, c, dependent), f"the {CONFIGURATION_TITLES[c]} configuration")
+    dagger = f" {DEPENDENT_NOTE}".replace("†", "$^\\dagger$") if dependent else ""
+
+    def caption(subject):
+        return (f"Accuracy (top row, percent, mean $\\pm$ std over seeds {seeds}; seeds that did not learn left out; best in bold; "
+                f"\\emph{{{DID_NOT_LEARN}}}: validation accuracy below {100 * LEARNED_MIN_VALIDATION_ACCURACY:.0f} \\%) and majority class "
+                f"(green right, red wrong) for {subject} ({mode} mode).{dagger}")
+
+    tables = {f"table_{c}": (paper_table(summary, c, dependent), caption(f"the {CONFIGURATION_TITLES[c]} configuration"))
               for c in CONFIGURATION_TITLES if c in set(summary[summary["regime"] == "paper"]["configuration"])}
     if regime_columns := regime_families(summary):
         tables["table_regimes"] = (table_rows(summary, regime_columns, with_configuration=True, dependent=dependent),
-                                   "models trained as in the paper, on thickness-diverse data and with domain randomisation")
-    for stem, (rows, subject) in tables.items():
-        caption = (f"Accuracy (top row, percent, mean $\\pm$ std over seeds {seeds}; seeds that did not learn left out; best in bold; "
-                   f"\\emph{{{DID_NOT_LEARN}}}: validation accuracy below {100 * LEARNED_MIN_VALIDATION_ACCURACY:.0f} \\%) and majority class "
-                   f"(green right, red wrong) for {subject} ({mode} mode)." + (f" {DEPENDENT_NOTE}".replace("†", "$^\\dagger$") if dependent else ""))
+                                   caption("models trained as in the paper, on thickness-diverse data and with domain randomisation"))
+    untrained = set(summary.loc[summary["encoder"].isin(UNTRAINED), "family"])
+    every_family = sorted(dict.fromkeys([f for c in CONFIGURATION_TITLES for f in _column_order(summary, c)] + regime_columns),
+                          key=lambda family: family in untrained)  # stable: the baselines last
+    tables["table_cells"] = (cell_table_rows(summary, every_family, dependent),
+                             f"Per-pattern and per-unit-cell accuracy (percent, means over seeds {seeds}; seeds that did not learn left out; "
+                             f"best per-cell accuracy in bold) of every predictor, on the sets whose unit cells are known ({mode} mode).{dagger}")
+    for stem, (rows, caption_text) in tables.items():
         markdown = render_markdown(rows) + (f"\n{DEPENDENT_NOTE}\n" if dependent else "")
-        for suffix, text in ((".md", markdown), (".csv", render_csv(rows)), (".tex", render_latex(rows, caption))):
+        for suffix, text in ((".md", markdown), (".csv", render_csv(rows)), (".tex", render_latex(rows, caption_text))):
             written.append(out_dir / f"{stem}{suffix}")
             write_text_atomically(written[-1], text)
     return written

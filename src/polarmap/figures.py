@@ -172,21 +172,23 @@ def defect_maps(maps: dict, masks: dict, scores: dict, title: str, out):
     return _map_grid(maps, 2.6, title, out, lambda model, c: f"{c}\nAUC {scores[model][c]:.2f}", outline)
 
 
-def accuracy_against_knob(points: dict, knob: str, title: str, out, log_x: bool = False):
-    """`points[model] = (values, mean accuracies, std)`: one line with error bars per model."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, (model, (values, mean, std)) in enumerate(points.items()):
-        order = np.argsort(values)
-        ax.errorbar(np.asarray(values)[order], np.asarray(mean)[order], yerr=np.asarray(std)[order], marker="o", ms=3,
-                    capsize=2, label=model, color=plt.cm.tab20(i % 20))
-    if log_x:
-        ax.set_xscale("log")
-    ax.set_xlabel(knob)
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.axhline(1 / len(CLASS_NAMES), color="grey", lw=0.8, ls=":", label="chance")
-    ax.legend(fontsize=6, ncol=2)
-    ax.set_title(title, fontsize=10)
+def accuracy_against_knob(panels: dict, knob: str, title: str, out, log_x: bool = False):
+    """`panels[name][model] = (values, mean accuracies, std)`: per panel (per pattern, per unit
+    cell), one line with error bars per model."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (name, points) in zip(axes.flat, panels.items()):
+        for i, (model, (values, mean, std)) in enumerate(points.items()):
+            order = np.argsort(values)
+            ax.errorbar(np.asarray(values)[order], np.asarray(mean)[order], yerr=np.asarray(std)[order], marker="o", ms=3,
+                        capsize=2, label=model, color=plt.cm.tab20(i % 20))
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel(knob)
+        ax.set_ylabel(f"accuracy {name}")
+        ax.set_ylim(-0.02, 1.02)
+        ax.axhline(1 / len(CLASS_NAMES), color="grey", lw=0.8, ls=":", label="chance")
+        ax.legend(fontsize=6, ncol=2)
+    fig.suptitle(title, fontsize=10)
     return save(fig, out)
 
 
@@ -254,27 +256,32 @@ def com_field_from_files(preprocessed, structure, out):
                      f"Beam shift over one unit cell, {attrs['name']} ({'/'.join(attrs['classes'])})", out)
 
 
-def _accuracy_points(results, values: dict) -> dict:
-    """Per model family: (knob values, mean accuracy, std over seeds) on the data sets of `values`
-    (data set -> knob value), over the seeds that learned (a model that did not learn is no result)."""
-    mine = results[results["dataset"].isin(list(values)) & results["learned"].astype(bool)]
-    if mine.empty:
-        raise ValueError(f"no predictions for the sweep's data sets ({', '.join(values)})")
+def _accuracy_points(results, values: dict, column: str = "accuracy") -> dict:
+    """Per model family: (knob values, mean `column`, std over seeds) on the data sets of `values`
+    (data set -> knob value), over the seeds that learned (a model that did not learn is no
+    result); families without a finite value left out."""
+    mine = results[results["dataset"].isin(list(values)) & results["learned"].astype(bool) & np.isfinite(results[column].astype(float))]
     points = {}
     for family, group in mine.groupby("family", sort=False):
-        stats = group.groupby("dataset")["accuracy"].agg(["mean", lambda a: a.std(ddof=0)])
-        label = group["label"].iloc[0] + ("" if family == "com" else f" [{group['configuration'].iloc[0]}]")
+        stats = group.groupby("dataset")[column].agg(["mean", lambda a: a.std(ddof=0)])
+        configuration = group["configuration"].iloc[0]
+        label = group["label"].iloc[0] + (f" [{configuration}]" if configuration else "")
         points[label] = ([values[d] for d in stats.index], stats.iloc[:, 0].to_numpy(), stats.iloc[:, 1].to_numpy())
     return points
 
 
 def sweep_from_results(results, sweep: list[dict], knob: str, out):
-    """Accuracy against a swept knob: `sweep` lists {dataset, value}; one line per model family
-    (all configurations), mean and std over seeds."""
+    """Accuracy against a swept knob, per pattern and (where the sets' unit cells are known) per
+    unit cell: `sweep` lists {dataset, value}; one line per model family (all configurations),
+    mean and std over seeds."""
     values = {point["dataset"]: point["value"] for point in sweep}
-    points = _accuracy_points(results, values)
+    panels = {"per pattern": _accuracy_points(results, values)}
+    if not panels["per pattern"]:
+        raise ValueError(f"no predictions for the sweep's data sets ({', '.join(values)})")
+    if "cell_accuracy" in results and (per_cell := _accuracy_points(results, values, "cell_accuracy")):
+        panels["per unit cell"] = per_cell
     spread = max(values.values()) / max(min(values.values()), 1e-12)
-    return accuracy_against_knob(points, knob, f"Accuracy against {knob}", out, log_x=min(values.values()) > 0 and spread >= 100)
+    return accuracy_against_knob(panels, knob, f"Accuracy against {knob}", out, log_x=min(values.values()) > 0 and spread >= 100)
 
 
 def nb_column_com(com: np.ndarray, detector_px: int, scan_step: float, atoms) -> np.ndarray:
@@ -339,7 +346,8 @@ def thickness_from_files(results, preprocessed, structures, out):
     if len(classes) != 1:
         raise ValueError(f"a thickness sweep has one polarization; these sets have {', '.join(sorted(classes))}")
     polarization = classes.pop()
-    accuracy = _accuracy_points(results, thickness)
+    if not (accuracy := _accuracy_points(results, thickness)):
+        raise ValueError(f"no predictions for the sweep's data sets ({', '.join(thickness)})")
     return thickness_figure(com_points, accuracy, 45.0 * class_index(polarization),
                             f"Thickness sweep, {polarization}: which signal survives", out)
 
@@ -374,3 +382,98 @@ def defect_study(prediction_files, dataset, out_table, out_figure):
               for model, by_configuration in grids.items()}
     masks = {c: mask for by_configuration in grids.values() for c in by_configuration}
     return defect_maps(maps, masks, scores, f"Defect maps, {name} (white: within the defect radius; AUC of the errors' localisation)", out_figure)
+
+
+# ---- per unit cell -----------------------------------------------------------------------------
+
+def cell_panels(adf: np.ndarray, centres_px: np.ndarray, arrows: dict, heats: dict, title: str, out):
+    """Per method (column), top: one arrow per unit cell on the virtual ADF image, coloured by class
+    (`arrows[method] = angles (n_cells,)` in radians, NaN: no answer; None: did not learn); bottom:
+    per-pattern accuracy against the probe's position in the cell (`heats[method]`, (bins, bins)
+    over the cell, Nb at the centre), pooled over the data set's cells."""
+    from polarmap.classes import angle_to_class
+
+    methods = list(arrows)
+    fig, axes = plt.subplots(2, len(methods), figsize=(2.3 * len(methods), 4.8), squeeze=False)
+    shown = None
+    for i, method in enumerate(methods):
+        top, bottom = axes[0, i], axes[1, i]
+        top.imshow(adf, origin="lower", cmap="gray")
+        top.set_title(method, fontsize=7)
+        angles = arrows[method]
+        if angles is None:
+            top.text(0.5, 0.5, "did not learn", transform=top.transAxes, ha="center", va="center", color="white", fontsize=8)
+        else:
+            answered = np.isfinite(angles)
+            colours = [CLASS_COLOURS[k] for k in angle_to_class(angles[answered])]
+            top.quiver(centres_px[answered, 1], centres_px[answered, 0], np.cos(angles[answered]), np.sin(angles[answered]),
+                       color=colours, angles="xy", pivot="middle")
+            top.plot(centres_px[~answered, 1], centres_px[~answered, 0], "x", color="grey", ms=4)
+        heat = heats.get(method)
+        if heat is not None:
+            shown = bottom.imshow(heat, origin="lower", extent=(0, 1, 0, 1), vmin=0, vmax=1, cmap="viridis")
+            bottom.plot([0.5], [0.5], "+", color="white", ms=6)  # the Nb column's site
+        else:
+            bottom.set_visible(False)
+        for ax in (top, bottom):
+            ax.set_xticks([]), ax.set_yticks([])
+    axes[1, 0].set_ylabel("position in cell (row)", fontsize=7)
+    if shown is not None:
+        fig.colorbar(shown, ax=axes[1, :].tolist(), shrink=0.8, label="accuracy")
+    fig.suptitle(title, fontsize=9)
+    return save(fig, out)
+
+
+def cells_from_files(virtual, prediction_files, metrics_files, dataset: str, out, unlearned: set[str] = frozenset()):
+    """The per-unit-cell figure of one data set from its virtual images and every predictor's
+    prediction grids (.npz) and metrics (.json): a learned family's cell answer is the majority
+    vote of its patterns over the seeds that learned; column fitting's is the cell's fitted
+    displacement; the heat maps are the mean over those seeds."""
+    import json
+
+    from polarmap.cells import cell_majority, scan_cells
+    from polarmap.classes import CLASS_ANGLES_DEG
+    from polarmap.evaluation import describe_predictor
+
+    with np.load(virtual, allow_pickle=False) as stored:
+        adf, meta = stored["adf"], json.loads(str(stored["meta"]))
+    cells = scan_cells(meta["dataset_attrs"], adf.shape)
+    if cells is None:
+        raise ValueError(f"{virtual}: the unit cells of {dataset} are not known (detector data): no per-cell figure")
+    ids = cells.index(cells.positions(adf.shape)).ravel()
+    centres = np.array([[(r + 0.5) * cells.cell_angstrom, (c + 0.5) * cells.cell_angstrom]
+                        for r in range(cells.cells[0]) for c in range(cells.cells[1])])
+    centres_px = np.mod(centres - np.asarray(cells.origin_angstrom), cells.cell_angstrom * np.array(cells.cells)) / cells.step_angstrom
+    heats = {}
+    for path in map(Path, metrics_files):
+        if path.stem in unlearned:
+            continue
+        for entry in json.loads(path.read_text()):
+            if entry["dataset"] == dataset and "position_accuracy" in entry:
+                heats.setdefault(describe_predictor(path.stem)["label"], []).append(np.array(entry["position_accuracy"], dtype=float))
+    votes: dict = {}
+    for path in map(Path, prediction_files):
+        label = describe_predictor(path.stem)["label"]
+        with np.load(path, allow_pickle=False) as data:
+            if dataset not in data.files:
+                continue
+            if path.stem.startswith("column_fit_"):
+                angle = data[f"{dataset}.angle"].ravel()
+                first = np.unique(ids, return_index=True)[1]  # every pattern of a cell carries its cell's angle
+                votes[label] = angle[first].astype(np.float64)
+            elif path.stem in unlearned:
+                votes.setdefault(label, None)
+            else:
+                grids = votes.get(label) or []
+                votes[label] = grids + [data[dataset].ravel()]
+    arrows = {}
+    for label, value in votes.items():
+        if value is None or isinstance(value, np.ndarray):
+            arrows[label] = value
+        else:
+            stacked = np.concatenate(value)
+            majority = cell_majority(stacked[stacked >= 0], np.tile(ids, len(value))[stacked >= 0], cells.n_cells, len(CLASS_NAMES))
+            arrows[label] = np.where(majority >= 0, np.deg2rad(np.take(CLASS_ANGLES_DEG, majority.clip(0))), np.nan)
+    heat_means = {label: np.nanmean(np.stack(h), axis=0) for label, h in heats.items()}
+    return cell_panels(adf, centres_px, arrows, heat_means, f"{dataset}: polarization per unit cell (top) and accuracy "
+                       "against the probe position in the cell (bottom)", out)

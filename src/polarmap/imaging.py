@@ -12,6 +12,9 @@ from polarmap.pattern import center_of_mass
 from polarmap.virtual import annular_mask, com_field, differentiated_com, integrated_com, virtual_image
 
 
+DESCRIBING_ATTRS = ("name", "classes", "supercell", "thickness_nm", "scan_step_angstrom", "scan_origin_angstrom")
+
+
 @dataclass(frozen=True)
 class VirtualDetectors:
     adf_mrad: tuple[float, float] = (60.0, 150.0)
@@ -54,5 +57,8 @@ def virtual_images(path, detectors: VirtualDetectors = VirtualDetectors()) -> di
     # a global descan offset is not the specimen's: the field's scan mean is removed
     field -= field.reshape(-1, 2).mean(axis=0)
     settings = {**asdict(detectors), "centre_px": [float(v) for v in centre], "mrad_per_px": mrad, "semiangle_mrad": semiangle}
+    # what column fitting and per-cell scoring need of the set, so that they read the images only
+    described = {key: attrs[key] for key in DESCRIBING_ATTRS if key in attrs}
+    meta = {"dataset": attrs["name"], "source": str(path), **settings, "dataset_attrs": described}
     return {**images, "com_mrad": field, "idpc": integrated_com(field), "ddpc": differentiated_com(field),
-            "meta": np.array(json.dumps({"dataset": attrs["name"], "source": str(path), **settings}))}
+            "meta": np.array(json.dumps(meta, default=lambda value: value.tolist()))}

@@ -58,6 +58,22 @@ PCA_KNN = (
     else []
 )
 PREDICTORS = list(TRAINING_JOBS) + PCA_KNN + ["com"]
+# evaluated sets whose unit cells are known (simulated, or experiment-like from a simulation):
+# their virtual images, column fitting, per-cell scores and figures
+LATTICE_SETS = [name for name in EVALUATED if ROLES[name] != "experimental"]
+COLUMN_FITS = [f"column_fit_{image}" for image in config["evaluation"]["column_fit_images"]] if LATTICE_SETS else []
+# the unit-cell model: validated on the last crystal of every class (one crystal: on the variants)
+CRYSTALS = config["datasets"]["training"]["crystals"]
+UNIT_CELL_VALIDATION = (
+    [name for name in FILTERED if name.endswith(f"_crystal{CRYSTALS}")]
+    if CRYSTALS > 1
+    else [name for name, role in ROLES.items() if role == "training_variant"]
+)
+UNIT_CELL_TRAINING = [name for name in FILTERED if name not in UNIT_CELL_VALIDATION]
+UNIT_CELL_MODELS = (
+    [f"unit_cell-seed{seed}" for seed in config["seeds"]] if config["training"]["unit_cell"]["enabled"] and LATTICE_SETS else []
+)
+CELL_PREDICTORS = UNIT_CELL_MODELS + COLUMN_FITS
 # Tables 1-3: one per preprocessing configuration with any trained predictor, in the paper's order
 TABLE_NUMBERS = {"none": 1, "augmentation": 2, "augmentation_filter": 3}
 TABLE_CONFIGURATIONS = [
@@ -109,6 +125,8 @@ wildcard_constraints:
     seed=r"\d+",
     model=one_of(TRAINING_JOBS),
     predictor=one_of(PREDICTORS),
+    image="adf|idpc",
+    unit_cell_model=one_of(UNIT_CELL_MODELS),
 
 
 def job_settings(wildcards):
@@ -194,6 +212,7 @@ def all_outputs():
             f"{RESULTS}/tables/leakage.md",
         ]
         + expand(f"{RESULTS}/figures/{{kind}}_{{configuration}}.png", kind=["distributions", "maps"], configuration=TABLE_CONFIGURATIONS)
+        + expand(f"{RESULTS}/figures/cells/{{dataset}}.png", dataset=LATTICE_SETS)
         + expand(f"{RESULTS}/figures/sweep_{{sweep}}.png", sweep=SWEEPS)
         + expand(f"{RESULTS}/figures/com_and_accuracy_{{sweep}}.png", sweep=THICKNESS_SWEEPS)
         + [f"{RESULTS}/figures/com_field.png"]

@@ -61,8 +61,8 @@ rule tables:
     """Per-pattern results pooled into results.tsv, the per-family summary, and Tables 1-3, with
     every set that the audit finds not independent of training marked."""
     input:
-        metrics=expand(f"{RESULTS}/predictions/{{predictor}}.json", predictor=PREDICTORS),
-        records=expand(f"{RESULTS}/models/{{model}}/record.json", model=list(TRAINING_JOBS) + PCA_KNN),
+        metrics=expand(f"{RESULTS}/predictions/{{predictor}}.json", predictor=PREDICTORS + CELL_PREDICTORS),
+        records=expand(f"{RESULTS}/models/{{model}}/record.json", model=list(TRAINING_JOBS) + PCA_KNN + UNIT_CELL_MODELS),
         leakage=rules.audit.output.csv,
     output:
         results=report(f"{RESULTS}/tables/results.tsv", caption="../report/results.rst", category="Evaluation", subcategory="Tables"),
@@ -80,6 +80,14 @@ rule tables:
         other_formats=expand(
             f"{RESULTS}/tables/table_{{configuration}}.{{suffix}}", configuration=TABLE_CONFIGURATIONS, suffix=["csv", "tex"]
         ),
+        cells=report(
+            f"{RESULTS}/tables/table_cells.md",
+            caption="../report/table_cells.rst",
+            category="Evaluation",
+            subcategory="Tables",
+            labels={"table": "Per unit cell"},
+        ),
+        cells_other_formats=expand(f"{RESULTS}/tables/table_cells.{{suffix}}", suffix=["csv", "tex"]),
         regimes=[
             report(
                 f"{RESULTS}/tables/table_regimes.md",
