@@ -74,6 +74,14 @@ UNIT_CELL_MODELS = (
     [f"unit_cell-seed{seed}" for seed in config["seeds"]] if config["training"]["unit_cell"]["enabled"] and LATTICE_SETS else []
 )
 CELL_PREDICTORS = UNIT_CELL_MODELS + COLUMN_FITS
+# virtual images: every evaluated set with a calibrated detector, and the unit-cell model's sets
+VIRTUAL_SETS = list(
+    dict.fromkeys(
+        LATTICE_SETS
+        + [name for name, spec in EXPERIMENTAL.items() if spec["detector_mrad_per_px"] > 0]
+        + (UNIT_CELL_TRAINING + UNIT_CELL_VALIDATION if UNIT_CELL_MODELS else [])
+    )
+)
 # Tables 1-3: one per preprocessing configuration with any trained predictor, in the paper's order
 TABLE_NUMBERS = {"none": 1, "augmentation": 2, "augmentation_filter": 3}
 TABLE_CONFIGURATIONS = [
@@ -212,6 +220,7 @@ def all_outputs():
             f"{RESULTS}/tables/leakage.md",
         ]
         + expand(f"{RESULTS}/figures/{{kind}}_{{configuration}}.png", kind=["distributions", "maps"], configuration=TABLE_CONFIGURATIONS)
+        + expand(f"{RESULTS}/virtual/{{dataset}}.npz", dataset=VIRTUAL_SETS)
         + expand(f"{RESULTS}/figures/cells/{{dataset}}.png", dataset=LATTICE_SETS)
         + expand(f"{RESULTS}/figures/sweep_{{sweep}}.png", sweep=SWEEPS)
         + expand(f"{RESULTS}/figures/com_and_accuracy_{{sweep}}.png", sweep=THICKNESS_SWEEPS)
