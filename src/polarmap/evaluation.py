@@ -421,6 +421,12 @@ def _accuracy_text(entry) -> str:
     return text + (f" ({entry.seeds_learned} of {entry.seeds} seeds learned)" if entry.seeds_learned < entry.seeds else "")
 
 
+def _family_title(by_key: dict, datasets: list[str], family: str, with_configuration: bool) -> str:
+    """A table's column header: the family's label, and its configuration if asked and it has one."""
+    first = by_key[next((family, d) for d in datasets if (family, d) in by_key)]
+    return first.label + (f" [{first.configuration}]" if with_configuration and first.configuration else "")
+
+
 def table_rows(summary, families: list[str], with_configuration: bool = False, dependent: set[str] = frozenset()) -> list[dict]:
     """Per data set an accuracy row (percent, mean +- std over the seeds that learned, best in
     the row marked; "did not learn" where none did) and a majority-class row (marked right or
@@ -431,11 +437,7 @@ def table_rows(summary, families: list[str], with_configuration: bool = False, d
     datasets = list(dict.fromkeys(d for d in summary["dataset"] if any((f, d) in by_key for f in families)))
     datasets.sort(key=lambda d: d != SYNTHETIC_TEST)  # stable: the synthetic test first, then config order
 
-    def title(family):
-        first = by_key[next((family, d) for d in datasets if (family, d) in by_key)]
-        return first.label + (f" [{first.configuration}]" if with_configuration and first.configuration else "")
-
-    header = ["Dataset"] + [title(f) for f in families]
+    header = ["Dataset"] + [_family_title(by_key, datasets, f, with_configuration) for f in families]
     rows = [{"kind": "header", "cells": [{"text": h} for h in header]}]
     for dataset in datasets:
         entries = [by_key.get((f, dataset)) for f in families]
@@ -465,11 +467,7 @@ def cell_table_rows(summary, families: list[str], dependent: set[str] = frozense
     by_key = {(r.family, r.dataset): r for r in summary.itertuples()}
     datasets = list(dict.fromkeys(d for d in summary.loc[np.isfinite(summary["cell_accuracy_mean"].astype(float)), "dataset"]))
     families = [f for f in families if any((f, d) in by_key for d in datasets)]
-    def title(family):
-        first = by_key[next((family, d) for d in datasets if (family, d) in by_key)]
-        return first.label + (f" [{first.configuration}]" if first.configuration else "")
-
-    header = ["Dataset (pattern / cell %)"] + [title(f) for f in families]
+    header = ["Dataset (pattern / cell %)"] + [_family_title(by_key, datasets, f, True) for f in families]
     rows = [{"kind": "header", "cells": [{"text": h} for h in header]}]
     for dataset in datasets:
         entries = [by_key.get((f, dataset)) for f in families]
