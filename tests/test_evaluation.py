@@ -278,13 +278,16 @@ def test_column_fit_is_a_column_of_every_table_and_every_predictor_has_a_per_cel
     for path in files:  # the learned models' and baselines' per-cell answers
         content = json.loads(path.read_text())
         path.write_text(json.dumps([{**m, "cell_accuracy": 1.0 if m["accuracy"] > 0.5 else 0.0} for m in content]))
-    fitted = {**metrics("3S", 0.75, {"RM": 6, "RD": 2}, ["RM"], 12.0), "cell_accuracy": 0.75, "cell_predictor": "answered"}
+    fitted = {**metrics("3S", 0.75, {"RM": 6}, ["RM"], 12.0), "cell_accuracy": 0.75, "unknown_fraction": 0.25, "cell_predictor": "answered"}
     coarse = {**metrics("4E", float("nan"), {}, ["RM", "RD"]), "cell_predictor": "not applicable: 2.0 scan px per unit cell, 4 needed"}
     (tmp_path / "column_fit_adf.json").write_text(json.dumps([coarse, fitted]))
     write_tables([*files, tmp_path / "column_fit_adf.json"], records, tmp_path / "tables", "corrected")
     table = (tmp_path / "tables/table_none.md").read_text().splitlines()
     assert table[0] == "| Dataset | Conv (Reg) | Conv (Cls) | PCA | CoM | Columns (ADF) |"
-    assert next(line for line in table if line.startswith("| 3S")).endswith("| 75.0 ± 0.0 |")
+    three_s = table.index(next(line for line in table if line.startswith("| 3S")))
+    assert table[three_s].endswith("| 75.0 ± 0.0 |")
+    # a quarter of its patterns without an answer: counted apart, the others have none
+    assert table[three_s + 2] == "| Unknown (%) | 0.0 | 0.0 | 0.0 | 0.0 | 25.0 |"
     four_e = table.index(next(line for line in table if line.startswith("| 4E")))
     assert table[four_e].endswith("| n/a |") and table[four_e + 1].endswith("| n/a |")
     cells = (tmp_path / "tables/table_cells.md").read_text().splitlines()

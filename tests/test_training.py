@@ -13,7 +13,7 @@ import torch
 
 from polarmap import io
 from polarmap.classes import CLASS_NAMES, class_direction
-from polarmap.preprocessing import PreprocessSettings, SplitSettings, make_split, preprocess_dataset
+from polarmap.preprocessing import AugmentationSettings, PreprocessSettings, SplitSettings, make_split, preprocess_dataset
 from polarmap.training import TrainSettings, load_model, train, train_pca_knn
 from test_io import attrs
 from test_preprocessing import disc
@@ -156,3 +156,35 @@ def test_predict_any_model_and_the_faithful_decoding(training_data, tmp_path):
     result = predict_dataset(tmp_path / "corrected/model.pt", ld, tmp_path / "nn.npz")
     assert result["majority_class"] == "LD" and result["counts"]["LD"] == (corrected == 5).sum()
     assert list(com_baseline(np.array([[1.0, 0.0], [0.0, -1.0]]))) == [2, 4]  # +row is MU, -col is LM
+
+
+def test_patterns_unlike_the_training_data_are_unknown(training_data, tmp_path):
+    """A model's out-of-distribution threshold, calibrated on its held-out training patterns,
+    keeps unseen patterns of the training distribution known and calls a dark frame, a flat
+    frame, noise, a detector test image and a ring unknown; PCA+kNN too."""
+    from polarmap.evaluation import load_predictor
+    from polarmap.preprocessing import read_split
+    from polarmap.training import calibrate_ood, load_training_data
+
+    split, preprocessed = training_data
+    train(split, preprocessed, tmp_path / "cls", TrainSettings(seed=1212, configuration="none", max_epochs=3, lr=1e-3), progress=False)
+    train_pca_knn(split, preprocessed, tmp_path / "pca.npz", "none", 888, "corrected", 20, 5, AugmentationSettings())
+    data = load_training_data(split, preprocessed)
+    synthetic_test = data["images"][data["part"] == 2, 0]  # held out of training and of the calibration
+    rng = np.random.default_rng(0)
+    rows, cols = np.indices((33, 33))
+    strange = np.stack([
+        np.zeros((33, 33)), np.ones((33, 33)), rng.random((33, 33)),
+        ((rows // 4 + cols // 4) % 2).astype(float),  # a chequerboard, as a detector's test image
+        (np.abs(np.hypot(rows - 16, cols - 16) - 12) < 1.5).astype(float),  # a ring where the disc should be
+    ]).astype(np.float32)
+    for model, out in ((tmp_path / "cls/model.pt", tmp_path / "cls/ood.npz"), (tmp_path / "pca.npz", tmp_path / "pca_ood.npz")):
+        summary = calibrate_ood(model, split, preprocessed, out)
+        assert summary["held_out_patterns"] > 0 and summary["threshold"] > 0
+        predict = load_predictor(model, ood_path=out)
+        classes, _, scores = predict(synthetic_test, None)
+        assert (classes >= 0).mean() >= 0.9, (model, (classes >= 0).mean())
+        classes, _, scores = predict(strange, None)
+        assert (classes == -1).all(), (model, scores, summary)
+    with pytest.raises(ValueError, match="not an out-of-distribution calibration"):
+        load_predictor(tmp_path / "pca.npz", ood_path=tmp_path / "cls/model.pt")

@@ -172,19 +172,28 @@ def cmd_fetch_weights(args) -> None:
 def cmd_predict(args) -> None:
     from polarmap.evaluation import predict_dataset
 
-    print(json.dumps(predict_dataset(args.model, args.dataset, args.out, compile_model=args.compile), indent=2))
+    print(json.dumps(predict_dataset(args.model, args.dataset, args.out, compile_model=args.compile, ood_path=args.ood), indent=2))
 
 
 def cmd_predict_many(args) -> None:
     from polarmap.evaluation import predict_many
 
     started = time.perf_counter()
-    predict_many(args.model, args.datasets, args.out, args.metrics, compile_model=args.compile)
+    predict_many(args.model, args.datasets, args.out, args.metrics, compile_model=args.compile, ood_path=args.ood)
     from polarmap.training import resolve_device
 
-    inputs = ([] if args.model == "com" else [args.model]) + args.datasets
+    inputs = ([] if args.model == "com" else [args.model]) + [args.ood] * bool(args.ood) + args.datasets
     device = "cpu" if args.model == "com" or args.model.endswith(".npz") else str(resolve_device("auto"))
-    _record(args.out, inputs, {"model": args.model, "compile": args.compile}, started, device=device)
+    _record(args.out, inputs, {"model": args.model, "compile": args.compile, "ood": args.ood}, started, device=device)
+
+
+def cmd_calibrate_ood(args) -> None:
+    from polarmap.training import calibrate_ood
+
+    started = time.perf_counter()
+    summary = calibrate_ood(args.model, args.split, args.preprocessed, args.out, args.quantile)
+    _record(args.out, [args.model, args.split, *args.preprocessed], summary, started)
+    print(json.dumps(summary))
 
 
 def cmd_predict_cells(args) -> None:
@@ -502,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="preprocessed data set .h5")
     p.add_argument("--out", required=True, help="output .npz with the per-pattern predictions on the scan grid")
     p.add_argument("--compile", action="store_true", help="torch.compile the model first (faster on large sets)")
+    p.add_argument("--ood", default="", help="the model's ood.npz (polarmap calibrate-ood): patterns beyond its threshold are unknown (-1)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("predict-many", help="Apply one model to several preprocessed data sets.")
@@ -510,7 +520,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .npz: one prediction grid per data set")
     p.add_argument("--metrics", required=True, help="output .json: accuracy, majority class and counts per data set")
     p.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    p.add_argument("--ood", default="", help="the model's ood.npz (polarmap calibrate-ood): patterns beyond its threshold are unknown (-1)")
     p.set_defaults(func=cmd_predict_many)
+
+    p = sub.add_parser("calibrate-ood", help="A model's out-of-distribution score and its threshold on held-out training patterns.")
+    p.add_argument("model", help="model.pt or PCA+kNN model.npz")
+    p.add_argument("preprocessed", nargs="+", help="the preprocessed training sets of its split")
+    p.add_argument("--split", required=True, help="the split the model trained on (splits/.../<configuration>_seed<N>.npz)")
+    p.add_argument("--quantile", type=float, default=0.99, help="share of held-out training patterns that stay known")
+    p.add_argument("--out", required=True, help="output ood.npz (arrays only)")
+    p.set_defaults(func=cmd_calibrate_ood)
 
     p = sub.add_parser("predict-cells", help="A per-unit-cell predictor (column fitting, a unit-cell model) on stored virtual images.")
     p.add_argument("predictor", help="column_fit_adf, column_fit_idpc, or a unit-cell model.pt")

@@ -14,9 +14,10 @@ import torch
 from polarmap import io
 from polarmap.atomic import save_npz_atomically, write_text_atomically
 from polarmap.cells import ScanCells, accuracy_by_position, cell_majority, scan_cells
-from polarmap.classes import CLASS_NAMES, angle_to_class, class_index
+from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL, angle_to_class, class_index
 from polarmap.columns import MIN_CELL_PX, fit_cells
 from polarmap.config import settings_from_json
+from polarmap.ood import ood_scores
 from polarmap.preprocessing import CONFIGURATIONS, AugmentationSettings, DomainRandomisationSettings, augmenter, derived_seed, name_key
 from polarmap.training import LEARNED_MIN_VALIDATION_ACCURACY
 
@@ -26,18 +27,32 @@ def com_baseline(beam_shift: np.ndarray) -> np.ndarray:
     return angle_to_class(np.arctan2(beam_shift[..., 0], beam_shift[..., 1]))
 
 
-def load_predictor(model_path, batch_size: int = 512, external: bool = True, compile_model: bool = False, device: str = "auto"):
+def load_predictor(model_path, batch_size: int = 512, external: bool = True, compile_model: bool = False, device: str = "auto",
+                   ood_path=""):
     """A function (patterns (n, px, px), beam_shift (n, 2) or None, data set name) -> (classes (n,),
-    angles (n,) in radians or None) for a model.pt, a PCA+kNN model.npz, or "com". The model is loaded (and
-    compiled) once, on `device` ("auto": CUDA when present). PCA+kNN gives no angle.
-    `compile_model`: torch.compile first (tens of seconds once; Conv on 2 cores 760 -> 1150
-    patterns/s, worth it for full 128x128 sets)."""
+    angles (n,) in radians or None, out-of-distribution scores (n,) or None) for a model.pt, a
+    PCA+kNN model.npz, or "com". With `ood_path` (`polarmap calibrate-ood`), a pattern whose score
+    passes the calibrated threshold is unknown (class -1). The model is loaded (and compiled)
+    once, on `device` ("auto": CUDA when present). PCA+kNN gives no angle. `compile_model`:
+    torch.compile first (tens of seconds once; Conv on 2 cores 760 -> 1150 patterns/s, worth it
+    for full 128x128 sets)."""
     if str(model_path) == "com":
+        if ood_path:
+            raise ValueError("the CoM baseline has no training distribution: no out-of-distribution score")
+
         def predict_com(patterns, beam_shift, dataset=""):
             if beam_shift is None:
                 raise ValueError("the CoM baseline needs a preprocessed data set (/beam_shift)")
-            return com_baseline(beam_shift), np.arctan2(beam_shift[..., 0], beam_shift[..., 1])
+            return com_baseline(beam_shift), np.arctan2(beam_shift[..., 0], beam_shift[..., 1]), None
         return predict_com
+    ood = _load_ood(ood_path) if ood_path else None
+
+    def mark_unknown(classes, features):
+        if ood is None:
+            return classes, None
+        scores = ood_scores(features, ood)
+        return np.where(scores > float(ood["threshold"]), UNKNOWN_LABEL, classes), scores
+
     model_path = Path(model_path)
     if model_path.suffix == ".npz":
         from polarmap.models import PcaKnn
@@ -50,7 +65,9 @@ def load_predictor(model_path, batch_size: int = 512, external: bool = True, com
                 side = round(features**0.5)
                 raise ValueError(f"{model_path} takes {side}x{side} px crops, the data set has {patterns.shape[-2]}x{patterns.shape[-1]}; "
                                  f"preprocess it with --crop-px {side}")
-            return pca_knn.predict(patterns.reshape(len(patterns), -1)), None
+            flat = patterns.reshape(len(patterns), -1)
+            classes, scores = mark_unknown(pca_knn.predict(flat), pca_knn.embed(flat) if ood is not None else None)
+            return classes, None, scores
         return predict_pca_knn
     from polarmap.training import load_model, resolve_device
 
@@ -61,7 +78,7 @@ def load_predictor(model_path, batch_size: int = 512, external: bool = True, com
     augments = faithful and CONFIGURATIONS[settings["configuration"]][0]
     layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format  # channels-last: ~2x on a CPU
     model = model.to(device, memory_format=layout)
-    forward = torch.compile(model) if compile_model else model
+    embed = torch.compile(model.features) if compile_model else model.features
 
     def predict_nn(patterns, beam_shift, dataset=""):
         if patterns.shape[-2:] != (input_px, input_px):
@@ -72,21 +89,35 @@ def load_predictor(model_path, batch_size: int = 512, external: bool = True, com
                                 settings_from_json(DomainRandomisationSettings, settings.get("domain_randomisation", {})),
                                 derived_seed(settings["seed"], name_key(dataset)))
             patterns = np.stack([augment(p) for p in patterns])
-        predictions, angles = [], []
+        predictions, angles, features = [], [], []
         with torch.inference_mode():
             for start in range(0, len(patterns), batch_size):
                 batch = torch.from_numpy(np.ascontiguousarray(patterns[start:start + batch_size, None], dtype=np.float32))
-                outputs = forward(batch.to(device).contiguous(memory_format=layout)).float()
+                embedding = embed(batch.to(device).contiguous(memory_format=layout))
+                outputs = model.head(embedding).float()
                 if faithful and settings["objective"] == "regression":
                     predictions.append(model.objective.predict_external_faithfully(outputs).cpu())
                 else:
                     predictions.append(model.predict(outputs).cpu())
                 angles.append(model.angle(outputs).cpu())
+                features.append(embedding.float().cpu())
         if not predictions:
-            return np.zeros(0, np.int64), np.zeros(0)
-        return torch.cat(predictions).numpy(), torch.cat(angles).numpy().astype(np.float64)
+            return np.zeros(0, np.int64), np.zeros(0), None if ood is None else np.zeros(0)
+        classes, scores = mark_unknown(torch.cat(predictions).numpy(), torch.cat(features).numpy() if ood is not None else None)
+        return classes, torch.cat(angles).numpy().astype(np.float64), scores
 
     return predict_nn
+
+
+def _load_ood(path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable out-of-distribution calibration ({err}); rerun polarmap calibrate-ood") from None
+    if not {"class_means", "precision", "threshold"} <= arrays.keys():
+        raise ValueError(f"{path}: not an out-of-distribution calibration (no class_means, precision, threshold); rerun polarmap calibrate-ood")
+    return arrays
 
 
 def predict_patterns(model_path, patterns: np.ndarray, batch_size: int = 512, external: bool = True, compile_model: bool = False,
@@ -138,9 +169,13 @@ def grid_metrics(attrs: dict, grid: np.ndarray, angles: np.ndarray | None, model
     accepted = [class_index(name) for name in attrs["classes"]]
     counts = np.bincount(grid[grid >= 0], minlength=len(CLASS_NAMES))
     errors = angular_error_deg(angles.ravel(), accepted) if angles is not None and accepted else np.full(1, np.nan)
+    answered = grid >= 0
     result = {
         "dataset": attrs["name"], "label": dataset_label(attrs), "model": model,
         "accuracy": float(np.isin(grid, accepted).mean()) if accepted else float("nan"),
+        # "unknown" (out of the model's training distribution) or no answer: counted apart
+        "unknown_fraction": float(1 - answered.mean()),
+        "accuracy_answered": float(np.isin(grid[answered], accepted).mean()) if accepted and answered.any() else float("nan"),
         "angular_error_deg": float(np.nanmean(errors)) if np.isfinite(errors).any() else float("nan"),
         "majority_class": CLASS_NAMES[int(counts.argmax())] if counts.sum() else "",  # ties: the lowest class index
         "thickness_nm": float(attrs.get("thickness_nm", "nan")),
@@ -152,8 +187,9 @@ def grid_metrics(attrs: dict, grid: np.ndarray, angles: np.ndarray | None, model
     return result
 
 
-def _predict_one(predictor, model_path, dataset_path) -> tuple[dict, np.ndarray, np.ndarray | None]:
-    """Metrics, the prediction grid and the angle grid (or None) of one preprocessed data set."""
+def _predict_one(predictor, model_path, dataset_path) -> tuple[dict, dict[str, np.ndarray]]:
+    """Metrics and the grids of one preprocessed data set: classes ("", -1 unknown), and where
+    the model gives them angles (".angle") and out-of-distribution scores (".ood")."""
     with io.open_dataset(dataset_path) as f:
         attrs = io.read_attrs(f)
         patterns = f["patterns"][()]
@@ -165,24 +201,27 @@ def _predict_one(predictor, model_path, dataset_path) -> tuple[dict, np.ndarray,
         raise ValueError(f"{dataset_path}: {int(bad.sum())} patterns hold NaN or infinite values (first at scan {first}); "
                          "a preprocessed set has none: regenerate it with `polarmap preprocess`")
     try:
-        predictions, angles = predictor(patterns.reshape(-1, *patterns.shape[2:]), beam_shift, attrs["name"])
+        predictions, angles, scores = predictor(patterns.reshape(-1, *patterns.shape[2:]), beam_shift, attrs["name"])
     except ValueError as err:
         raise ValueError(f"{dataset_path}: {err}") from None
-    grid = predictions.reshape(scan_shape).astype(np.int8)
-    angle_grid = angles.reshape(scan_shape).astype(np.float32) if angles is not None else None
-    return grid_metrics(attrs, grid, angles.reshape(scan_shape) if angles is not None else None, str(model_path)), grid, angle_grid
+    grids = {"": predictions.reshape(scan_shape).astype(np.int8)}
+    if angles is not None:
+        grids[".angle"] = angles.reshape(scan_shape).astype(np.float32)
+    if scores is not None:
+        grids[".ood"] = scores.reshape(scan_shape).astype(np.float32)
+    angle_grid = angles.reshape(scan_shape) if angles is not None else None
+    return grid_metrics(attrs, grids[""], angle_grid, str(model_path)), grids
 
 
-def predict_many(model_path, dataset_paths, out, metrics_out, compile_model: bool = False) -> list[dict]:
+def predict_many(model_path, dataset_paths, out, metrics_out, compile_model: bool = False, ood_path="") -> list[dict]:
     """One model on several preprocessed sets: prediction grids in one .npz (keyed by data set
-    name; angles, where the model gives them, as <name>.angle), metrics in one JSON."""
-    predictor = load_predictor(model_path, compile_model=compile_model)
+    name; angles and out-of-distribution scores, where there are any, as <name>.angle and
+    <name>.ood), metrics in one JSON."""
+    predictor = load_predictor(model_path, compile_model=compile_model, ood_path=ood_path)
     grids, results = {}, []
     for path in dataset_paths:
-        result, grid, angles = _predict_one(predictor, model_path, path)
-        grids[result["dataset"]] = grid
-        if angles is not None:
-            grids[f"{result['dataset']}.angle"] = angles
+        result, mine = _predict_one(predictor, model_path, path)
+        grids.update({result["dataset"] + suffix: grid for suffix, grid in mine.items()})
         results.append(result)
     save_npz_atomically(out, grids)
     write_text_atomically(metrics_out, json.dumps(results, indent=2) + "\n")
@@ -240,7 +279,7 @@ def predict_cells_many(predictor_name: str, virtual_paths, out, metrics_out) -> 
         if cells is None or cells.cell_px < MIN_CELL_PX:
             note = "no known unit cells" if cells is None else f"{cells.cell_px:.1f} scan px per unit cell, {MIN_CELL_PX} needed"
             results.append({**grid_metrics({**attrs, "classes": []}, grid, None, label), "accepted": list(attrs["classes"]),
-                            "cells_answered": 0, "cell_predictor": f"not applicable: {note}"})
+                            "unknown_fraction": float("nan"), "cells_answered": 0, "cell_predictor": f"not applicable: {note}"})
         else:
             try:
                 cell_class, cell_angle = predict(images, cells)
@@ -258,14 +297,13 @@ def predict_cells_many(predictor_name: str, virtual_paths, out, metrics_out) -> 
     return results
 
 
-def predict_dataset(model_path, dataset_path, out, compile_model: bool = False) -> dict:
-    """Per-pattern predictions on the scan grid, accuracy against the set's accepted classes and
-    the majority class; written to `out` (.npz, arrays only)."""
-    result, grid, angles = _predict_one(load_predictor(model_path, compile_model=compile_model), model_path, dataset_path)
-    arrays = {"predictions": grid, "meta": np.array(json.dumps(result))}
-    if angles is not None:
-        arrays["angles"] = angles
-    save_npz_atomically(out, arrays)
+def predict_dataset(model_path, dataset_path, out, compile_model: bool = False, ood_path="") -> dict:
+    """Per-pattern predictions on the scan grid (-1: unknown), accuracy against the set's accepted
+    classes and the majority class; written to `out` (.npz, arrays only)."""
+    predictor = load_predictor(model_path, compile_model=compile_model, ood_path=ood_path)
+    result, grids = _predict_one(predictor, model_path, dataset_path)
+    names = {"": "predictions", ".angle": "angles", ".ood": "ood_scores"}
+    save_npz_atomically(out, {names[suffix]: grid for suffix, grid in grids.items()} | {"meta": np.array(json.dumps(result))})
     return result
 
 
@@ -332,13 +370,13 @@ def results_frame(metrics_files, record_files=()):
             rows.append({**info, "predictor": path.stem, "dataset": r["dataset"], "dataset_label": r.get("label", r["dataset"]),
                          "thickness_nm": r.get("thickness_nm", float("nan")),
                          "accepted": "/".join(r["accepted"]), "accuracy": r["accuracy"],
-                         "cell_accuracy": r.get("cell_accuracy", float("nan")),
+                         "cell_accuracy": r.get("cell_accuracy", float("nan")), "unknown_fraction": r.get("unknown_fraction", 0.0),
                          "angular_error_deg": r.get("angular_error_deg", float("nan")),
                          **{f"count_{k}": r["counts"][k] for k in CLASS_NAMES}})
     for name, record in records.items():
         info = {**describe_predictor(name), "learned": bool(record.get("learned", True))}
         rows.append({**info, "predictor": name, "dataset": SYNTHETIC_TEST, "dataset_label": SYNTHETIC_TEST, "thickness_nm": float("nan"),
-                     "accepted": "", "accuracy": record["synthetic_test_accuracy"], "cell_accuracy": float("nan"),
+                     "accepted": "", "accuracy": record["synthetic_test_accuracy"], "cell_accuracy": float("nan"), "unknown_fraction": 0.0,
                      "angular_error_deg": float("nan"),
                      **dict.fromkeys(COUNT_COLUMNS, 0)})
     if not rows:
@@ -366,6 +404,7 @@ def summarize(results):
             "seeds_learned": len(group), "accuracy_mean": group["accuracy"].mean() if len(group) else float("nan"),
             "accuracy_std": group["accuracy"].std(ddof=0) if len(group) else float("nan"),
             "cell_accuracy_mean": group["cell_accuracy"].mean() if len(group) else float("nan"),
+            "unknown_fraction_mean": group["unknown_fraction"].mean() if len(group) else float("nan"),
             "cell_accuracy_std": group["cell_accuracy"].std(ddof=0) if len(group) else float("nan"),
             "angular_error_deg": group["angular_error_deg"].mean() if len(group) else float("nan"),
             "majority_class": majority, "majority_correct": bool(majority) and majority in first["accepted"].split("/"),
@@ -429,8 +468,10 @@ def _family_title(by_key: dict, datasets: list[str], family: str, with_configura
 
 def table_rows(summary, families: list[str], with_configuration: bool = False, dependent: set[str] = frozenset()) -> list[dict]:
     """Per data set an accuracy row (percent, mean +- std over the seeds that learned, best in
-    the row marked; "did not learn" where none did) and a majority-class row (marked right or
-    wrong), and an angular-error row where a model gives angles; one column per model family, its
+    the row marked; "did not learn" where none did; an unknown pattern is not right) and a
+    majority-class row (marked right or wrong), an "unknown" row where some patterns were out of a
+    model's training distribution (or without an answer), and an angular-error row where a model
+    gives angles; one column per model family, its
     header naming the configuration if asked. Data sets in `dependent` (not independent of the
     training data) are marked with a dagger. Each cell: {"text", "best", "correct"}."""
     by_key = {(r.family, r.dataset): r for r in summary.itertuples()}
@@ -453,6 +494,10 @@ def table_rows(summary, families: list[str], with_configuration: bool = False, d
                 ({"text": e.majority_class, "correct": e.majority_correct} if e.seeds_learned and e.majority_class
                  else {"text": NOT_APPLICABLE if e.seeds_learned else DID_NOT_LEARN}) if e is not None
                 else {"text": ""} for e in entries]})
+            if any(e is not None and e.seeds_learned and e.unknown_fraction_mean > 0 for e in entries):
+                rows.append({"kind": "unknown", "cells": [{"text": "Unknown (%)"}] + [
+                    {"text": f"{100 * e.unknown_fraction_mean:.1f}"} if e is not None and e.seeds_learned and np.isfinite(e.unknown_fraction_mean)
+                    else {"text": ""} for e in entries]})
             if any(e is not None and np.isfinite(e.angular_error_deg) for e in entries):
                 rows.append({"kind": "angle", "cells": [{"text": "Ang. error (deg)"}] + [
                     {"text": f"{e.angular_error_deg:.1f}"} if e is not None and np.isfinite(e.angular_error_deg) else {"text": ""}
@@ -610,10 +655,12 @@ def compare_modes(summary_a, summary_b, out) -> None:
 
 def disagreement_score(classes: np.ndarray, window: int = 3) -> np.ndarray:
     """Per scan position, the fraction of the positions in a window x window neighbourhood whose
-    class differs from the map's majority class: high where the map departs from its domain."""
+    class differs from the map's majority class (an unknown pattern differs): high where the map
+    departs from its domain."""
     from scipy.ndimage import uniform_filter
 
-    majority = np.bincount(classes.ravel(), minlength=len(CLASS_NAMES)).argmax()
+    known = classes[classes >= 0]
+    majority = np.bincount(known, minlength=len(CLASS_NAMES)).argmax() if known.size else UNKNOWN_LABEL
     return uniform_filter((classes != majority).astype(np.float64), size=window, mode="nearest")
 
 

@@ -20,6 +20,8 @@ from polarmap.classes import CLASS_NAMES  # noqa: E402
 # colour-blind-safe (Okabe-Ito plus two), neighbouring directions in distinct hues
 CLASS_COLOURS = ("#0072B2", "#56B4E9", "#009E73", "#F0E442", "#E69F00", "#D55E00", "#CC79A7", "#7F3C8D")
 CLASS_CMAP = ListedColormap(CLASS_COLOURS, name="polarization_classes")
+UNKNOWN_GREY = "0.75"  # a pattern out of the model's training distribution, or without an answer
+UNKNOWN_GREY_CMAP = CLASS_CMAP.with_extremes(under=UNKNOWN_GREY)
 ELEMENT_COLOURS = {"K": "#9467bd", "Na": "#e7ba52", "Nb": "#2ca02c", "O": "#d62728"}
 
 
@@ -37,7 +39,8 @@ def save(fig, out):
 
 
 def class_legend(ax, **kwargs) -> None:
-    ax.legend(handles=[Patch(color=c, label=n) for n, c in zip(CLASS_NAMES, CLASS_COLOURS)], **kwargs)
+    handles = [Patch(color=c, label=n) for n, c in zip(CLASS_NAMES, CLASS_COLOURS)] + [Patch(color=UNKNOWN_GREY, label="unknown")]
+    ax.legend(handles=handles, **kwargs)
 
 
 def _panel_grid(n: int, columns: int, width: float, height: float):
@@ -74,10 +77,11 @@ def prediction_distributions(fractions: dict, title: str, out):
 
 
 def majority_vote(grids: list[np.ndarray]) -> np.ndarray:
-    """Per-pattern majority class over seeds; ties go to the lowest class index."""
+    """Per-pattern majority class over seeds; ties go to the lowest class index; -1 (unknown)
+    where no seed answered."""
     stacked = np.stack(grids).astype(np.int64)
     votes = np.stack([(stacked == k).sum(axis=0) for k in range(len(CLASS_NAMES))])
-    return votes.argmax(axis=0)
+    return np.where(votes.sum(axis=0) > 0, votes.argmax(axis=0), -1)
 
 
 def _map_grid(maps: dict, panel_in: float, title: str, out, panel_title, decorate=None):
@@ -101,14 +105,14 @@ def _map_grid(maps: dict, panel_in: float, title: str, out, panel_title, decorat
                 if j == 0:
                     ax.set_ylabel(model, fontsize=7)
                 continue
-            ax.imshow(maps[model][column], cmap=CLASS_CMAP, vmin=-0.5, vmax=len(CLASS_NAMES) - 0.5, origin="lower", interpolation="nearest")
+            ax.imshow(maps[model][column], cmap=UNKNOWN_GREY_CMAP, vmin=-0.5, vmax=len(CLASS_NAMES) - 0.5, origin="lower", interpolation="nearest")
             if (text := panel_title(model, column)) is not None:
                 ax.set_title(text, fontsize=8)
             if decorate is not None:
                 decorate(ax, model, column)
             if j == 0:
                 ax.set_ylabel(model, fontsize=7)
-    class_legend(fig, loc="lower center", ncol=len(CLASS_NAMES), fontsize=7, bbox_to_anchor=(0.5, -0.02))
+    class_legend(fig, loc="lower center", ncol=len(CLASS_NAMES) + 1, fontsize=7, bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(title)
     return save(fig, out)
 
@@ -230,7 +234,7 @@ def maps_from_predictions(prediction_files, configuration: str, out, unlearned: 
             continue
         with np.load(path, allow_pickle=False) as data:
             for name in data.files:
-                if not name.endswith(".angle"):
+                if not name.endswith((".angle", ".ood")):
                     seeds = grids.setdefault(info["label"], {}).setdefault(name, [])
                     if path.stem not in unlearned:
                         seeds.append(data[name])

@@ -275,8 +275,11 @@ class PolarizationModel(nn.Module):
         self.register_buffer("input_std", torch.ones(1, 1, input_px, input_px))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        images = (images - self.input_mean) / self.input_std
-        return self.head(self.neck(self.encoder(images)))
+        return self.head(self.features(images))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The penultimate layer (512 values per pattern): what the out-of-distribution score measures."""
+        return self.neck(self.encoder((images - self.input_mean) / self.input_std))
 
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         return self.objective.predict(outputs, self.prototypes if self.prototypes.numel() else None)

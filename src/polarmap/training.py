@@ -19,8 +19,9 @@ import torch
 from tqdm import tqdm
 
 from polarmap import io
-from polarmap.atomic import temporary_path
+from polarmap.atomic import save_npz_atomically, temporary_path
 from polarmap.models import N_CLASSES, PcaKnn, PolarizationModel, class_prototypes
+from polarmap.ood import KNOWN_QUANTILE, fit_ood
 from polarmap.preprocessing import (
     CONFIGURATIONS, AugmentationSettings, DomainRandomisationSettings, augmentation_pipeline, augmenter, derived_seed, read_split,
 )
@@ -312,6 +313,34 @@ def load_model(path) -> tuple[PolarizationModel, dict]:
         reason = f"no {err}" if isinstance(err, KeyError) else " ".join(str(err).split())[:200]
         raise ValueError(f"{path}: not a polarmap model ({reason}); use a model.pt written by `polarmap train`") from None
     return model.eval(), settings
+
+
+def _neural_features(model: PolarizationModel, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    model.eval()
+    with torch.inference_mode():
+        return np.concatenate([model.features(torch.from_numpy(images[b])).numpy() for b in _batches(len(images), batch_size)]
+                              or [np.zeros((0, 512), np.float32)])
+
+
+def calibrate_ood(model_path, split_path, preprocessed, out, quantile: float = KNOWN_QUANTILE) -> dict:
+    """The out-of-distribution score of a model.pt or PCA+kNN model.npz (`polarmap.ood`), fitted on
+    the training part of its split and its threshold set on the held-out part (the validation
+    part; PCA+kNN's held-out tenth), written to `out` (.npz, arrays only)."""
+    data = load_training_data(split_path, preprocessed)
+    if Path(model_path).suffix == ".npz":
+        pca_part = read_split(split_path)["pca_part"]
+        features = PcaKnn.load(model_path).embed(data["images"].reshape(len(data["labels"]), -1))
+        train_rows, held_out = np.flatnonzero(pca_part == 0), np.flatnonzero(pca_part == 1)
+        train_features, held_out_features = features[train_rows], features[held_out]
+    else:
+        model, _ = load_model(model_path)
+        train_rows, held_out = np.flatnonzero(data["part"] == TRAIN), np.flatnonzero(data["part"] == VALIDATION)
+        train_features = _neural_features(model, data["images"][train_rows])
+        held_out_features = _neural_features(model, data["images"][held_out])
+    arrays = fit_ood(train_features, data["labels"][train_rows], held_out_features, quantile)
+    save_npz_atomically(out, arrays)
+    return {"threshold": float(arrays["threshold"]), "quantile": quantile, "training_patterns": int(len(train_rows)),
+            "held_out_patterns": int(len(held_out))}
 
 
 def train_pca_knn(split_path, preprocessed, out, configuration: str, seed: int, mode: str,

@@ -58,6 +58,8 @@ PCA_KNN = (
     else []
 )
 PREDICTORS = list(TRAINING_JOBS) + PCA_KNN + ["com"]
+# models whose out-of-distribution threshold is calibrated (corrected mode: the published code has none)
+OOD_MODELS = list(TRAINING_JOBS) + PCA_KNN if config["evaluation"]["ood"]["enabled"] and config["mode"] == "corrected" else []
 # evaluated sets whose unit cells are known (simulated, or experiment-like from a simulation):
 # their virtual images, column fitting, per-cell scores and figures
 LATTICE_SETS = [name for name in EVALUATED if ROLES[name] != "experimental"]
@@ -162,6 +164,23 @@ def imagenet_weights_input(wildcards):
     if job["pretrained"] != "imagenet":
         return []
     return f"resources/torch/hub/checkpoints/{IMAGENET_FILES[job['encoder']]}"
+
+
+def training_inputs(predictor):
+    """The split and preprocessed training sets a trained model or PCA+kNN learned from."""
+    if predictor.startswith("pca_knn-"):
+        _, configuration, seed = predictor.split("-")
+        job = {"training_data": "base", "configuration": configuration, "seed": seed.removeprefix("seed")}
+    else:
+        job = TRAINING_JOBS[predictor]
+    return {
+        "split": split_file(job),
+        "preprocessed": expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=TRAINING_SETS[job["training_data"]]),
+    }
+
+
+def ood_file(wildcards):
+    return [f"{RESULTS}/models/{wildcards.predictor}/ood.npz"] if wildcards.predictor in OOD_MODELS else []
 
 
 def model_file(wildcards):

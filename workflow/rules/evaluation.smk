@@ -1,7 +1,30 @@
+rule calibrate_ood:
+    """A model's out-of-distribution score and its threshold on its held-out training patterns."""
+    input:
+        unpack(lambda wildcards: training_inputs(wildcards.predictor)),
+        model=model_file,
+    output:
+        ood=f"{RESULTS}/models/{{predictor}}/ood.npz",
+        record=f"{RESULTS}/models/{{predictor}}/ood.record.json",
+    log:
+        f"{RESULTS}/logs/calibrate_ood/{{predictor}}.log",
+    conda:
+        "../../envs/ml.yaml"
+    resources:
+        slurm_partition=partition(0),
+    params:
+        quantile=config["evaluation"]["ood"]["quantile"],
+    shell:
+        "OMP_NUM_THREADS=1 polarmap calibrate-ood {input.model:q} {input.preprocessed:q} --split {input.split:q} "
+        "--quantile {params.quantile:q} --out {output.ood:q} > {log:q} 2>&1"
+
+
 rule predict:
-    """One trained model (or PCA+kNN, or the CoM baseline) on every evaluation data set."""
+    """One trained model (or PCA+kNN, or the CoM baseline) on every evaluation data set; with an
+    out-of-distribution calibration, patterns beyond its threshold are unknown."""
     input:
         model=model_file,
+        ood=ood_file,
         datasets=expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=EVALUATED),
     output:
         grids=f"{RESULTS}/predictions/{{predictor}}.npz",
@@ -18,8 +41,9 @@ rule predict:
         slurm_partition=partition(0),
     params:
         model=lambda wildcards, input: input.model or "com",
+        ood=lambda wildcards, input: input.ood or "",
     shell:
-        "OMP_NUM_THREADS={threads} polarmap predict-many {params.model:q} {input.datasets:q} "
+        "OMP_NUM_THREADS={threads} polarmap predict-many {params.model:q} {input.datasets:q} --ood={params.ood:q} "
         "--out {output.grids:q} --metrics {output.metrics:q} > {log:q} 2>&1"
 
 
