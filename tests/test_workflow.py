@@ -94,17 +94,18 @@ def test_every_data_set_is_made_valid_and_logged(study):
     assert sorted(str(p.relative_to(results / "splits")) for p in (results / "splits").glob("*/*.npz")) == [
         "base/augmentation_filter_seed888.npz", "base/augmentation_seed888.npz", "base/none_seed888.npz", "diverse/augmentation_filter_seed888.npz"]
     models = {p.name for p in (results / "models").iterdir()}
-    assert len(models) == 9 + 2 + 3 + 3 and "vgg16-classification-none-scratch-seed888" in models
+    assert len(models) == 9 + 2 + 3 + 3 + 1 and {"vgg16-classification-none-scratch-seed888", "unit_cell-seed888"} <= models
     for model in models:
         record = json.loads((results / "models" / model / "record.json").read_text())
         assert "synthetic_test_accuracy" in record
         assert (results / "models" / model / ("model.npz" if model.startswith("pca_knn") else "model.pt")).exists()
     results_table = read_table(results / "tables/results.tsv")
-    assert set(results_table["predictor"]) == models | {"com"}
+    assert set(results_table["predictor"]) == models | {"com", "column_fit_adf", "column_fit_idpc"}
     evaluated = ["1S", "2S", "3S", "4S", "5S", "6S", "7S", "thickness_2", "thickness_8", "1E", "3E", "4E", "dose_1000", "5E", "defect"]
     assert sorted(set(results_table["dataset"])) == sorted(evaluated + [SYNTHETIC_TEST])
     table = (results / "tables/table_none.md").read_text().splitlines()
-    assert table[0].startswith("| Dataset | Conv (Reg) | Conv (Cls) | Conv (Proto) | VGG (Cls) | ResNet (Cls) | PCA | CoM |")
+    assert table[0] == ("| Dataset | Conv (Reg) | Conv (Cls) | Conv (Proto) | VGG (Cls) | ResNet (Cls) | PCA | Unit cell (ADF+CoM) | CoM | "
+                        "Columns (ADF) | Columns (iDPC) |")
     assert table[2].startswith(f"| {SYNTHETIC_TEST}") and any(line.startswith("| 1S-LU-4x4-") for line in table)
     for configuration in ("none", "augmentation", "augmentation_filter"):
         for suffix in ("md", "csv", "tex"):
@@ -119,6 +120,7 @@ def test_every_data_set_is_made_valid_and_logged(study):
     record = json.loads((results / "predictions/com.record.json").read_text())
     assert len(record["inputs"]) == len(evaluated) and "wall_seconds" in record
     assert_defect_study(results)
+    assert_per_cell_and_unknown(results, models, evaluated)
     assert not list(results.rglob("*.partial")) and not list(results.rglob("*.tmp*")) and not list(results.rglob("checkpoint.pt"))
 
 
@@ -141,12 +143,38 @@ def assert_audit_and_learning_marks(results, models, evaluated):
     for model in models - {m for m in models if "diverse" in m or "domain" in m}:
         record = json.loads((results / "models" / model / "record.json").read_text())
         assert isinstance(record["learned"], bool) and 0 <= record["validation_accuracy"] <= 1
-        configuration = record["settings"]["configuration"]
+        configuration = record["settings"].get("configuration", "none")  # the unit-cell model is in every table
         header, synthetic_row = tables[configuration].splitlines()[0].split(" | "), tables[configuration].splitlines()[2].split(" | ")
         assert synthetic_row[0].startswith(f"| {SYNTHETIC_TEST}")
-        title = "PCA" if model.startswith("pca_knn") else f"{ENCODER_LABELS[model.split('-')[0]]} ({OBJECTIVE_LABELS[record['settings']['objective']]})"
+        title = ("PCA" if model.startswith("pca_knn") else "Unit cell (ADF+CoM)" if model.startswith("unit_cell")
+                 else f"{ENCODER_LABELS[model.split('-')[0]]} ({OBJECTIVE_LABELS[record['settings']['objective']]})")
         column = header.index(title)
         assert (synthetic_row[column].strip(" |*") == "did not learn") == (not record["learned"]), (model, synthetic_row[column])
+
+
+def assert_per_cell_and_unknown(results, models, evaluated):
+    """Issues 15 and 16 on the tests preset: virtual images of every simulated evaluated set and of
+    the unit-cell model's training sets, column fitting "n/a" at 1-2 px per cell, a per-cell
+    figure per set, table_cells, and an out-of-distribution calibration for every trained model."""
+    lattice_sets = [name for name in evaluated if name != "5E"]  # 5E: a detector file without calibration
+    for name in lattice_sets + ["train_RM", "train_RM_thick"]:
+        with np.load(results / f"virtual/{name}.npz") as images:
+            assert images["adf"].shape == (4, 4) and images["com_mrad"].shape == (4, 4, 2)
+    assert not (results / "virtual/5E.npz").exists()
+    for name in lattice_sets:
+        assert (results / f"figures/cells/{name}.pdf").exists()
+    fitted = json.loads((results / "predictions/column_fit_adf.json").read_text())
+    assert {m["dataset"] for m in fitted} == set(lattice_sets) and all(m["cell_predictor"].startswith("not applicable") for m in fitted)
+    cells = (results / "tables/table_cells.md").read_text().splitlines()
+    assert cells[0].startswith("| Dataset (pattern / cell %) | Conv (Reg) [none] |") and cells[0].endswith("| CoM | Columns (ADF) | Columns (iDPC) |")
+    assert {line.split(" | ")[0].strip("| ").split("-")[0] for line in cells[2:]} == set(lattice_sets)
+    trained = {m for m in models if not m.startswith("unit_cell")}
+    assert {p.parent.name for p in results.glob("models/*/ood.npz")} == trained
+    for model in trained:
+        with np.load(results / f"predictions/{model}.npz") as grids:
+            assert {"3S.ood", "3S"} <= set(grids.files) and grids["3S"].min() >= -1
+        metrics = json.loads((results / f"predictions/{model}.json").read_text())
+        assert all(0 <= m["unknown_fraction"] <= 1 for m in metrics)
 
 
 def assert_thickness_study(results):
@@ -173,7 +201,7 @@ def assert_defect_study(results):
         mask = f["defect_mask"][()]
         assert mask.shape == (4, 4) and 0 < mask.sum() < 16 and io.read_attrs(f)["classes"] == ["RD"]
     scores = (results / "tables/defect_localisation.tsv").read_text().splitlines()
-    assert scores[0] == "predictor\tmodel\tconfiguration\tseed\tlocalisation_auc" and len(scores) == 1 + 18
+    assert scores[0] == "predictor\tmodel\tconfiguration\tseed\tlocalisation_auc" and len(scores) == 1 + 18 + 3
     assert all(0 <= float(line.split("\t")[-1]) <= 1 for line in scores[1:])
     assert (results / "figures/defect_maps.pdf").exists() and (results / "dft/record.json").exists()
 
@@ -193,11 +221,13 @@ def test_changing_one_test_set_reruns_only_its_jobs(study):
     (study / "changed.yaml").write_text(config)
     plan = planned_jobs(study, "--configfile", "changed.yaml")
     counts = job_counts(plan)
-    # its own chain, then every predictor re-evaluated (17 models + the CoM baseline, on all sets)
-    # and the leakage audit, which reads every evaluated set
-    assert counts == {"all": 1, "audit": 1, "dataset_summary": 1, "defect_study": 1, "figure_distributions": 3, "figure_maps": 3, "figure_sweep": 2,
-                      "figure_thickness": 1, "predict": 9 + 2 + 3 + 3 + 1, "preprocess": 1, "qstem_inputs": 1, "simulate": 1, "structure": 1,
-                      "tables": 1, "total": 5 + 18 + 1 + 1 + 3 + 3 + 2 + 1 + 1 + 1}, plan
+    # its own chain, then every predictor re-evaluated (17 models + the CoM baseline, on all sets;
+    # the unit-cell model and column fitting from its new virtual images), the leakage audit, which
+    # reads every evaluated set, and every per-cell figure
+    assert counts == {"all": 1, "audit": 1, "column_fit": 2, "dataset_summary": 1, "defect_study": 1, "figure_cells": 14,
+                      "figure_distributions": 3, "figure_maps": 3, "figure_sweep": 2, "figure_thickness": 1, "predict": 9 + 2 + 3 + 3 + 1,
+                      "predict_unit_cell": 1, "preprocess": 1, "qstem_inputs": 1, "simulate": 1, "structure": 1, "tables": 1,
+                      "virtual_images": 1, "total": 5 + 18 + 1 + 1 + 3 + 3 + 2 + 1 + 1 + 1 + 2 + 14 + 1 + 1}, plan
 
 
 def job_counts(plan):

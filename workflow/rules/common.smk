@@ -101,15 +101,16 @@ COM_FIELD_DATASET = config["evaluation"]["com_field_dataset"] or next(iter(confi
 
 
 def predictors_of(configuration):
-    """The predictors whose maps go in one configuration's figure (the CoM baseline in each):
-    the paper's models, not those trained on diverse data or with domain randomisation."""
+    """The predictors whose maps go in one configuration's figure: the paper's models, not those
+    trained on diverse data or with domain randomisation, and in each the CoM baseline and the
+    per-cell predictors (the unit-cell model, column fitting)."""
     return [
         p
         for p in PREDICTORS
         if p == "com"
         or (p in PAPER_MODELS and TRAINING_JOBS[p]["configuration"] == configuration)
         or p.startswith(f"pca_knn-{configuration}-")
-    ]
+    ] + CELL_PREDICTORS
 
 
 def split_file(job):

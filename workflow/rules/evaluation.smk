@@ -277,7 +277,7 @@ rule figure_thickness:
 rule defect_study:
     """Fig. 8: defect maps per model and configuration, and how well the errors locate the vacancy."""
     input:
-        predictions=expand(f"{RESULTS}/predictions/{{predictor}}.npz", predictor=PREDICTORS),
+        predictions=expand(f"{RESULTS}/predictions/{{predictor}}.npz", predictor=PREDICTORS + CELL_PREDICTORS),
         dataset=f"{RESULTS}/preprocessed/defect.h5",
     output:
         table=report(f"{RESULTS}/tables/defect_localisation.tsv", caption="../report/defects.rst", category="Defect study"),
