@@ -8,6 +8,8 @@ rule calibrate_ood:
         record=f"{RESULTS}/models/{{predictor}}/ood.record.json",
     log:
         f"{RESULTS}/logs/calibrate_ood/{{predictor}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/calibrate_ood/{{predictor}}.tsv"
     conda:
         "../../envs/ml.yaml"
     resources:

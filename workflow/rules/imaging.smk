@@ -13,6 +13,8 @@ rule virtual_images:
         pdf=f"{RESULTS}/figures/virtual/{{dataset}}.pdf",
     log:
         f"{RESULTS}/logs/virtual_images/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/virtual_images/{{dataset}}.tsv"
     conda:
         "../../envs/ml.yaml"
     resources:
