@@ -422,10 +422,16 @@ def cell_panels(adf: np.ndarray, centres_px: np.ndarray, arrows: dict, heats: di
         for ax in (top, bottom):
             ax.set_xticks([]), ax.set_yticks([])
     axes[1, 0].set_ylabel("position in cell (row)", fontsize=7)
-    if shown is not None:
-        fig.colorbar(shown, ax=axes[1, :].tolist(), shrink=0.8, label="accuracy")
+    if shown is not None:  # in an axis of its own, so that both rows keep one width per method
+        fig.subplots_adjust(right=0.92)
+        fig.colorbar(shown, cax=fig.add_axes((0.94, 0.12, 0.01, 0.33)), label="accuracy")
     fig.suptitle(title, fontsize=9)
     return save(fig, out)
+
+
+def _family_title(info: dict) -> str:
+    """A model family's label, with its configuration where it has one (as the tables title it)."""
+    return info["label"] + (f" [{info['configuration']}]" if info["configuration"] else "")
 
 
 def cells_from_files(virtual, prediction_files, metrics_files, dataset: str, out, unlearned: set[str] = frozenset()):
@@ -454,10 +460,10 @@ def cells_from_files(virtual, prediction_files, metrics_files, dataset: str, out
             continue
         for entry in json.loads(path.read_text()):
             if entry["dataset"] == dataset and "position_accuracy" in entry:
-                heats.setdefault(describe_predictor(path.stem)["label"], []).append(np.array(entry["position_accuracy"], dtype=float))
+                heats.setdefault(_family_title(describe_predictor(path.stem)), []).append(np.array(entry["position_accuracy"], dtype=float))
     votes: dict = {}
     for path in map(Path, prediction_files):
-        label = describe_predictor(path.stem)["label"]
+        label = _family_title(describe_predictor(path.stem))
         with np.load(path, allow_pickle=False) as data:
             if dataset not in data.files:
                 continue
