@@ -3,9 +3,10 @@ cell, as microscopists measure it: find the columns, refine each with a 2-D Gaus
 Nb column's displacement from the centre of its four A-site neighbours. A leaf module: an image in,
 columns and displacements out, no files.
 
-Own code on SciPy rather than Atomap (benchmarks/columns.md measures both on the
-same images): Atomap knows no periodic boundaries, so a simulated supercell of 2x2 cells loses most
-of its columns to the image edge, and it brings HyperSpy (8 s to import per job).
+Own code on SciPy rather than Atomap (benchmarks/columns.md measures both on the same image):
+Atomap knows no periodic boundaries, so a simulated supercell of 2x2 cells loses most of its
+columns to the image edge; on a 128x128 scan it took 10.7 s against 0.9 s here, with three times
+the Nb position error (median 0.0125 against 0.0043 A), and it brings HyperSpy (1.9-8 s to import).
 
 Assumes the lattice axes along the scan axes (the scan rotation removed first) and the cell edge in
 scan pixels known from the scan step and the lattice parameter."""
