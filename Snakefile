@@ -58,6 +58,7 @@ localrules:
     figure_sweep,
     figure_thickness,
     figure_cells,
+    column_fit,
     defect_study,
 
 
