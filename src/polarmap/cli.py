@@ -414,6 +414,9 @@ def cmd_check_config(args) -> None:
     print(f"{args.config}: valid{merged}; study '{config['study']}', data sets: {', '.join(study_config.simulated_datasets(config))}")
 
 
+OOD_HELP = "the model's ood.npz (polarmap calibrate-ood): patterns beyond its threshold are unknown (-1)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polarmap", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -511,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="preprocessed data set .h5")
     p.add_argument("--out", required=True, help="output .npz with the per-pattern predictions on the scan grid")
     p.add_argument("--compile", action="store_true", help="torch.compile the model first (faster on large sets)")
-    p.add_argument("--ood", default="", help="the model's ood.npz (polarmap calibrate-ood): patterns beyond its threshold are unknown (-1)")
+    p.add_argument("--ood", default="", help=OOD_HELP)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("predict-many", help="Apply one model to several preprocessed data sets.")
@@ -520,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .npz: one prediction grid per data set")
     p.add_argument("--metrics", required=True, help="output .json: accuracy, majority class and counts per data set")
     p.add_argument("--compile", action="store_true", help="torch.compile the model first")
-    p.add_argument("--ood", default="", help="the model's ood.npz (polarmap calibrate-ood): patterns beyond its threshold are unknown (-1)")
+    p.add_argument("--ood", default="", help=OOD_HELP)
     p.set_defaults(func=cmd_predict_many)
 
     p = sub.add_parser("calibrate-ood", help="A model's out-of-distribution score and its threshold on held-out training patterns.")

@@ -460,6 +460,14 @@ def _accuracy_text(entry) -> str:
     return text + (f" ({entry.seeds_learned} of {entry.seeds} seeds learned)" if entry.seeds_learned < entry.seeds else "")
 
 
+def _shown_and_best(entries: list, column: str) -> tuple[list, float | None]:
+    """The percentages a table row shows (None: no entry, no learned seed, or not applicable) and
+    the best of them."""
+    shown = [round(100 * getattr(e, column), 1) if e is not None and e.seeds_learned and np.isfinite(getattr(e, column)) else None
+             for e in entries]
+    return shown, max((v for v in shown if v is not None), default=None)
+
+
 def _family_title(by_key: dict, datasets: list[str], family: str, with_configuration: bool) -> str:
     """A table's column header: the family's label, and its configuration if asked and it has one."""
     first = by_key[next((family, d) for d in datasets if (family, d) in by_key)]
@@ -482,9 +490,7 @@ def table_rows(summary, families: list[str], with_configuration: bool = False, d
     rows = [{"kind": "header", "cells": [{"text": h} for h in header]}]
     for dataset in datasets:
         entries = [by_key.get((f, dataset)) for f in families]
-        shown = [round(100 * e.accuracy_mean, 1) if e is not None and e.seeds_learned and np.isfinite(e.accuracy_mean) else None
-                 for e in entries]
-        best = max((v for v in shown if v is not None), default=None)
+        shown, best = _shown_and_best(entries, "accuracy_mean")
         label = entries[[e is not None for e in entries].index(True)].dataset_label + DEPENDENT_MARK * (dataset in dependent)
         rows.append({"kind": "accuracy", "cells": [{"text": label}] + [
             {"text": _accuracy_text(e), "best": v is not None and v == best} if e is not None else {"text": ""}
@@ -516,9 +522,7 @@ def cell_table_rows(summary, families: list[str], dependent: set[str] = frozense
     rows = [{"kind": "header", "cells": [{"text": h} for h in header]}]
     for dataset in datasets:
         entries = [by_key.get((f, dataset)) for f in families]
-        shown = [round(100 * e.cell_accuracy_mean, 1) if e is not None and e.seeds_learned and np.isfinite(e.cell_accuracy_mean) else None
-                 for e in entries]
-        best = max((v for v in shown if v is not None), default=None)
+        shown, best = _shown_and_best(entries, "cell_accuracy_mean")
         label = next(e for e in entries if e is not None).dataset_label + DEPENDENT_MARK * (dataset in dependent)
         rows.append({"kind": "accuracy", "cells": [{"text": label}] + [
             {"text": ""} if e is None else {"text": DID_NOT_LEARN} if not e.seeds_learned else {"text": NOT_APPLICABLE} if v is None else
