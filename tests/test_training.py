@@ -163,7 +163,6 @@ def test_patterns_unlike_the_training_data_are_unknown(training_data, tmp_path):
     keeps unseen patterns of the training distribution known and calls a dark frame, a flat
     frame, noise, a detector test image and a ring unknown; PCA+kNN too."""
     from polarmap.evaluation import load_predictor
-    from polarmap.preprocessing import read_split
     from polarmap.training import calibrate_ood, load_training_data
 
     split, preprocessed = training_data
