@@ -15,6 +15,7 @@ from pathlib import Path
 
 from polarmap import config as study_config
 from polarmap.io import WriteFailed
+from polarmap.ood import KNOWN_QUANTILE
 from polarmap.provenance import write_record
 
 
@@ -530,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model.pt or PCA+kNN model.npz")
     p.add_argument("preprocessed", nargs="+", help="the preprocessed training sets of its split")
     p.add_argument("--split", required=True, help="the split the model trained on (splits/.../<configuration>_seed<N>.npz)")
-    p.add_argument("--quantile", type=float, default=0.99, help="share of held-out training patterns that stay known")
+    p.add_argument("--quantile", type=float, default=KNOWN_QUANTILE, help="share of held-out training patterns that stay known")
     p.add_argument("--out", required=True, help="output ood.npz (arrays only)")
     p.set_defaults(func=cmd_calibrate_ood)
 

@@ -167,9 +167,9 @@ def grid_metrics(attrs: dict, grid: np.ndarray, angles: np.ndarray | None, model
     against the set's accepted classes, angular error, class counts and majority, and per unit cell
     where the set's lattice is known."""
     accepted = [class_index(name) for name in attrs["classes"]]
-    counts = np.bincount(grid[grid >= 0], minlength=len(CLASS_NAMES))
-    errors = angular_error_deg(angles.ravel(), accepted) if angles is not None and accepted else np.full(1, np.nan)
     answered = grid >= 0
+    counts = np.bincount(grid[answered], minlength=len(CLASS_NAMES))
+    errors = angular_error_deg(angles.ravel(), accepted) if angles is not None and accepted else np.full(1, np.nan)
     result = {
         "dataset": attrs["name"], "label": dataset_label(attrs), "model": model,
         "accuracy": float(np.isin(grid, accepted).mean()) if accepted else float("nan"),
