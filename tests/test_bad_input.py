@@ -147,7 +147,7 @@ CASES = {
     "an unknown key": (check_config("trainig: {lr: 1}\n"), r"'trainig' was unexpected"),
     # valid alone (the schema's 256 px patterns), not over config.yaml (128 px), as Snakemake merges it
     "a preset checked with what it is merged over": (check_config("preprocessing: {crop_px: 200}\n"), r"crop_px 200 is larger than the simulated 128x128"),
-    "an import over its own file": (lambda good, tmp: (tifffile.imwrite(tmp / "s.tif", scan().reshape(16, 48, 48)), ["import", "tiff_stack", str(tmp / "s.tif"), "--out", str(tmp / "s.tif")])[1],
+    "an import over its own file": (lambda good, tmp: (tifffile.imwrite(tmp / "s.tif", scan().reshape(16, 48, 48)), ["import", str(tmp / "s.tif"), "--out", str(tmp / "s.tif")])[1],
                                     r"s\.tif: is the input file itself"),
     "a user's folder as the pseudopotential folder": (lambda good, tmp: ((tmp / "mine").mkdir(), (tmp / "mine/notes.txt").write_text("mine"), ["fetch-pseudopotentials", str(tmp / "mine")])[2],
                                                       r"mine: exists and holds other files; give a new or empty folder"),

@@ -8,6 +8,7 @@ import tifffile
 
 from polarmap import io
 from polarmap.classes import CLASS_NAMES
+from polarmap.readers import read_acquisition
 
 
 def attrs(**extra):
@@ -91,9 +92,9 @@ def write_tiff_folder(folder, patterns, digits=5, start=0):
 def test_tiff_folder_import_keeps_row_major_order(tmp_path):
     patterns = np.random.default_rng(3).random((3, 5, 16, 16), dtype=np.float32)
     write_tiff_folder(tmp_path / "scan", patterns, start=1)
-    io.import_tiff_folder(tmp_path / "scan", tmp_path / "s.h5", attrs(), scan_shape=(3, 5), label="RM")
-    with io.open_dataset(tmp_path / "s.h5") as f:
-        assert np.array_equal(f["patterns"][()], patterns)
+    io.import_acquisition(read_acquisition(tmp_path / "scan"), tmp_path / "s.h5", attrs(), scan_shape=(3, 5), label="RM")
+    with io.open_dataset(tmp_path / "s.h5") as f:  # as displayed (row 0 on top) -> +row up, scan and detector
+        assert np.array_equal(f["patterns"][()], patterns[::-1, :, ::-1, :])
         assert (f["labels"][()] == 0).all()
 
 
@@ -102,7 +103,7 @@ def test_tiff_folder_with_a_missing_pattern_names_it(tmp_path):
     write_tiff_folder(tmp_path / "scan", patterns)
     (tmp_path / "scan" / "pattern_00006.tif").unlink()
     with pytest.raises(ValueError, match="missing TIFF for scan index 6"):
-        io.import_tiff_folder(tmp_path / "scan", tmp_path / "s.h5", attrs(), scan_shape=(4, 4))
+        read_acquisition(tmp_path / "scan")
     assert not (tmp_path / "s.h5").exists()
 
 

@@ -17,6 +17,7 @@ from polarmap import config as study_config
 from polarmap.io import WriteFailed
 from polarmap.ood import KNOWN_QUANTILE
 from polarmap.provenance import write_record
+from polarmap.readers import READERS
 
 
 def _job_settings(args) -> dict:
@@ -78,41 +79,49 @@ def cmd_experiment_like(args) -> None:
 
 def cmd_import(args) -> None:
     from polarmap.atomic import refuse_overwriting
-    from polarmap.classes import CLASS_NAMES
-    from polarmap.io import READERS
-    from polarmap.provenance import provenance_attrs
+    from polarmap.io import import_acquisition
+    from polarmap.readers import read_acquisition
 
     if args.settings:  # an experimental set declared in the study config (same keys as below)
         job = {"label": None, "supercell": "experimental", "source": "detector", **json.loads(args.settings)}
-    elif args.format and args.path:
+    elif args.path:
         job = {
-            "name": args.name or Path(args.path).stem, "format": args.format, "path": args.path,
-            "scan_shape": args.scan_shape, "dataset_path": args.dataset_path, "label": args.label,
-            "accepted": args.accepted or ([args.label] if args.label else []), "thickness_nm": args.thickness_nm,
-            "energy_kev": args.energy_kev, "semiangle_mrad": args.semiangle_mrad,
-            "detector_mrad_per_px": args.mrad_per_px, "scan_step_angstrom": args.scan_step_angstrom,
-            "supercell": args.supercell, "source": args.source,
+            "name": args.name or Path(args.path).stem, "format": args.format, "path": args.path, "dataset": args.dataset,
+            "scan_shape": args.scan_shape, "label": args.label, "accepted": args.accepted or ([args.label] if args.label else []),
+            "thickness_nm": args.thickness_nm, "supercell": args.supercell, "source": args.source,
+            **{key: getattr(args, key) for key in CALIBRATION_ARGUMENTS},
         }
     else:
-        raise ValueError("give FORMAT and PATH (or --settings JSON)")
-    unknown = float("nan")  # calibrations stated as 0 or not at all
-    attrs = {
-        "name": job["name"],
-        "classes": job["accepted"],
-        "class_names": list(CLASS_NAMES),
-        "thickness_nm": job["thickness_nm"] or unknown,
-        "supercell": job["supercell"],
-        "energy_kev": job["energy_kev"],
-        "semiangle_mrad": job["semiangle_mrad"],
-        "detector_mrad_per_px": job["detector_mrad_per_px"] or unknown,
-        "scan_step_angstrom": job["scan_step_angstrom"] or unknown,
-        "source": job["source"],
-        **provenance_attrs({key: job[key] for key in ("path", "format", "scan_shape", "label")}),
-    }
-    options = {"dataset_path": job["dataset_path"]} if job["format"] == "hdf5" else {}
-    scan_shape = tuple(job["scan_shape"]) if job["scan_shape"] else None
+        raise ValueError("give the acquisition's PATH (or --settings JSON)")
     refuse_overwriting(job["path"], args.out)
-    READERS[job["format"]](job["path"], args.out, attrs, scan_shape=scan_shape, label=job["label"], **options)
+    acquisition = read_acquisition(job["path"], job["format"], job["dataset"])
+    scan_shape = tuple(job["scan_shape"]) if job["scan_shape"] else None
+    import_acquisition(acquisition, args.out, acquisition_attrs(job, acquisition), scan_shape=scan_shape, label=job["label"])
+
+
+# each calibration: a value given here (0 = not given) wins over the file's; what neither has is
+# stored as NaN (unknown), and the stages that need it ask for it by name
+CALIBRATION_ARGUMENTS = {
+    "energy_kev": "--energy-kev", "semiangle_mrad": "--semiangle-mrad", "detector_mrad_per_px": "--mrad-per-px",
+    "scan_step_angstrom": "--scan-step-angstrom",
+}
+
+
+def acquisition_attrs(job: dict, acquisition) -> dict:
+    from polarmap.classes import CLASS_NAMES
+    from polarmap.provenance import provenance_attrs
+
+    calibration, sources = {}, {}
+    for key in CALIBRATION_ARGUMENTS:
+        given, in_file = job.get(key) or None, acquisition.calibration.get(key)
+        calibration[key] = given or in_file or float("nan")
+        sources[key] = "given" if given else "file" if in_file else "unknown"
+    return {
+        "name": job["name"], "classes": job["accepted"], "class_names": list(CLASS_NAMES),
+        "thickness_nm": job["thickness_nm"] or float("nan"), "supercell": job["supercell"], "source": job["source"],
+        **calibration, "calibration_sources": sources, "scan_shape_from": acquisition.scan_shape_from or "given",
+        **provenance_attrs({key: job[key] for key in ("path", "format", "dataset", "scan_shape", "label")}),
+    }
 
 
 def cmd_preprocess(args) -> None:
@@ -458,23 +467,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--training", action="store_true", help="a training set: apply the beam-shift filter")
     p.set_defaults(func=cmd_preprocess)
 
-    p = sub.add_parser("import", help="Import detector data (TIFF folder or stack, Merlin .mib, HDF5/EMD) into a data set.")
-    p.add_argument("format", nargs="?", choices=["tiff_folder", "tiff_stack", "mib", "hdf5"])
+    p = sub.add_parser("import", help="Import a 4D-STEM acquisition (any format RosettaSciIO reads, TIFF folders and stacks) into a data set.")
     p.add_argument("path", nargs="?", help="file, or folder of one-pattern TIFFs (row-major index as the last number)")
     p.add_argument("--out", required=True, help="output .h5 path")
     p.add_argument("--settings", help=argparse.SUPPRESS)
-    p.add_argument("--scan-shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="default: from the file, or a square scan")
-    p.add_argument("--dataset-path", default="", help="HDF5: the dataset holding the patterns")
-    p.add_argument("--name", help="data set name (default: the folder name)")
+    p.add_argument("--format", default="auto", choices=["auto", *READERS], help="default: from the file's suffix")
+    p.add_argument("--dataset", default="", help="which data set of a file holding several (the refusal lists them)")
+    p.add_argument("--scan-shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="needed where the file has none")
+    p.add_argument("--name", help="data set name (default: the file name)")
     p.add_argument("--label", help="class of every pattern (e.g. RM); default: unknown (-1)")
     p.add_argument("--accepted", nargs="+", help="classes counted as correct (default: the label)")
     p.add_argument("--thickness-nm", type=float, default=0.0, help="0 = unknown")
     p.add_argument("--supercell", default="experimental")
-    p.add_argument("--energy-kev", type=float, default=200.0)
-    p.add_argument("--semiangle-mrad", type=float, default=24.0)
-    p.add_argument("--mrad-per-px", type=float, default=0.0, help="detector calibration; 0 = unknown")
-    p.add_argument("--scan-step-angstrom", type=float, default=0.0, help="0 = unknown")
     p.add_argument("--source", default="detector", help="simulator and version (e.g. QSTEM 2.5), or instrument")
+    for key, flag in CALIBRATION_ARGUMENTS.items():
+        p.add_argument(flag, dest=key, type=float, default=0.0, help=f"{key}, where the file lacks it or is wrong (0: from the file)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("info", help="Validate a data set and summarise it.")

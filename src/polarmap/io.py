@@ -5,25 +5,27 @@ Schema (format "polarmap-4dstem", version 1), documented in the README:
   /labels    int8    (scan_rows, scan_cols), class index, -1 = unknown
   /defect_mask bool  (scan_rows, scan_cols), optional: positions near a simulated vacancy
   root attributes: REQUIRED_ATTRS below, plus provenance (config hash, code version).
+  /bad_pixels  bool (det_rows, det_cols), optional: the detector's own mask of bad pixels
 Detector rows/cols and scan rows/cols share one orientation: +col is "right" (x), +row is
-"up" (y); class angles are 45 k degrees counter-clockwise from +col.
+"up" (y); class angles are 45 k degrees counter-clockwise from +col. Imported acquisitions are
+turned into it from the orientation the microscope displays (`import_acquisition`); how the
+detector sits against the scan (rotation, flip) is found in preprocessing.
 """
 
 import errno
 import json
-import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
 import numpy as np
-import tifffile
 from tqdm import tqdm
 
 from polarmap.atomic import temporary_path, write_text_atomically
 from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL, class_index
 from polarmap.pattern import center_of_mass, intensity_problem
+from polarmap.readers import ZERO_CHECK_FRAMES
 
 FORMAT_NAME = "polarmap-4dstem"
 FORMAT_VERSION = 1
@@ -202,168 +204,68 @@ def info(path, check_values: bool = True) -> str:
     return "\n".join(lines)
 
 
-_INDEX = re.compile(r"(\d+)(?!.*\d)")
+def import_acquisition(acquisition, out, attrs, scan_shape=None, label=None, compression=None) -> None:
+    """Write an acquisition (`polarmap.readers`) into a data set, scan row by scan row.
 
+    Orientation: a reader gives the frames as the microscope displays them (scan row 0 and detector
+    row 0 at the top); both row axes are reversed here, so the data set's +row is up for the scan
+    and the detector alike, as in every simulated set, and a map drawn with +row up shows the scan
+    as the microscope does. The same for every reader, so a .mib, a TIFF stack and an HDF5 export
+    of one scan give one data set.
 
-def import_frames(read_rows, n_frames: int, detector_shape, out, attrs, scan_shape, label=None, source="", compression=None) -> None:
-    """Write frames in row-major scan order into a data set. `read_rows(start, stop)` returns
-    frames [start, stop) as (n, det_rows, det_cols). An acquisition that stopped early (fewer
-    frames than the scan) is kept up to its last full row, with a warning."""
-    rows, cols = scan_shape
-    if n_frames < rows * cols:
-        full_rows = n_frames // cols
-        if full_rows == 0:
-            raise ValueError(f"{source}: {n_frames} frames do not fill one scan row of {cols}; check the scan shape")
-        warnings.warn(f"{source}: {n_frames} frames for a {rows}x{cols} scan (acquisition stopped early?); keeping the first {full_rows} full rows")
-        rows = full_rows
-    elif n_frames > rows * cols:
-        raise ValueError(f"{source}: {n_frames} frames for a {rows}x{cols} scan; give the right scan shape")
+    The scan shape is the file's where it has one (a different `scan_shape` is refused); frames
+    without one need `scan_shape`. An acquisition that stopped early (fewer frames than the scan
+    given) is kept up to its last full row, with a warning."""
+    frames, source = acquisition.frames, acquisition.path
+    if frames.ndim == 4:
+        file_shape = tuple(int(n) for n in frames.shape[:2])
+        if scan_shape and tuple(scan_shape) != file_shape:
+            transposed = " (transposed)" if tuple(scan_shape) == file_shape[::-1] else ""
+            raise ValueError(f"{source}: the file's scan is {file_shape[0]}x{file_shape[1]} (rows x cols); the scan shape given, "
+                             f"{scan_shape[0]}x{scan_shape[1]}, disagrees{transposed}: leave it out")
+        rows, cols = file_shape
+
+        def read_row(row):
+            return frames[row]
+    else:
+        n_frames = int(frames.shape[0])
+        if not scan_shape:
+            raise ValueError(f"{source}: {n_frames} frames and no scan shape in the file; give it (--scan-shape ROWS COLS, or scan_shape in the config)")
+        rows, cols = (int(n) for n in scan_shape)
+        if n_frames > rows * cols:
+            raise ValueError(f"{source}: {n_frames} frames for a {rows}x{cols} scan; give the scan shape the acquisition used")
+        if n_frames < rows * cols:
+            if n_frames < cols:
+                raise ValueError(f"{source}: {n_frames} frames do not fill one scan row of {cols}; check the scan shape")
+            warnings.warn(f"{source}: {n_frames} frames for a {rows}x{cols} scan (acquisition stopped early?); keeping the first {n_frames // cols} full rows")
+            rows = n_frames // cols
+
+        def read_row(row):
+            return frames[row * cols:(row + 1) * cols]
+    detector_shape = tuple(int(n) for n in frames.shape[-2:])
+    _refuse_all_zero(read_row, rows, cols, source)
     labels = np.full((1, cols), UNKNOWN_LABEL if label is None else class_index(label), dtype=np.int8)
     with create_dataset_file(out, (rows, cols), detector_shape, attrs, compression) as f:
+        if acquisition.bad_pixels is not None:
+            f.create_dataset("bad_pixels", data=np.asarray(acquisition.bad_pixels, dtype=bool)[::-1])
         for row in tqdm(range(rows), desc=f"import {Path(str(source)).name}", unit="row"):
-            frames = np.asarray(read_rows(row * cols, (row + 1) * cols), dtype=np.float32)
-            if frames.shape != (cols, *detector_shape):
-                raise ValueError(f"{source}: scan row {row} has frames of shape {frames.shape[1:]}, expected {tuple(detector_shape)}")
-            write_rows(f, row, frames[None], labels, source=str(source))
+            block = np.asarray(read_row(row), dtype=np.float32)
+            if block.shape != (cols, *detector_shape):
+                raise ValueError(f"{source}: scan row {row} has frames of shape {block.shape[1:]}, expected {detector_shape}")
+            write_rows(f, rows - 1 - row, block[None, :, ::-1, :], labels, source=str(source))
 
 
-def import_tiff_folder(folder, out, attrs, scan_shape=None, label=None, compression=None) -> None:
-    """A folder of one-pattern TIFFs (QSTEM output or detector exports), the pattern's row-major
-    scan index as the last zero-padded number in each file name, into one data set."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff")) if folder.is_dir() else []
-    if not files:
-        raise ValueError(f"{folder}: no .tif/.tiff files found; point at the folder of one-pattern TIFFs")
-    by_index = {}
-    for p in files:
-        match = _INDEX.search(p.stem)
-        if match is None:
-            raise ValueError(f"{p}: no scan index in the file name; expected a zero-padded number such as pattern_00042.tif")
-        by_index[int(match.group(1))] = p
-    first = min(by_index)  # 0- or 1-based numbering both occur
-    rows, cols = scan_shape or _square_scan(len(by_index), folder)
-    present = len(by_index)
-    missing = [i for i in range(first, first + min(present, rows * cols)) if i not in by_index]
-    if missing:
-        raise ValueError(f"{folder}: missing TIFF for scan index {missing[0]} ({len(missing)} missing); restore it or give the right scan shape")
-    detector_shape = _read_tiff(by_index[first]).shape
-
-    def read_rows(start, stop):
-        return np.stack([_read_tiff(by_index[first + i], detector_shape) for i in range(start, stop)])
-
-    import_frames(read_rows, present, detector_shape, out, attrs, (rows, cols), label, str(folder), compression)
-
-
-def import_tiff_stack(path, out, attrs, scan_shape=None, label=None, compression=None) -> None:
-    """A multi-page TIFF, one pattern per page in row-major scan order (or one 3-D/4-D page)."""
-    path = Path(path)
-    try:
-        with tifffile.TiffFile(path) as tif:
-            n_pages = len(tif.pages)
-            series_shape = tif.series[0].shape
-    except Exception as err:  # tifffile raises several types for damaged files
-        raise ValueError(f"{path}: unreadable TIFF ({err}); re-export it") from None
-    if n_pages == 1 and len(series_shape) in (3, 4):  # one page holding the whole stack
-        stack = tifffile.imread(path).reshape(-1, *series_shape[-2:])
-        n_frames, detector_shape = stack.shape[0], stack.shape[1:]
-        scan_shape = scan_shape or (tuple(series_shape[:2]) if len(series_shape) == 4 else _square_scan(n_frames, path))
-
-        def read_rows(start, stop):
-            return stack[start:stop]
-    else:
-        n_frames, detector_shape = n_pages, tuple(series_shape[-2:])
-        scan_shape = scan_shape or _square_scan(n_frames, path)
-
-        def read_rows(start, stop):
-            try:
-                return tifffile.imread(path, key=range(start, stop)).reshape(stop - start, *detector_shape)
-            except Exception as err:
-                raise ValueError(f"{path}: pages {start}-{stop - 1} unreadable ({err}); the file is damaged") from None
-
-    import_frames(read_rows, n_frames, detector_shape, out, attrs, scan_shape, label, str(path), compression)
-
-
-def import_mib(path, out, attrs, scan_shape=None, label=None, compression=None) -> None:
-    """A Quantum Detectors Merlin .mib file, read with RosettaSciIO. Frames are flipped along the
-    detector rows as RosettaSciIO's (and hyperspy's) reader does, so patterns match what users
-    of those tools see."""
-    from rsciio.quantumdetector import load_mib_data
-
-    path = Path(path)
-    try:
-        frames = load_mib_data(str(path), mmap_mode="r")
-    except Exception as err:  # RosettaSciIO raises several types for damaged files
-        raise ValueError(f"{path}: not a readable Merlin .mib file ({err})") from None
-    frames = frames.reshape(-1, *frames.shape[-2:])
-    scan_shape = scan_shape or _square_scan(frames.shape[0], path)
-
-    def read_rows(start, stop):
-        return np.flip(np.asarray(frames[start:stop], dtype=np.float32), axis=-2)
-
-    import_frames(read_rows, frames.shape[0], tuple(frames.shape[-2:]), out, attrs, scan_shape, label, str(path), compression)
-
-
-def import_hdf5(path, out, attrs, scan_shape=None, label=None, dataset_path="", compression=None) -> None:
-    """An HDF5/EMD file (py4DSTEM, other software): a 4-D (scan_rows, scan_cols, det_rows, det_cols)
-    or 3-D (frames, det_rows, det_cols) dataset at `dataset_path`, or the first such one found."""
-    path = Path(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise ValueError(f"{path}: not a readable HDF5 file ({err})") from None
-    with f:
-        name = dataset_path or _first_stack(f)
-        if name is None or name not in f or not isinstance(f[name], h5py.Dataset) or f[name].ndim not in (3, 4):
-            raise ValueError(f"{path}: no 3-D or 4-D pattern dataset{f' at {name!r}' if dataset_path else ''}; give its path")
-        data = f[name]
-        if data.ndim == 4:
-            scan_shape = scan_shape or tuple(data.shape[:2])
-            n_frames = data.shape[0] * data.shape[1]
-
-            if tuple(scan_shape) != data.shape[:2]:
-                raise ValueError(f"{path}: scan shape {tuple(scan_shape)} does not match the file's {data.shape[:2]}")
-
-            def read_rows(start, stop):  # import_frames asks for whole scan rows
-                return data[start // data.shape[1]]
-        else:
-            n_frames = data.shape[0]
-            scan_shape = scan_shape or _square_scan(n_frames, path)
-
-            def read_rows(start, stop):
-                return data[start:stop]
-
-        import_frames(read_rows, n_frames, tuple(data.shape[-2:]), out, attrs, scan_shape, label, str(path), compression)
-
-
-def _first_stack(f: h5py.File):
-    found = []
-
-    def visit(name, obj):
-        if isinstance(obj, h5py.Dataset) and obj.ndim in (3, 4) and not found:
-            found.append(name)
-
-    f.visititems(visit)
-    return found[0] if found else None
-
-
-READERS = {"tiff_folder": import_tiff_folder, "tiff_stack": import_tiff_stack, "mib": import_mib, "hdf5": import_hdf5}
-
-
-def _square_scan(count: int, source) -> tuple[int, int]:
-    side = int(round(np.sqrt(count)))
-    if side * side != count:
-        raise ValueError(f"{source}: {count} patterns are not a square scan; give the scan shape (e.g. --scan-shape 128 128)")
-    return side, side
-
-
-def _read_tiff(path: Path, detector_shape=None) -> np.ndarray:
-    try:
-        image = tifffile.imread(path)
-    except Exception as err:  # tifffile raises several types for damaged files
-        raise ValueError(f"{path}: unreadable TIFF ({err}); re-export it") from None
-    if detector_shape is not None and image.shape != tuple(detector_shape):
-        raise ValueError(f"{path}: pattern shape {image.shape} differs from the first pattern's {tuple(detector_shape)}")
-    return image
+def _refuse_all_zero(read_row, rows: int, cols: int, source) -> None:
+    """An unexposed (all-zero) acquisition is refused before anything is written."""
+    looked = 0
+    for row in range(rows):
+        if np.asarray(read_row(row)).any():
+            return
+        looked += cols
+        if looked >= ZERO_CHECK_FRAMES:
+            break
+    which = f"all {looked} frames are" if looked == rows * cols else f"the first {looked} frames are all"
+    raise ValueError(f"{source}: {which} zero: not usable diffraction (an unexposed or blanked acquisition?)")
 
 
 SUMMARY_COLUMNS = (

@@ -1,7 +1,7 @@
 """Input files for QSTEM, the engine the paper used, so its users can regenerate a data set
 with the original program: an extended-CFG atom file and a .qsc parameter file.
 
-QSTEM writes one diffraction pattern per probe position; `polarmap import tiff_folder` turns that
+QSTEM writes one diffraction pattern per probe position; `polarmap import FOLDER --scan-shape ROWS COLS` turns that
 folder (exported as TIFFs) into the HDF5 format.
 """
 
@@ -74,6 +74,6 @@ def write_qsc(atoms: ase.Atoms, settings: SimulationSettings, cfg_name: str, out
         "% QSTEM parameter file written by polarmap; it mirrors the abTEM settings of this data set.",
         f"% structure: {atoms.info.get('polarization', 'none')} {atoms.info.get('supercell', '')}, a_pc = {geo.a_pc:.4f} A",
         "% Save every diffraction pattern (QSTEM's 4D output option of your build), export the",
-        "% folder as one TIFF per position and run `polarmap import tiff_folder` on it.",
+        "% folder as one TIFF per position and run `polarmap import` on it with --scan-shape.",
     ]
     Path(path).write_text("\n".join(header + [f"{key}: {value}" for key, value in params]) + "\n")
