@@ -29,8 +29,10 @@ def test_com_of_a_shifted_disc_follows_the_class_direction(name):
 
 
 def write_descanned_set(path, descan, shifts, supercell="experimental", size=96):
-    """A 2x4 scan of discs displaced by a global descan plus per-pattern shifts (row, col)."""
-    patterns = np.stack([[disc(size, centre=(size // 2 + descan[0] + s[0], size // 2 + descan[1] + s[1])) for s in row] for row in shifts])
+    """A scan of discs displaced by a descan (a constant (row, col), or a plane per position)
+    plus per-pattern shifts (row, col)."""
+    descan = np.broadcast_to(np.asarray(descan, dtype=float), shifts.shape)
+    patterns = np.stack([[disc(size, centre=size // 2 + d + s) for d, s in zip(d_row, s_row)] for d_row, s_row in zip(descan, shifts)])
     io.write_dataset(path, patterns, np.zeros(patterns.shape[:2], np.int8), attrs(supercell=supercell))
     return patterns
 
@@ -38,21 +40,36 @@ def write_descanned_set(path, descan, shifts, supercell="experimental", size=96)
 SHIFTS = np.array([[[0.5, 0], [-0.5, 0], [0, 0.5], [0, -0.5]], [[1.0, 0], [-1.0, 0], [0, 1.0], [0, -1.0]]])
 
 
-def test_corrected_crop_is_centred_on_the_descanned_disc(tmp_path):
-    write_descanned_set(tmp_path / "d.h5", (5, -7), SHIFTS)
-    summary = preprocess_dataset(tmp_path / "d.h5", tmp_path / "p.h5", PreprocessSettings(crop_px=33), is_training=True, progress=False)
+def plane_free(shifts):
+    """Shifts with their least-squares plane over the scan taken out (what a descan plane cannot absorb)."""
+    rows, cols = np.indices(shifts.shape[:2])
+    design = np.stack([np.ones(rows.size), rows.ravel(), cols.ravel()], axis=1)
+    flat = shifts.reshape(-1, 2)
+    return (flat - design @ np.linalg.lstsq(design, flat, rcond=None)[0]).reshape(shifts.shape)
+
+
+def test_corrected_crop_follows_the_descan_plane_at_sub_pixel_precision(tmp_path):
+    """A 6x6 scan whose disc drifts as a plane (5 px + 0.3 px per scan row, -7 px - 0.2 px per scan
+    column) and moves by its own shift at each position: the plane is the descan, the rest the beam
+    shift, to 0.02 px; the crop is centred on the plane at sub-pixel precision."""
+    rng = np.random.default_rng(3)
+    shifts = plane_free(rng.choice([-1.0, -0.5, 0.5, 1.0], size=(6, 6, 2)))
+    rows, cols = np.indices((6, 6))
+    descan = np.stack([5 + 0.3 * rows, -7 - 0.2 * cols], axis=-1)
+    write_descanned_set(tmp_path / "d.h5", descan, shifts)
+    summary = preprocess_dataset(tmp_path / "d.h5", tmp_path / "p.h5", PreprocessSettings(crop_px=33, rotation_deg=0, flip=False),
+                                 is_training=True, progress=False)
     with io.open_dataset(tmp_path / "p.h5") as f:
         meta = io.read_attrs(f)
         cropped, shift = f["patterns"][()], f["beam_shift"][()]
         magnitude, keep = f["beam_shift_magnitude"][()], f["keep"][()]
-    assert meta["global_com_px"] == pytest.approx([48 + 5, 48 - 7], abs=0.01)
-    assert meta["crop_origin_px"] == [53 - 16, 41 - 16]
-    assert center_of_mass(cropped.sum(axis=(0, 1))) == pytest.approx([16, 16], abs=0.05)  # odd crop: no bias
-    assert shift == pytest.approx(SHIFTS, abs=0.02)
+    assert np.array(meta["descan_plane_px"]) == pytest.approx(np.array([[48 + 5, 48 - 7], [0.3, 0], [0, -0.2]]), abs=0.02)
+    assert shift == pytest.approx(shifts, abs=0.02)
+    # the mean crop's CoM sits on the centre pixel: the odd crop has no bias, the plane no rounding
+    assert center_of_mass(cropped.sum(axis=(0, 1))) == pytest.approx([16, 16], abs=0.05)
     assert cropped.min() == 0 and cropped.max() == 1
-    # the filter keeps the four patterns shifted by 1 px (above the mean magnitude of 0.75)
-    assert keep.tolist() == [[False] * 4, [True] * 4] and magnitude.mean() == pytest.approx(0.75, abs=0.01)
-    assert summary["kept"] == {"RM": 4}
+    assert (keep == (magnitude > magnitude.mean())).all() and summary["kept"]["RM"] == keep.sum()
+    assert meta["scan_orientation_from"] == "given" and meta["bad_pixel_count"] == 0
 
 
 def test_faithful_crop_moves_away_from_detector_data_discs_but_not_simulated_ones(tmp_path):
@@ -71,7 +88,7 @@ def test_faithful_crop_moves_away_from_detector_data_discs_but_not_simulated_one
 def test_even_crop_biases_the_com_by_half_a_pixel():
     pattern = disc(64)
     for size, expected_bias in ((32, 0.5), (33, 0.0)):
-        start = crop_origin(pattern.shape, size, (32, 32), "corrected", True)
+        start = crop_origin(pattern.shape, size, (32, 32), True)
         crop = pattern[start[0]:start[0] + size, start[1]:start[1] + size]
         bias = center_of_mass(crop) - (size - 1) / 2
         assert bias == pytest.approx([expected_bias, expected_bias], abs=0.01)
@@ -92,7 +109,7 @@ def test_flat_and_nan_patterns_are_named(tmp_path):
 
 def test_crop_larger_than_the_detector_is_refused():
     with pytest.raises(ValueError, match="leaves the 32x32 detector; use a smaller crop_px"):
-        crop_origin((32, 32), 32, (20, 16), "corrected", True)
+        crop_origin((32, 32), 32, (20, 16), False)
 
 
 def test_augmentation_is_reproducible_per_seed_and_epoch():

@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 from polarmap import config as study_config
-from polarmap.io import WriteFailed
+from polarmap.io import CALIBRATION_ARGUMENTS, WriteFailed
 from polarmap.ood import KNOWN_QUANTILE
 from polarmap.provenance import write_record
 from polarmap.readers import READERS
@@ -79,7 +79,7 @@ def cmd_experiment_like(args) -> None:
 
 def cmd_import(args) -> None:
     from polarmap.atomic import refuse_overwriting
-    from polarmap.io import import_acquisition
+    from polarmap.io import acquisition_attrs, import_acquisition
     from polarmap.readers import read_acquisition
 
     if args.settings:  # an experimental set declared in the study config (same keys as below)
@@ -99,36 +99,25 @@ def cmd_import(args) -> None:
     import_acquisition(acquisition, args.out, acquisition_attrs(job, acquisition), scan_shape=scan_shape, label=job["label"])
 
 
-# each calibration: a value given here (0 = not given) wins over the file's; what neither has is
-# stored as NaN (unknown), and the stages that need it ask for it by name
-CALIBRATION_ARGUMENTS = {
-    "energy_kev": "--energy-kev", "semiangle_mrad": "--semiangle-mrad", "detector_mrad_per_px": "--mrad-per-px",
-    "scan_step_angstrom": "--scan-step-angstrom",
-}
+def cmd_map(args) -> None:
+    from polarmap.mapping import map_acquisition
+    from polarmap.structures import StructureSettings, load_lattice
 
-
-def acquisition_attrs(job: dict, acquisition) -> dict:
-    from polarmap.classes import CLASS_NAMES
-    from polarmap.provenance import provenance_attrs
-
-    calibration, sources = {}, {}
-    for key in CALIBRATION_ARGUMENTS:
-        given, in_file = job.get(key) or None, acquisition.calibration.get(key)
-        calibration[key] = given or in_file or float("nan")
-        sources[key] = "given" if given else "file" if in_file else "unknown"
-    return {
-        "name": job["name"], "classes": job["accepted"], "class_names": list(CLASS_NAMES),
-        "thickness_nm": job["thickness_nm"] or float("nan"), "supercell": job["supercell"], "source": job["source"],
-        **calibration, "calibration_sources": sources, "scan_shape_from": acquisition.scan_shape_from or "given",
-        **provenance_attrs({key: job[key] for key in ("path", "format", "dataset", "scan_shape", "label")}),
-    }
+    job = {"format": args.format, "dataset": args.dataset, "scan_shape": args.scan_shape, **{key: getattr(args, key) for key in CALIBRATION_ARGUMENTS}}
+    geometry = {"rotation_deg": args.rotation_deg, "flip": args.flip, "vacuum_reference": args.vacuum_reference}
+    summary = map_acquisition(args.path, args.model, args.out, args.ood, job, geometry, load_lattice(StructureSettings()).a_pc, progress=False)
+    print(json.dumps(summary, indent=2))
 
 
 def cmd_preprocess(args) -> None:
     from polarmap.preprocessing import PreprocessSettings, preprocess_dataset
 
-    job = json.loads(args.settings) if args.settings else {"training": args.training, "mode": args.mode, "crop_px": args.crop_px}
-    settings = PreprocessSettings(**{k: job[k] for k in ("mode", "crop_px", "threshold_percentile", "rows_per_block") if k in job})
+    job = json.loads(args.settings) if args.settings else {
+        "training": args.training, "mode": args.mode, "crop_px": args.crop_px, "mrad_per_px": args.to_mrad_per_px,
+        "rotation_deg": args.rotation_deg, "flip": args.flip, "vacuum_reference": args.vacuum_reference,
+    }
+    fields = ("mode", "crop_px", "threshold_percentile", "rows_per_block", "mrad_per_px", "rotation_deg", "flip", "vacuum_reference")
+    settings = PreprocessSettings(**{k: job[k] for k in fields if k in job})
     summary = preprocess_dataset(args.source, args.out, settings, job["training"], provenance_settings=job)
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
@@ -427,6 +416,23 @@ def cmd_check_config(args) -> None:
 OOD_HELP = "the model's ood.npz (polarmap calibrate-ood): patterns beyond its threshold are unknown (-1)"
 
 
+def add_acquisition_arguments(p) -> None:
+    """How to read an acquisition, and the calibrations its file lacks."""
+    p.add_argument("--format", default="auto", choices=["auto", *READERS], help="default: from the file's suffix")
+    p.add_argument("--dataset", default="", help="which data set of a file holding several (the refusal lists them)")
+    p.add_argument("--scan-shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="needed where the file has none")
+    for key, flag in CALIBRATION_ARGUMENTS.items():
+        p.add_argument(flag, dest=key, type=float, default=0.0, help=f"{key}, where the file lacks it or is wrong (0: from the file)")
+
+
+def add_orientation_arguments(p) -> None:
+    """How a scan's detector sits against its scan, and its descan reference."""
+    p.add_argument("--rotation-deg", type=float, help="detector turned against the scan, counter-clockwise (with --flip/--no-flip); "
+                   "default: known for simulations, found by least curl for real scans")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="detector mirrored against the scan")
+    p.add_argument("--vacuum-reference", default="", help="a vacuum scan (data set .h5) of the same shape: its disc plane is the descan")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polarmap", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -465,24 +471,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="corrected", choices=["corrected", "faithful"])
     p.add_argument("--crop-px", type=int, default=64)
     p.add_argument("--training", action="store_true", help="a training set: apply the beam-shift filter")
+    p.add_argument("--to-mrad-per-px", type=float, default=0.0, help="resample to this sampling (a model's); 0 = the data's own")
+    add_orientation_arguments(p)
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("import", help="Import a 4D-STEM acquisition (any format RosettaSciIO reads, TIFF folders and stacks) into a data set.")
     p.add_argument("path", nargs="?", help="file, or folder of one-pattern TIFFs (row-major index as the last number)")
     p.add_argument("--out", required=True, help="output .h5 path")
     p.add_argument("--settings", help=argparse.SUPPRESS)
-    p.add_argument("--format", default="auto", choices=["auto", *READERS], help="default: from the file's suffix")
-    p.add_argument("--dataset", default="", help="which data set of a file holding several (the refusal lists them)")
-    p.add_argument("--scan-shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="needed where the file has none")
+    add_acquisition_arguments(p)
     p.add_argument("--name", help="data set name (default: the file name)")
     p.add_argument("--label", help="class of every pattern (e.g. RM); default: unknown (-1)")
     p.add_argument("--accepted", nargs="+", help="classes counted as correct (default: the label)")
     p.add_argument("--thickness-nm", type=float, default=0.0, help="0 = unknown")
     p.add_argument("--supercell", default="experimental")
     p.add_argument("--source", default="detector", help="simulator and version (e.g. QSTEM 2.5), or instrument")
-    for key, flag in CALIBRATION_ARGUMENTS.items():
-        p.add_argument(flag, dest=key, type=float, default=0.0, help=f"{key}, where the file lacks it or is wrong (0: from the file)")
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("map", help="Polarization map of one acquisition with a trained model: classes, arrows per cell, CoM field.")
+    p.add_argument("path", help="the acquisition: any file `polarmap import` reads")
+    p.add_argument("--model", required=True, help="model.pt or PCA+kNN model.npz (records its sampling and crop)")
+    p.add_argument("--ood", default="", help="the model's ood.npz: patterns beyond its threshold are unknown")
+    p.add_argument("--out", required=True, help="output folder")
+    add_acquisition_arguments(p)
+    add_orientation_arguments(p)
+    p.set_defaults(func=cmd_map)
 
     p = sub.add_parser("info", help="Validate a data set and summarise it.")
     p.add_argument("file")

@@ -64,6 +64,10 @@ def _check_consistency(config: dict, source: str) -> None:
     for key in ("split_fractions", "pca_split_fractions"):
         if abs(sum(preprocessing[key]) - 1) > 1e-6:
             raise ValueError(f"{source}: preprocessing.{key} {preprocessing[key]} sums to {sum(preprocessing[key]):g}; the parts must sum to 1")
+    for name, declared in config["datasets"]["experimental"].items():
+        if (declared["scan_rotation_deg"] is None) != (declared["scan_flip"] is None):
+            raise ValueError(f"{source}: datasets.experimental.{name}: give scan_rotation_deg and scan_flip together, or neither "
+                             "(then both are found from the data)")
     training = config["datasets"]["training"]
     if config["training"]["unit_cell"]["enabled"] and training["crystals"] < 2 and not training["variants"]:
         raise ValueError(f"{source}: training.unit_cell needs held-out crystals to validate on: set datasets.training.crystals "
@@ -276,11 +280,24 @@ def preprocess_job_settings(config: dict, name: str) -> dict:
     if name not in roles:
         raise ValueError(f"unknown data set {name!r}")
     settings = config["preprocessing"]
-    return {
+    job = {
         "name": name, "training": roles[name] in ("training", "training_variant"), "mode": config["mode"],
         "crop_px": settings["crop_px"], "threshold_percentile": settings["threshold_percentile"],
         "rows_per_block": settings["rows_per_block"],
     }
+    if roles[name] == "experimental":  # resampled to the simulations' sampling, oriented as declared or found
+        declared = config["datasets"]["experimental"][name]
+        job.update(mrad_per_px=study_sampling_mrad_per_px(config), rotation_deg=declared["scan_rotation_deg"], flip=declared["scan_flip"])
+    return job
+
+
+def study_sampling_mrad_per_px(config: dict) -> float:
+    """The angular sampling of every simulated pattern of a study (the models' sampling)."""
+    from polarmap.readers import wavelength_angstrom
+    from polarmap.structures import load_lattice
+
+    simulation = simulation_settings(config)
+    return 1e3 * wavelength_angstrom(simulation.energy_kev) / (simulation.probe_window_cells * load_lattice(structure_settings(config)).a_pc)
 
 
 def _crystal_suffixes(config: dict) -> list[str]:

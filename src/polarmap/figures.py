@@ -429,6 +429,58 @@ def cell_panels(adf: np.ndarray, centres_px: np.ndarray, arrows: dict, heats: di
     return save(fig, out)
 
 
+def cell_arrows(classes: np.ndarray, cell_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One arrow per unit cell (cells of cell_px scan steps from the scan's first position): the
+    mean of the class directions of the cell's known patterns, as (centres (n, 2) in scan steps,
+    vectors (n, 2) as (row, col), majority class (n,)); a cell without a known pattern has none."""
+    from polarmap.classes import class_direction
+
+    directions = np.array([class_direction(name)[::-1] for name in CLASS_NAMES])  # (row, col), +row up
+    n_rows, n_cols = (int(np.ceil(n / cell_px)) for n in classes.shape)
+    centres, vectors, majority = [], [], []
+    for i in range(n_rows):
+        for j in range(n_cols):
+            block = classes[int(round(i * cell_px)):int(round((i + 1) * cell_px)), int(round(j * cell_px)):int(round((j + 1) * cell_px))]
+            known = block[block >= 0]
+            if known.size == 0:
+                continue
+            centres.append(((i + 0.5) * cell_px - 0.5, (j + 0.5) * cell_px - 0.5))
+            vectors.append(directions[known].mean(axis=0))
+            majority.append(np.bincount(known, minlength=len(CLASS_NAMES)).argmax())
+    return np.array(centres).reshape(-1, 2), np.array(vectors).reshape(-1, 2), np.array(majority, dtype=int)
+
+
+def acquisition_map(classes: np.ndarray, adf: np.ndarray, field_mrad: np.ndarray, cell_px: float | None, title: str, out):
+    """The map of one acquisition: classes (grey: unknown), one arrow per unit cell over the
+    virtual ADF image (none without a scan step), and the CoM field as colour (hue: direction,
+    brightness: magnitude). +row up, as the microscope shows the scan."""
+    from matplotlib.colors import hsv_to_rgb
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.6), layout="constrained")
+    axes[0].imshow(classes, cmap=UNKNOWN_GREY_CMAP, vmin=-0.5, vmax=len(CLASS_NAMES) - 0.5, origin="lower", interpolation="nearest")
+    axes[0].set_title(f"classes ({100 * (classes < 0).mean():.0f} % unknown)")
+    class_legend(axes[0], loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=5, fontsize=7)
+    axes[1].imshow(adf, origin="lower", cmap="gray")
+    if cell_px is not None and cell_px >= 1:
+        centres, vectors, majority = cell_arrows(classes, cell_px)
+        if len(centres):
+            axes[1].quiver(centres[:, 1], centres[:, 0], vectors[:, 1], vectors[:, 0], color=[CLASS_COLOURS[k] for k in majority],
+                           angles="xy", scale_units="xy", scale=1 / (0.45 * cell_px), width=0.008, pivot="middle")
+        axes[1].set_title(f"ADF, an arrow per cell ({cell_px:.1f} steps)")
+    else:
+        axes[1].set_title("ADF (no scan step: no arrows per cell)")
+    magnitude = np.hypot(field_mrad[..., 0], field_mrad[..., 1])
+    top = float(np.percentile(magnitude, 99)) or 1.0
+    hue = (np.arctan2(field_mrad[..., 0], field_mrad[..., 1]) / (2 * np.pi)) % 1.0
+    axes[2].imshow(hsv_to_rgb(np.stack([hue, np.ones_like(hue), np.clip(magnitude / top, 0, 1)], axis=-1)), origin="lower", interpolation="nearest")
+    axes[2].set_title(f"CoM field (hue: direction; full brightness {top:.2f} mrad)")
+    for ax in axes:
+        ax.set_xlabel("scan column")
+    axes[0].set_ylabel("scan row (up)")
+    fig.suptitle(title, y=1.04)
+    return save(fig, out)
+
+
 def _family_title(info: dict) -> str:
     """A model family's label, with its configuration where it has one (as the tables title it)."""
     return info["label"] + (f" [{info['configuration']}]" if info["configuration"] else "")

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from polarmap.atomic import temporary_path, write_text_atomically
 from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL, class_index
 from polarmap.pattern import center_of_mass, intensity_problem
+from polarmap.provenance import provenance_attrs
 from polarmap.readers import ZERO_CHECK_FRAMES
 
 FORMAT_NAME = "polarmap-4dstem"
@@ -204,7 +205,7 @@ def info(path, check_values: bool = True) -> str:
     return "\n".join(lines)
 
 
-def import_acquisition(acquisition, out, attrs, scan_shape=None, label=None, compression=None) -> None:
+def import_acquisition(acquisition, out, attrs, scan_shape=None, label=None, compression=None, progress=True) -> None:
     """Write an acquisition (`polarmap.readers`) into a data set, scan row by scan row.
 
     Orientation: a reader gives the frames as the microscope displays them (scan row 0 and detector
@@ -248,11 +249,35 @@ def import_acquisition(acquisition, out, attrs, scan_shape=None, label=None, com
     with create_dataset_file(out, (rows, cols), detector_shape, attrs, compression) as f:
         if acquisition.bad_pixels is not None:
             f.create_dataset("bad_pixels", data=np.asarray(acquisition.bad_pixels, dtype=bool)[::-1])
-        for row in tqdm(range(rows), desc=f"import {Path(str(source)).name}", unit="row"):
+        for row in tqdm(range(rows), desc=f"import {Path(str(source)).name}", unit="row", disable=not progress):
             block = np.asarray(read_row(row), dtype=np.float32)
             if block.shape != (cols, *detector_shape):
                 raise ValueError(f"{source}: scan row {row} has frames of shape {block.shape[1:]}, expected {detector_shape}")
             write_rows(f, rows - 1 - row, block[None, :, ::-1, :], labels, source=str(source))
+
+
+# each calibration: a value given here (0 = not given) wins over the file's; what neither has is
+# stored as NaN (unknown), and the stages that need it ask for it by name
+CALIBRATION_ARGUMENTS = {
+    "energy_kev": "--energy-kev", "semiangle_mrad": "--semiangle-mrad", "detector_mrad_per_px": "--mrad-per-px",
+    "scan_step_angstrom": "--scan-step-angstrom",
+}
+
+
+def acquisition_attrs(job: dict, acquisition) -> dict:
+    """A data set's attributes for an acquisition and its import job (the CLI's or the config's
+    keys): every calibration with where it came from."""
+    calibration, sources = {}, {}
+    for key in CALIBRATION_ARGUMENTS:
+        given, in_file = job.get(key) or None, acquisition.calibration.get(key)
+        calibration[key] = given or in_file or float("nan")
+        sources[key] = "given" if given else "file" if in_file else "unknown"
+    return {
+        "name": job["name"], "classes": job["accepted"], "class_names": list(CLASS_NAMES),
+        "thickness_nm": job["thickness_nm"] or float("nan"), "supercell": job["supercell"], "source": job["source"],
+        **calibration, "calibration_sources": sources, "scan_shape_from": acquisition.scan_shape_from or "given",
+        **provenance_attrs({key: job[key] for key in ("path", "format", "dataset", "scan_shape", "label")}),
+    }
 
 
 def _refuse_all_zero(read_row, rows: int, cols: int, source) -> None:

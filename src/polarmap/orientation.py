@@ -17,6 +17,16 @@ copied)."""
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
+
+# Shot noise in a CoM field has as much curl as divergence; the specimen's field has divergence
+# only and varies over a unit cell, not a scan step: a Gaussian of one scan step takes most of
+# the noise and little of the field.
+SMOOTHING_STEPS = 1.0
+# the answer is settled when the other handedness has this many times the curl, and the divergence
+# follows the ADF image's columns at least this closely
+FLIP_CURL_RATIO = 1.5
+MIN_DIVERGENCE_CORRELATION = 0.2
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,16 @@ class ScanOrientation:
     # correlation of the divergence with the ADF image at the chosen rotation: negative
     divergence_adf_correlation: float
 
+    @property
+    def settled(self) -> bool:
+        """Whether the field tells the flip and the half turn apart (a noisy or featureless scan does not)."""
+        return (self.other_flip_curl_fraction >= FLIP_CURL_RATIO * self.curl_fraction
+                and self.divergence_adf_correlation <= -MIN_DIVERGENCE_CORRELATION)
+
+    def describe(self) -> str:
+        return (f"curl {100 * self.curl_fraction:.0f} % of the field against {100 * self.other_flip_curl_fraction:.0f} % for the other "
+                f"flip, divergence-ADF correlation {self.divergence_adf_correlation:.2f}")
+
 
 def to_scan_frame(field: np.ndarray, rotation_deg: float, flip: bool) -> np.ndarray:
     """A field (..., 2) = (row, col) in detector axes, in scan axes."""
@@ -37,6 +57,13 @@ def to_scan_frame(field: np.ndarray, rotation_deg: float, flip: bool) -> np.ndar
     theta = np.deg2rad(rotation_deg)
     # (x, y) = (col, row) turned counter-clockwise: x' = x cos - y sin, y' = x sin + y cos
     return np.stack([col * np.sin(theta) + row * np.cos(theta), col * np.cos(theta) - row * np.sin(theta)], axis=-1)
+
+
+def detector_from_scan(rotation_deg: float, flip: bool) -> np.ndarray:
+    """The 2x2 matrix taking a (row, col) vector in scan axes to detector axes: the inverse of
+    `to_scan_frame`, with which a pattern is resampled into the scan's axes."""
+    to_scan = to_scan_frame(np.eye(2), rotation_deg, flip).T  # columns: the images of the row and col axes
+    return np.linalg.inv(to_scan)
 
 
 def _derivatives(field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,6 +85,8 @@ def find_scan_orientation(field: np.ndarray, adf: np.ndarray) -> ScanOrientation
     if field.ndim != 3 or field.shape[-1] != 2 or min(field.shape[:2]) < 4 or adf.shape != field.shape[:2]:
         raise ValueError(f"scan orientation needs a CoM field (rows, cols, 2) of at least 4x4 positions and an ADF image of the same "
                          f"scan; got {field.shape} and {adf.shape}")
+    field = ndimage.gaussian_filter(field, (SMOOTHING_STEPS, SMOOTHING_STEPS, 0), mode="nearest")
+    adf = ndimage.gaussian_filter(adf, SMOOTHING_STEPS, mode="nearest")
     power = float((field[1:-1, 1:-1] ** 2).sum(axis=-1).mean())
     if power == 0:
         raise ValueError("the CoM field is zero everywhere: no deflection to orient by (a vacuum or dark scan?)")

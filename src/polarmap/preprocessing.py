@@ -5,15 +5,20 @@ The maths works on one pattern or a block of patterns (the last two axes); `prep
 streams a data set through it in blocks of scan rows, so memory stays bounded at paper scale.
 
 Two behaviours (study-notes):
-  corrected  intensity-weighted CoM (Eq. 1); global CoM = mean of the per-pattern CoMs; the crop
-             is centred on that global CoM (the disc); beam shift = CoM - global CoM.
+  corrected  bad pixels masked and filled; the bright-field disc found per pattern between levels
+             (polarmap.disc), a plane fitted to its centres across the scan (descan; or a vacuum
+             reference scan's plane); every pattern resampled onto the model's grid in one
+             interpolation: its angular sampling (mrad per pixel), the scan's rotation and flip
+             (given, or found by least curl for detector data), and the sub-pixel disc origin.
+             Beam shift = intensity-weighted CoM (Eq. 1) - the plane, in the scan's axes and the
+             crop's pixels.
   faithful   the published code: global CoM = centroid of the pixels of the mean pattern above
              its 95th percentile; crop start = 2 * centre - CoM - crop // 2 (the offset applied
              with the wrong sign) for detector data, a plain centre crop for simulated sets;
              beam shift from the CoM of the uncropped pattern after min-max over the whole set,
              measured from the thresholded global CoM.
-Even crops span [-n/2, n/2 - 1] about the centre pixel, which biases the CoM of the cropped
-pattern by up to half a pixel (0.3-0.4 px for a centred 24 mrad disc, as large as the
+Even crops span [-n/2, n/2 - 1] about the centre pixel (the disc origin), which biases the CoM of
+the cropped pattern by up to half a pixel (0.3-0.4 px for a centred 24 mrad disc, as large as the
 polarization signal); odd crops (e.g. 65) are symmetric.
 """
 
@@ -25,9 +30,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from polarmap import io
+from polarmap import disc, io
 from polarmap.atomic import refuse_overwriting, save_npz_atomically, write_text_atomically
 from polarmap.classes import CLASS_NAMES
+from polarmap.orientation import detector_from_scan, find_scan_orientation, to_scan_frame
 from polarmap.pattern import center_of_mass, intensity_problem, min_max, threshold_centroid
 from polarmap.provenance import provenance_attrs
 
@@ -38,12 +44,21 @@ class PreprocessSettings:
     crop_px: int = 64
     threshold_percentile: float = 95.0  # faithful global CoM
     rows_per_block: int = 8
+    # corrected mode: the sampling of the crop (a model's); 0 = the data set's own
+    mrad_per_px: float = 0.0
+    # how the detector sits against the scan; None = known for a simulation (0, no flip), found
+    # by least curl for detector data
+    rotation_deg: float | None = None
+    flip: bool | None = None
+    vacuum_reference: str = ""  # a vacuum scan of the same shape whose disc plane is the descan
 
     def __post_init__(self):
         if self.mode not in ("corrected", "faithful"):
             raise ValueError(f"mode must be 'corrected' or 'faithful', got {self.mode!r}")
         if self.crop_px < 4:
             raise ValueError(f"crop_px must be at least 4 pixels, got {self.crop_px}")
+        if (self.rotation_deg is None) != (self.flip is None):
+            raise ValueError("give the scan rotation and flip together, or neither (found from the data)")
 
 
 @dataclass(frozen=True)
@@ -86,13 +101,10 @@ class SplitSettings:
             raise ValueError(f"split fractions must be positive and sum to 1, got {list(self.fractions)} (sum {sum(self.fractions):g})")
 
 
-def crop_origin(detector_shape, crop_px: int, global_com, mode: str, simulated: bool) -> tuple[int, int]:
-    """Top-left pixel of the crop."""
+def crop_origin(detector_shape, crop_px: int, global_com, simulated: bool) -> tuple[int, int]:
+    """Top-left pixel of the published code's crop (faithful mode)."""
     centre = np.array(detector_shape) // 2
-    if mode == "faithful":
-        start = centre - crop_px // 2 if simulated else np.rint(2 * centre - np.asarray(global_com)).astype(int) - crop_px // 2
-    else:
-        start = np.rint(np.asarray(global_com)).astype(int) - crop_px // 2
+    start = centre - crop_px // 2 if simulated else np.rint(2 * centre - np.asarray(global_com)).astype(int) - crop_px // 2
     if (start < 0).any() or (start + crop_px > np.array(detector_shape)).any():
         raise ValueError(
             f"a {crop_px}px crop at {tuple(start)} leaves the {detector_shape[0]}x{detector_shape[1]} detector; "
@@ -132,7 +144,8 @@ def _scan_statistics(patterns, rows_per_block: int, path: Path):
 def preprocess_dataset(source, out, settings: PreprocessSettings, is_training: bool, provenance_settings=None, progress=True) -> dict:
     """Crop, normalise and measure the beam shift of every pattern of a data set.
 
-    Writes a data set in the same format (cropped, [0, 1] patterns) plus /com, /beam_shift,
+    Writes a data set in the same format (cropped, [0, 1] patterns) plus /com, /beam_shift (corrected:
+    /adf and /origin too),
     /beam_shift_magnitude and /keep (the training filter: M above the set's mean; all True for
     sets that are not training sets). Returns a summary with the filter counts.
     """
@@ -142,28 +155,19 @@ def preprocess_dataset(source, out, settings: PreprocessSettings, is_training: b
         attrs = io.read_attrs(f)
         patterns, labels = f["patterns"], f["labels"][()]
         detector_data = attrs["supercell"] == "experimental" or bool(attrs.get("experiment_like", False))
-        com, mean_pattern, low, high = _scan_statistics(patterns, settings.rows_per_block, source)
         if settings.mode == "faithful":
-            global_com = threshold_centroid(mean_pattern, settings.threshold_percentile)
-            # CoM of the uncropped pattern after min-max over the whole set: CoM of (I - min)
-            shifted_com = np.empty_like(com)
-            for start, block in _blocks(patterns, settings.rows_per_block):
-                shifted_com[start:start + len(block)] = center_of_mass(block - np.float32(low))
-            beam_shift = shifted_com - global_com
+            com, beam_shift, low, high, geometry, crops = _published_crops(patterns, settings, source, detector_data)
+            grids = {}
         else:
-            global_com = com.reshape(-1, 2).mean(axis=0)
-            beam_shift = com - global_com
+            com, beam_shift, low, high, geometry, crops, grids = _centred_crops(f, attrs, settings, source)
         magnitude = np.hypot(beam_shift[..., 0], beam_shift[..., 1])
         keep = magnitude > magnitude.mean() if is_training else np.ones_like(magnitude, dtype=bool)
-        origin = crop_origin(patterns.shape[2:], settings.crop_px, global_com, settings.mode, not detector_data)
-        crop = (slice(origin[0], origin[0] + settings.crop_px), slice(origin[1], origin[1] + settings.crop_px))
         new_attrs = {key: value for key, value in attrs.items() if key not in ("format", "format_version", "convention")}
         new_attrs.update(
             preprocessing=json.dumps(asdict(settings), sort_keys=True),
-            global_com_px=json.dumps([float(v) for v in global_com]),
-            crop_origin_px=json.dumps(list(origin)),
             raw_intensity_range=json.dumps([low, high]),
             source_file=str(source),
+            **geometry,
             **{f"source_{k}": v for k, v in provenance_attrs(provenance_settings or asdict(settings)).items()},
         )
         crop_shape = (settings.crop_px, settings.crop_px)
@@ -172,14 +176,150 @@ def preprocess_dataset(source, out, settings: PreprocessSettings, is_training: b
             g.create_dataset("beam_shift", data=beam_shift.astype(np.float32))
             g.create_dataset("beam_shift_magnitude", data=magnitude.astype(np.float32))
             g.create_dataset("keep", data=keep)
+            for key, grid in grids.items():
+                g.create_dataset(key, data=grid.astype(np.float32))
             if "defect_mask" in f:
                 g.create_dataset("defect_mask", data=f["defect_mask"][()])
-            blocks = _blocks(patterns, settings.rows_per_block, crop)
             total = -(-patterns.shape[0] // settings.rows_per_block)
-            for start, block in tqdm(blocks, total=total, desc=f"preprocess {source.stem}", unit="block", disable=not progress):
+            for start, block in tqdm(crops, total=total, desc=f"preprocess {source.stem}", unit="block", disable=not progress):
                 io.write_rows(g, start, min_max(block, str(source), (start, 0)), labels[start:start + len(block)], str(source))
     counts = {CLASS_NAMES[k] if k >= 0 else "unknown": int(keep[labels == k].sum()) for k in np.unique(labels)}
     return {"name": attrs["name"], "kept": counts, "total": int(labels.size), "mean_beam_shift_px": float(magnitude.mean())}
+
+
+def _published_crops(patterns, settings: PreprocessSettings, source: Path, detector_data: bool):
+    """The published code's crop (faithful mode): one whole-pixel crop for the scan, placed by the
+    thresholded global CoM, and its beam shift."""
+    com, mean_pattern, low, high = _scan_statistics(patterns, settings.rows_per_block, source)
+    global_com = threshold_centroid(mean_pattern, settings.threshold_percentile)
+    # CoM of the uncropped pattern after min-max over the whole set: CoM of (I - min)
+    shifted_com = np.empty_like(com)
+    for start, block in _blocks(patterns, settings.rows_per_block):
+        shifted_com[start:start + len(block)] = center_of_mass(block - np.float32(low))
+    origin = crop_origin(patterns.shape[2:], settings.crop_px, global_com, not detector_data)
+    crop = (slice(origin[0], origin[0] + settings.crop_px), slice(origin[1], origin[1] + settings.crop_px))
+    geometry = {"global_com_px": json.dumps([float(v) for v in global_com]), "crop_origin_px": json.dumps(list(origin))}
+    return com, shifted_com - global_com, low, high, geometry, _blocks(patterns, settings.rows_per_block, crop)
+
+
+ADF_INNER_RADII = 1.5  # the ADF signal that settles the orientation's half turn: beyond 1.5 disc radii
+
+
+def _centred_crops(f, attrs: dict, settings: PreprocessSettings, source: Path):
+    """Corrected mode: bad pixels filled, disc plane, orientation and sampling, then the resampled
+    crops block by block (polarmap.disc). Also the ADF signal and disc centres of every position
+    (/adf, /origin: a map's background and what the descan plane was fitted to)."""
+    patterns = f["patterns"]
+    bad, levels, (centre_row, centre_col), radius = _disc_setup(patterns, settings.rows_per_block, f["bad_pixels"][()] if "bad_pixels" in f else None, source)
+    rows, cols = np.indices(patterns.shape[2:])
+    adf_mask = np.hypot(rows - centre_row, cols - centre_col) > ADF_INNER_RADII * radius
+    com, centres, adf, low, high = _disc_statistics(patterns, settings.rows_per_block, source, bad, levels, adf_mask, radius)
+    plane = _descan_plane(settings, centres, source)
+    origins, coefficients = plane if plane is not None else disc.fit_plane(centres)
+
+    native = float(attrs["detector_mrad_per_px"])
+    sampling = settings.mrad_per_px or native
+    if settings.mrad_per_px and not np.isfinite(native):
+        raise ValueError(f"{source}: no detector calibration (mrad per pixel) to resample it to {settings.mrad_per_px:g} mrad/px; "
+                         "import it with --mrad-per-px (or detector_mrad_per_px in the config)")
+    scale = sampling / native if settings.mrad_per_px else 1.0
+    orientation = _orientation(settings, com - origins, adf, attrs["supercell"] == "experimental", source)
+    matrix = detector_from_scan(orientation["scan_rotation_deg"], orientation["scan_flip"])
+    reach = disc.crop_reach(scale, matrix, settings.crop_px)
+    low_edge, high_edge = origins.reshape(-1, 2).min(axis=0) - reach, origins.reshape(-1, 2).max(axis=0) + reach
+    if (low_edge < -0.5).any() or (high_edge > np.array(patterns.shape[2:]) - 0.5).any():  # half a pixel of edge is interpolated
+        raise ValueError(f"{source}: a {settings.crop_px} px crop at {sampling:.3g} mrad/px ({settings.crop_px * sampling:.1f} mrad) around the "
+                         f"disc (rows {origins[..., 0].min():.1f}-{origins[..., 0].max():.1f}, cols {origins[..., 1].min():.1f}-"
+                         f"{origins[..., 1].max():.1f}) leaves the {patterns.shape[2]}x{patterns.shape[3]} detector; use a smaller crop_px")
+    beam_shift = to_scan_frame(com - origins, orientation["scan_rotation_deg"], orientation["scan_flip"]) / scale
+    geometry = {
+        "detector_mrad_per_px": sampling, "source_detector_mrad_per_px": native, "crop_mrad": settings.crop_px * sampling,
+        "global_com_px": json.dumps([float(v) for v in origins.reshape(-1, 2).mean(axis=0)]),
+        "descan_plane_px": json.dumps(np.round(coefficients, 6).tolist()), "descan_from": "vacuum reference" if plane is not None else "disc plane",
+        "disc_radius_px": float(radius), "bad_pixel_count": int(bad.sum()), **orientation,
+    }
+
+    def crops():
+        for start, block in _blocks(patterns, settings.rows_per_block):
+            filled = disc.fill_bad_pixels(block, bad).reshape(-1, *block.shape[2:])
+            stop = start + len(block)
+            resampled = disc.resample(filled, origins[start:stop].reshape(-1, 2), scale, matrix, settings.crop_px)
+            yield start, resampled.reshape(len(block), block.shape[1], settings.crop_px, settings.crop_px)
+
+    return com, beam_shift, low, high, geometry, crops(), {"adf": adf, "origin": centres}
+
+
+def _disc_setup(patterns, rows_per_block: int, known_bad, path: Path):
+    """From the mean pattern of the first block of scan rows: bad pixels, the disc's levels, and
+    the disc's centre and radius."""
+    first_block = next(_blocks(patterns, rows_per_block))[1]
+    problem = intensity_problem(first_block)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    bad = disc.bad_pixels(first_block.mean(axis=(0, 1)), known_bad)
+    mean_first = disc.fill_bad_pixels(first_block.mean(axis=(0, 1)), bad)
+    try:
+        levels = disc.disc_levels(mean_first)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    centre, radius = disc.disc_centres(mean_first, levels)
+    return bad, levels, centre, float(radius)
+
+
+def _disc_statistics(patterns, rows_per_block: int, path: Path, bad, levels, adf_mask, radius: float):
+    """Per pattern: centre of mass, origin (polarmap.disc), ADF signal; and the scan's intensity range."""
+    com = np.empty((*patterns.shape[:2], 2))
+    centres = np.empty((*patterns.shape[:2], 2))
+    adf = np.empty(patterns.shape[:2])
+    low, high = np.inf, -np.inf
+    weights = adf_mask.astype(np.float32).ravel()
+    for start, block in _blocks(patterns, rows_per_block):
+        problem = intensity_problem(block, start)
+        if problem:
+            raise ValueError(f"{path}: {problem}")
+        filled = disc.fill_bad_pixels(block, bad)
+        stop = start + len(block)
+        com[start:stop] = center_of_mass(filled)
+        for row in range(len(block)):  # a scan row at a time: the masks are one per pattern
+            found = disc.disc_centres(filled[row], levels)[0]
+            centres[start + row] = disc.masked_centres(filled[row], found, disc.ORIGIN_MASK_RADII * radius)
+        adf[start:stop] = filled.reshape(*filled.shape[:2], -1) @ weights
+        low, high = min(low, float(block.min())), max(high, float(block.max()))
+    return com, centres, adf, low, high
+
+
+def _descan_plane(settings: PreprocessSettings, centres, source: Path):
+    """The disc plane of the vacuum reference scan, where there is one (its disc holds descan alone)."""
+    if not settings.vacuum_reference:
+        return None
+    reference = Path(settings.vacuum_reference)
+    with io.open_dataset(reference) as ref:
+        vacuum = ref["patterns"]
+        if vacuum.shape[:2] != centres.shape[:2]:
+            raise ValueError(f"{reference}: a {vacuum.shape[0]}x{vacuum.shape[1]} vacuum scan for the "
+                             f"{centres.shape[0]}x{centres.shape[1]} scan of {source}; record the reference with the same scan")
+        bad, levels, _, radius = _disc_setup(vacuum, settings.rows_per_block, ref["bad_pixels"][()] if "bad_pixels" in ref else None, reference)
+        reference_centres = _disc_statistics(vacuum, settings.rows_per_block, reference, bad, levels, np.zeros(vacuum.shape[2:], bool), radius)[1]
+    return disc.fit_plane(reference_centres)
+
+
+def _orientation(settings: PreprocessSettings, field, adf, real_scan: bool, source: Path) -> dict:
+    """Scan rotation and flip: given, known (a simulation, experiment-like or not), or found by
+    least curl; a real scan whose field does not settle them is refused, not guessed."""
+    if settings.rotation_deg is not None:
+        return {"scan_rotation_deg": float(settings.rotation_deg), "scan_flip": bool(settings.flip), "scan_orientation_from": "given"}
+    if not real_scan:
+        return {"scan_rotation_deg": 0.0, "scan_flip": False, "scan_orientation_from": "simulation"}
+    try:
+        found = find_scan_orientation(field, adf)
+    except ValueError as err:
+        raise ValueError(f"{source}: the scan rotation cannot be found ({err}); give it (--rotation-deg and --flip)") from None
+    if not found.settled:
+        raise ValueError(f"{source}: the CoM field does not settle the scan's rotation and flip ({found.describe()}); "
+                         "give them (--rotation-deg and --flip, or scan_rotation_deg and scan_flip in the config)")
+    return {"scan_rotation_deg": found.rotation_deg, "scan_flip": found.flip, "scan_orientation_from": "least curl",
+            "scan_curl_fraction": found.curl_fraction, "scan_other_flip_curl_fraction": found.other_flip_curl_fraction,
+            "scan_divergence_adf_correlation": found.divergence_adf_correlation}
 
 
 def write_filter_counts(summaries, out) -> None:

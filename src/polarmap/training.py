@@ -67,17 +67,26 @@ class TrainSettings:
             raise ValueError(f"unknown configuration {self.configuration!r}; use one of {', '.join(CONFIGURATIONS)}")
 
 
+SAMPLING_KEYS = ("detector_mrad_per_px", "energy_kev", "semiangle_mrad")
+
+
 def load_training_data(split_path, preprocessed) -> dict:
-    """Patterns and labels of every split part, in memory (float32, 1 channel)."""
+    """Patterns and labels of every split part, in memory (float32, 1 channel), and the sampling
+    they share (recorded with every model: what data must be resampled to before it meets it)."""
     split = read_split(split_path)
     index = {str(name): i for i, name in enumerate(split["datasets"])}
-    images, found = None, set()
+    images, found, sampling = None, set(), None
     for path in preprocessed:
         with io.open_dataset(path) as f:
-            name = io.read_attrs(f)["name"]
+            attrs = io.read_attrs(f)
+            name = attrs["name"]
             if name not in index:
                 continue
             patterns = f["patterns"][()]
+        this = {"crop_px": int(patterns.shape[-1]), **{key: float(attrs[key]) for key in SAMPLING_KEYS}}
+        if sampling is not None and not all(np.isclose(this[key], sampling[key], rtol=1e-3) for key in this):
+            raise ValueError(f"{path}: sampled at {this}, the other training sets at {sampling}; preprocess every training set alike")
+        sampling = this
         if images is None:
             images = np.empty((split["label"].size, 1, *patterns.shape[2:]), np.float32)
         members = np.flatnonzero(split["dataset_index"] == index[name])
@@ -86,7 +95,7 @@ def load_training_data(split_path, preprocessed) -> dict:
     missing = [name for name in index if name not in found]
     if missing:
         raise ValueError(f"{split_path}: needs the preprocessed set {missing[0]!r}, not given")
-    return {"images": images, "labels": split["label"].astype(np.int64), "part": split["part"]}
+    return {"images": images, "labels": split["label"].astype(np.int64), "part": split["part"], "sampling": sampling}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -249,7 +258,8 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
     _, test_out = _evaluate(model, test_x, test_y, settings.batch_size, device)
     test_accuracy = float((model.predict(test_out.to(device)).cpu().numpy() == test_y).mean()) if len(test_y) else float("nan")
 
-    _save(out_dir / "model.pt", {"state_dict": model.state_dict(), "settings": settings_json, "input_px": int(train_x.shape[-1])})
+    _save(out_dir / "model.pt", {"state_dict": model.state_dict(), "settings": settings_json, "input_px": int(train_x.shape[-1]),
+                                 "sampling": json.dumps(data["sampling"], sort_keys=True)})
     _write_metrics(out_dir / "metrics.csv", state["history"])
     best = state["history"][state["best_epoch"]]  # the epoch whose weights were kept
     record = write_record(
@@ -307,6 +317,7 @@ def load_model(path) -> tuple[PolarizationModel, dict]:
         raise ValueError(f"{path}: not a polarmap model (it holds {held}); use a model.pt written by `polarmap train`")
     try:
         settings = json.loads(saved["settings"])
+        settings["sampling"] = json.loads(saved.get("sampling", "null"))  # None: trained before models recorded it
         model = PolarizationModel(settings["encoder"], settings["objective"], int(saved["input_px"]), "scratch", settings["mode"])
         model.load_state_dict(saved["state_dict"])
     except (TypeError, KeyError, ValueError, RuntimeError) as err:  # missing or foreign weights, unknown settings
@@ -360,7 +371,8 @@ def train_pca_knn(split_path, preprocessed, out, configuration: str, seed: int, 
     train_rows, test_rows = pca_part == 0, pca_part == 1
     model = PcaKnn.fit(features[train_rows], data["labels"][train_rows], components, neighbors,
                        fit_features=features if mode == "faithful" else None)
-    model.arrays["meta"] = np.array(json.dumps({"configuration": configuration, "seed": seed, "mode": mode, "input_px": int(data["images"].shape[-1])}))
+    model.arrays["meta"] = np.array(json.dumps({"configuration": configuration, "seed": seed, "mode": mode, "input_px": int(data["images"].shape[-1]),
+                                                "sampling": data["sampling"]}))
     model.save(out)
     accuracy = float((model.predict(features[test_rows]) == data["labels"][test_rows]).mean())
     # its held-out part is its only validation: chance there means it did not learn

@@ -1,0 +1,190 @@
+"""`polarmap map` on files written as a detector would: a real abTEM scan (RU, 10 nm) as
+displayed, the same scan with its detector turned 30 degrees and mirrored, and re-binned onto
+another detector (1.0 mrad/px, 256 px, disc 20 px off centre, a 1.5 px descan plane, three hot
+pixels). The scan's polarization is far below what one pattern shows at 10 nm, so the model here
+learns what one pattern does show: the class of its beam shift (the direction of its centre of
+mass), on the scan and its quarter turns. A turn or mirror the map got wrong would turn its
+answers; a disc off its origin would shift them."""
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import h5py
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from polarmap import io
+from polarmap.classes import angle_to_class
+from polarmap.pattern import center_of_mass
+from polarmap.preprocessing import PreprocessSettings, SplitSettings, make_split, preprocess_dataset
+from polarmap.training import TrainSettings, calibrate_ood, train
+from test_io import attrs
+from test_readers import REALDATA, needs_realdata
+from test_virtual import simulated_scan  # noqa: F401  (the fixture: RU, 10 nm, 16x16 positions)
+
+CROP_PX = 32
+
+
+def com_classes(patterns):
+    """The class of each pattern's centre of mass about the scan's mean (+row up)."""
+    shift = center_of_mass(patterns) - center_of_mass(patterns).mean(axis=(0, 1))
+    return angle_to_class(np.arctan2(shift[..., 0], shift[..., 1])).astype(np.int8)
+
+
+@pytest.fixture(scope="module")
+def trained(simulated_scan, tmp_path_factory):  # noqa: F811
+    atoms, patterns, step, mrad = simulated_scan
+    folder = tmp_path_factory.mktemp("mapping")
+    preprocessed = []
+    # quarter turns, and small turns by interpolation, so that the model has seen interpolated
+    # patterns (its out-of-distribution threshold would otherwise flag any resampling)
+    for k in range(4):
+        for degrees in (0, 11, -17):
+            turned = np.rot90(patterns, k, axes=(-2, -1))
+            if degrees:
+                flat = turned.reshape(-1, *turned.shape[-2:])
+                turned = np.stack([ndimage.rotate(p, degrees, reshape=False, order=3) for p in flat]).clip(0).reshape(turned.shape)
+            name = f"train_{k}_{degrees}"
+            io.write_dataset(folder / f"{name}.h5", turned, com_classes(turned),
+                             attrs(name=name, classes=[], supercell="2x2x25", detector_mrad_per_px=mrad, scan_step_angstrom=step))
+            preprocess_dataset(folder / f"{name}.h5", folder / f"p_{name}.h5", PreprocessSettings(crop_px=CROP_PX), True, progress=False)
+            preprocessed.append(folder / f"p_{name}.h5")
+    split = folder / "split.npz"
+    make_split(preprocessed, split, "none", 888, SplitSettings(blocked=False), SplitSettings(fractions=(0.9, 0.1), blocked=False))
+    record = train(split, preprocessed, folder / "model", TrainSettings(encoder="conv", objective="classification", configuration="none",
+                                                                          max_epochs=12, lr=1e-3), progress=False)
+    assert record["validation_accuracy"] > 0.7  # it learns (chance: 0.125)
+    calibrate_ood(folder / "model/model.pt", split, preprocessed, folder / "ood.npz")
+    return folder / "model/model.pt", folder / "ood.npz", mrad, step
+
+
+def as_displayed(patterns):
+    """Frames as a detector file holds them: scan row 0 and detector row 0 on top."""
+    return np.ascontiguousarray(patterns[::-1, :, ::-1, :])
+
+
+def write_file(path, patterns):
+    with h5py.File(path, "w") as f:
+        f["frames"] = as_displayed(patterns)
+
+
+def run_map(path, trained, out, *extra):
+    model, ood, mrad, step = trained
+    command = [sys.executable, "-m", "polarmap.cli", "map", str(path), "--model", str(model), "--ood", str(ood), "--out", str(out),
+               "--scan-step-angstrom", str(step), *map(str, extra)]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def classes_of(out):
+    with np.load(out / "predictions.npz", allow_pickle=False) as data:
+        return data["classes"]
+
+
+def test_map_of_a_scan_file(trained, simulated_scan, tmp_path):  # noqa: F811
+    """One command from a detector file to a map: the scan's orientation found unturned, the
+    patterns' own classes the answer, every output written, with provenance."""
+    _, patterns, step, mrad = simulated_scan
+    write_file(tmp_path / "scan.h5", patterns)
+    result = run_map(tmp_path / "scan.h5", trained, tmp_path / "map", "--mrad-per-px", mrad)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (classes_of(tmp_path / "map") == com_classes(patterns)).mean() >= 0.7 and summary["unknown_fraction"] < 0.1
+    assert abs(summary["scan_rotation_deg"]) < 1 and not summary["scan_flip"] and summary["scan_orientation_from"] == "least curl"
+    assert summary["measured_semiangle_mrad"] == pytest.approx(24, rel=0.1)
+    assert summary["cell_px"] == pytest.approx(8, rel=0.05)  # a_pc over the 0.5 A step
+    for name in ("map.png", "map.pdf", "predictions.npz", "predictions.tsv", "provenance.json", "preprocessed.h5"):
+        assert (tmp_path / "map" / name).is_file(), name
+    assert not (tmp_path / "map" / "imported.h5").exists()  # the raw copy is removed
+    lines = (tmp_path / "map" / "predictions.tsv").read_text().splitlines()
+    assert lines[0].split("\t")[:5] == ["row", "col", "class", "angle_deg", "ood_score"] and len(lines) == 1 + 256
+    provenance = json.loads((tmp_path / "map" / "provenance.json").read_text())
+    assert provenance["calibration_sources"]["detector_mrad_per_px"] == "given"
+    assert provenance["calibration_sources"]["energy_kev"] == "unknown"  # not silently 200 keV
+    assert provenance["settings"]["model_sampling"]["crop_px"] == CROP_PX
+
+
+def test_a_turned_and_mirrored_detector_gives_the_same_map(trained, simulated_scan, tmp_path):  # noqa: F811
+    """The detector turned 30 degrees and mirrored: the turn recovered within a degree, the mirror
+    found, and the map the same as the unturned one's."""
+    _, patterns, step, mrad = simulated_scan
+    write_file(tmp_path / "scan.h5", patterns)
+    mirrored = patterns[..., :, ::-1].reshape(-1, *patterns.shape[-2:])
+    turned = np.stack([ndimage.rotate(p, 30, reshape=False, order=3) for p in mirrored]).clip(0).reshape(patterns.shape)  # counts >= 0
+    write_file(tmp_path / "turned.h5", turned)
+    assert run_map(tmp_path / "scan.h5", trained, tmp_path / "straight", "--mrad-per-px", mrad).returncode == 0
+    result = run_map(tmp_path / "turned.h5", trained, tmp_path / "turned", "--mrad-per-px", mrad)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    # scipy turns the displayed frame clockwise with +row up; mirrored first: -30 in our convention
+    assert summary["scan_flip"] and summary["scan_rotation_deg"] == pytest.approx(-30, abs=1)
+    assert (classes_of(tmp_path / "turned") == classes_of(tmp_path / "straight")).mean() >= 0.95
+
+
+def test_another_detector_gives_the_same_predictions(trained, simulated_scan, tmp_path):  # noqa: F811
+    """Re-binned to 1.0 mrad/px on 256 px, the disc 20 px off centre, a descan plane of 1.5 px across
+    the scan and three hot pixels: the same answer for at least 95 % of patterns."""
+    _, patterns, step, mrad = simulated_scan
+    write_file(tmp_path / "scan.h5", patterns)
+    detector = np.arange(256.0)
+    other = np.empty((*patterns.shape[:2], 256, 256), np.float32)
+    for (row, col), pattern in np.ndenumerate(patterns[..., 0, 0]):
+        offset = np.array([20.0, -12.0]) + 1.5 * np.array([row, col]) / (patterns.shape[0] - 1)
+        coordinates = np.meshgrid(64 + (detector - 128 - offset[0]) / mrad, 64 + (detector - 128 - offset[1]) / mrad, indexing="ij")
+        other[row, col] = ndimage.map_coordinates(patterns[row, col].astype(np.float64), coordinates, order=3).clip(0) * 1e6  # in counts
+    for hot in ((150, 110), (40, 200), (140, 118)):
+        other[:, :, hot[0], hot[1]] = 50 * other.max()
+    write_file(tmp_path / "other.h5", other)
+    assert run_map(tmp_path / "scan.h5", trained, tmp_path / "native", "--mrad-per-px", mrad).returncode == 0
+    result = run_map(tmp_path / "other.h5", trained, tmp_path / "other", "--mrad-per-px", 1.0)
+    assert result.returncode == 0, result.stderr
+    provenance = json.loads((tmp_path / "other" / "provenance.json").read_text())
+    assert provenance["bad_pixel_count"] == 3
+    assert (classes_of(tmp_path / "other") == classes_of(tmp_path / "native")).mean() >= 0.95
+
+
+def test_what_a_map_refuses_in_one_line(trained, simulated_scan, tmp_path):  # noqa: F811
+    """No calibration, a probe of another size, a dark scan: one line each, nothing written."""
+    _, patterns, step, mrad = simulated_scan
+    write_file(tmp_path / "scan.h5", patterns)
+    cases = {
+        (): "no detector calibration (mrad per pixel) in the file; give it (--mrad-per-px)",
+        ("--mrad-per-px", 2 * mrad): "its bright-field disc spans 48",
+    }
+    for extra, message in cases.items():
+        result = run_map(tmp_path / "scan.h5", trained, tmp_path / "out", *extra)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    write_file(tmp_path / "dark.h5", np.zeros_like(patterns))
+    result = run_map(tmp_path / "dark.h5", trained, tmp_path / "dark", "--mrad-per-px", mrad)
+    assert result.returncode == 2 and "all zero: not usable diffraction" in result.stderr
+    assert not (tmp_path / "dark" / "predictions.npz").exists()
+
+
+def test_a_vacuum_scan_is_unknown(trained, simulated_scan, tmp_path):  # noqa: F811
+    """A vacuum scan (the probe's disc alone, a little descan): every pattern unknown."""
+    _, patterns, step, mrad = simulated_scan
+    size = patterns.shape[-1]
+    rows, cols = np.indices((size, size))
+    disc = (np.hypot(rows - size // 2, cols - size // 2) <= 24 / mrad).astype(np.float32) * 100 + 0.1
+    vacuum = np.broadcast_to(disc, patterns.shape).copy()
+    write_file(tmp_path / "vacuum.h5", vacuum)
+    result = run_map(tmp_path / "vacuum.h5", trained, tmp_path / "vacuum", "--mrad-per-px", mrad, "--rotation-deg", 0, "--no-flip")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["unknown_fraction"] == 1.0
+
+
+@needs_realdata
+def test_the_detector_test_image_is_refused_or_unknown(trained, tmp_path):
+    """The Merlin's test image (9 frames, 3x3): at 1 mrad/px its bright blob is no 24 mrad disc, a
+    one-line refusal; calibrated so that the blob has the model's size, every frame is unknown."""
+    with zipfile.ZipFile(REALDATA / "Merlin_Single_Quad.zip") as archive:
+        for suffix in (".mib", ".hdr"):
+            archive.extract(f"Quad_9_Frame_CounterDepth_24_Rows_256{suffix}", tmp_path)
+    test_image = tmp_path / "Quad_9_Frame_CounterDepth_24_Rows_256.mib"
+    result = run_map(test_image, trained, tmp_path / "refused", "--mrad-per-px", 1.0, "--rotation-deg", 0, "--no-flip")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "its bright-field disc spans 56.9 mrad" in result.stderr, result.stderr
+    result = run_map(test_image, trained, tmp_path / "unknown", "--mrad-per-px", 24 / 56.9, "--rotation-deg", 0, "--no-flip")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["unknown_fraction"] == 1.0
