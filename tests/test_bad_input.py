@@ -131,7 +131,7 @@ CASES = {
     "negative crop": (lambda good, tmp: ["preprocess", "--source", str(copy(good, tmp, "raw.h5")), "--out", str(tmp / "o.h5"), "--crop-px", "-8"],
                       r"crop_px must be at least 4 pixels, got -8"),
     "crop larger than the pattern": (lambda good, tmp: ["preprocess", "--source", str(copy(good, tmp, "raw.h5")), "--out", str(tmp / "o.h5"), "--crop-px", "200"],
-                                     r"200px crop .* leaves the 48x48 detector"),
+                                     r"200 px crop .* leaves the 48x48 detector"),
     "model and data of different crops": (predict_with(data="pre24.h5"), r"model\.pt takes 32x32 px crops, the data set has 24x24; preprocess it with --crop-px 32"),
     "bare tensor as a model": (predict_with(lambda p: torch.save(torch.zeros(3), p)), r"model\.pt: not a polarmap model"),
     "a weight missing": (predict_with(lambda p: save_model(p, state_dict={})), r"model\.pt: not a polarmap model \(.*Missing key"),

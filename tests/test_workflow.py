@@ -33,9 +33,10 @@ def run_study(workdir):
     """The tests preset plus one "microscope" acquisition declared as an experimental set."""
     shutil.copy(ROOT / "config.yaml", workdir)
     config = (ROOT / "workflow/presets/tests.yaml").read_text()
-    config = config.replace("  reference:", "  experimental:\n    5E: {path: scan.tif, format: tiff_stack, scan_shape: [4, 4], accepted: [RM, RD]}\n  reference:")
+    config = config.replace("  reference:", "  experimental:\n    5E: {path: scan.tif, format: tiff_stack, scan_shape: [4, 4], accepted: [RM, RD], "
+                            "detector_mrad_per_px: 3.147897918850153, scan_rotation_deg: 0, scan_flip: false}\n  reference:")
     (workdir / "tests.yaml").write_text(config)
-    discs = [disc(48, centre=(25 + 0.3 * (i % 4), 22 - 0.2 * (i // 4)), radius=4) * 500 + 3 for i in range(16)]
+    discs = [disc(48, centre=(25 + 0.3 * (i % 4), 22 - 0.2 * (i // 4)), radius=7.6) * 500 + 3 for i in range(16)]  # 24 mrad
     tifffile.imwrite(workdir / "scan.tif", np.stack(discs).astype(np.uint16))
     result = snakemake(workdir, "--configfile", "tests.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -88,8 +89,11 @@ def test_every_data_set_is_made_valid_and_logged(study):
     with io.open_dataset(results / "preprocessed/5E.h5") as f:
         meta = io.read_attrs(f)
         assert meta["classes"] == ["RM", "RD"] and (f["labels"][()] == -1).all()
-        expected = center_of_mass(tifffile.imread(study / "scan.tif").astype(np.float32)).mean(axis=0)
-        assert meta["global_com_px"] == pytest.approx(expected, abs=1e-4)
+        # the discs' mean centre, as displayed (row 25.45, col 21.7), with +row up: 47 - 25.45
+        assert meta["global_com_px"] == pytest.approx([47 - 25.45, 21.7], abs=0.02)
+        assert meta["scan_orientation_from"] == "given" and meta["crop_mrad"] == pytest.approx(32 * 3.147897918850153)
+    mapped = results / "maps/5E" / sorted(p.name for p in (results / "models").iterdir() if not p.name.startswith(("pca_knn", "unit_cell")))[0]
+    assert {p.name for p in mapped.iterdir()} >= {"map.png", "map.pdf", "predictions.npz", "predictions.tsv", "provenance.json"}
     counts = (results / "preprocessed/filter_counts.tsv").read_text().splitlines()
     assert counts[0].split() == ["class", "kept", "total", "fraction"] and len(counts) == 1 + 16 + 1
     assert sorted(str(p.relative_to(results / "splits")) for p in (results / "splits").glob("*/*.npz")) == [
@@ -157,11 +161,10 @@ def assert_per_cell_and_unknown(results, models, evaluated):
     """Issues 15 and 16 on the tests preset: virtual images of every simulated evaluated set and of
     the unit-cell model's training sets, column fitting "n/a" at 1-2 px per cell, a per-cell
     figure per set, table_cells, and an out-of-distribution calibration for every trained model."""
-    lattice_sets = [name for name in evaluated if name != "5E"]  # 5E: a detector file without calibration
-    for name in lattice_sets + ["train_RM", "train_RM_thick"]:
+    lattice_sets = [name for name in evaluated if name != "5E"]  # 5E: a detector file, its cells unknown
+    for name in lattice_sets + ["train_RM", "train_RM_thick", "5E"]:  # 5E is calibrated: its virtual images too
         with np.load(results / f"virtual/{name}.npz") as images:
             assert images["adf"].shape == (4, 4) and images["com_mrad"].shape == (4, 4, 2)
-    assert not (results / "virtual/5E.npz").exists()
     for name in lattice_sets:
         assert (results / f"figures/cells/{name}.pdf").exists()
     fitted = json.loads((results / "predictions/column_fit_adf.json").read_text())

@@ -103,8 +103,12 @@ def cmd_map(args) -> None:
     from polarmap.mapping import map_acquisition
     from polarmap.structures import StructureSettings, load_lattice
 
-    job = {"format": args.format, "dataset": args.dataset, "scan_shape": args.scan_shape, **{key: getattr(args, key) for key in CALIBRATION_ARGUMENTS}}
-    geometry = {"rotation_deg": args.rotation_deg, "flip": args.flip, "vacuum_reference": args.vacuum_reference}
+    if args.settings:  # an experimental set declared in the study config
+        job = json.loads(args.settings)
+        geometry = {"rotation_deg": job.pop("scan_rotation_deg"), "flip": job.pop("scan_flip"), "vacuum_reference": ""}
+    else:
+        job = {"format": args.format, "dataset": args.dataset, "scan_shape": args.scan_shape, **{key: getattr(args, key) for key in CALIBRATION_ARGUMENTS}}
+        geometry = {"rotation_deg": args.rotation_deg, "flip": args.flip, "vacuum_reference": args.vacuum_reference}
     summary = map_acquisition(args.path, args.model, args.out, args.ood, job, geometry, load_lattice(StructureSettings()).a_pc, progress=False)
     print(json.dumps(summary, indent=2))
 
@@ -493,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model.pt or PCA+kNN model.npz (records its sampling and crop)")
     p.add_argument("--ood", default="", help="the model's ood.npz: patterns beyond its threshold are unknown")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--settings", help=argparse.SUPPRESS)
     add_acquisition_arguments(p)
     add_orientation_arguments(p)
     p.set_defaults(func=cmd_map)

@@ -1,5 +1,6 @@
 import json
 import re
+from pathlib import Path
 
 from polarmap.config import (
     dataset_job_settings,
@@ -60,6 +61,8 @@ PCA_KNN = (
 PREDICTORS = list(TRAINING_JOBS) + PCA_KNN + ["com"]
 # models whose out-of-distribution threshold is calibrated (corrected mode: the published code has none)
 OOD_MODELS = list(TRAINING_JOBS) + PCA_KNN if config["evaluation"]["ood"]["enabled"] and config["mode"] == "corrected" else []
+# the models that map the declared experimental sets (`polarmap map`)
+MAP_MODELS = (config["evaluation"]["map_models"] or list(TRAINING_JOBS)[:1]) if EXPERIMENTAL else []
 # evaluated sets whose unit cells are known (simulated, or experiment-like from a simulation):
 # their virtual images, column fitting, per-cell scores and figures
 LATTICE_SETS = [name for name in EVALUATED if ROLES[name] != "experimental"]
@@ -245,6 +248,7 @@ def all_outputs():
         + expand(f"{RESULTS}/figures/sweep_{{sweep}}.png", sweep=SWEEPS)
         + expand(f"{RESULTS}/figures/com_and_accuracy_{{sweep}}.png", sweep=THICKNESS_SWEEPS)
         + [f"{RESULTS}/figures/com_field.png"]
+        + expand(f"{RESULTS}/maps/{{dataset}}/{{predictor}}/map.png", dataset=EXPERIMENTAL, predictor=MAP_MODELS)
         + ([f"{RESULTS}/tables/modes.md"] if config["evaluation"]["compare_with"] else [])
         + ([f"{RESULTS}/tables/defect_localisation.tsv", f"{RESULTS}/dft/displacements.tsv"] if DEFECT else [])
     )

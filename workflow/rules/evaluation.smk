@@ -21,6 +21,43 @@ rule calibrate_ood:
         "--quantile {params.quantile:q} --out {output.ood:q} > {log:q} 2>&1"
 
 
+rule map_experimental:
+    """A declared experimental set mapped as `polarmap map` maps a file: read at its own
+    calibration, resampled to the model's sampling, oriented, predicted with the model's
+    out-of-distribution threshold; classes and arrows per cell over the ADF, CoM field."""
+    input:
+        acquisition=lambda wildcards: EXPERIMENTAL[wildcards.dataset]["path"],
+        model=model_file,
+        ood=ood_file,
+    output:
+        figure=report(
+            f"{RESULTS}/maps/{{dataset}}/{{predictor}}/map.png",
+            caption="../report/acquisition_map.rst",
+            category="Evaluation",
+            subcategory="Experimental maps",
+        ),
+        predictions=f"{RESULTS}/maps/{{dataset}}/{{predictor}}/predictions.npz",
+        table=f"{RESULTS}/maps/{{dataset}}/{{predictor}}/predictions.tsv",
+        provenance=f"{RESULTS}/maps/{{dataset}}/{{predictor}}/provenance.json",
+    log:
+        f"{RESULTS}/logs/map_experimental/{{dataset}}/{{predictor}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/map_experimental/{{dataset}}/{{predictor}}.tsv"
+    wildcard_constraints:
+        dataset=one_of(EXPERIMENTAL),
+    conda:
+        "../../envs/ml.yaml"
+    resources:
+        slurm_partition=partition(0),
+    params:
+        job=experimental_settings,
+        ood=lambda wildcards, input: f"--ood {input.ood}" if input.ood else "",
+        out=lambda wildcards, output: str(Path(output.figure).parent),
+    shell:
+        "OMP_NUM_THREADS=1 polarmap map {input.acquisition:q} --model {input.model:q} {params.ood} --settings {params.job:q} "
+        "--out {params.out:q} > {log:q} 2>&1"
+
+
 rule predict:
     """One trained model (or PCA+kNN, or the CoM baseline) on every evaluation data set; with an
     out-of-distribution calibration, patterns beyond its threshold are unknown."""
