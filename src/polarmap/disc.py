@@ -4,11 +4,12 @@ arrays in, arrays out, no files.
 - Bad pixels: a hot pixel is far brighter than every neighbour, a dead one far darker than every
   neighbour, in the scan's mean pattern (where noise has averaged out); the detector's own mask
   adds to them. They are filled with the mean of their good neighbours.
-- The disc: each pixel weighted by where it lies between the background and the disc's level of
-  the mean pattern (scaled to each pattern's total), 0 below, 1 above: the centroid and equivalent
-  radius of those weights. An edge pixel half covered counts half, so the centre is sub-pixel; a
-  bright spot inside counts no more than the disc. Not the whole-frame centre of mass, which a hot
-  pixel or a bright Bragg disc drags away.
+- The disc: in the mean pattern, the brightest region near its bright end; in each pattern,
+  near that region, each pixel weighted by where it lies between the background and the disc's
+  level (scaled to the pattern's total), 0 below, 1 above: the centroid and equivalent radius of
+  those weights. An edge pixel half covered counts half, so the centre is sub-pixel; a bright spot
+  inside counts no more than the disc. Not the whole-frame centre of mass, which a hot pixel, a
+  diffuse lobe or a bright Bragg disc drags away.
 - The origin of each pattern: its centre of mass within ORIGIN_MASK_RADII disc radii of its disc
   (a mask that follows the disc, as in LiberTEM's masked CoM). It turns exactly with the detector,
   where the disc's own centre is biased by the structure inside the disc, and a hot pixel or a
@@ -22,14 +23,19 @@ arrays in, arrays out, no files.
 LiberTEM's centre-of-mass analysis and py4DSTEM's origin fitting are the references read.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
 HOT_FACTOR = 4.0  # a hot pixel holds more than this times its brightest neighbour
 DEAD_FACTOR = 0.1  # a dead pixel less than this times its darkest neighbour ...
 DEAD_NEIGHBOUR_LEVEL = 0.05  # ... where that neighbour holds at least this fraction of the peak
-DISC_LEVEL_PERCENTILE = 99.5  # the disc's level in the mean pattern: the median above half of this
-ORIGIN_MASK_RADII = 2.0
+DISC_LEVEL_PERCENTILE = 99.5  # the bright end of the mean pattern
+SEED_LEVEL = 0.75  # the disc's core: above this fraction of the way from background to bright end
+DISC_WINDOW_RADII = 1.25  # a pattern's disc is looked for this many radii around the mean one
+ORIGIN_MASK_RADII = 1.5
+SPLINE_MARGIN = 8  # pixels of pattern around a crop in its spline
 OUTLIER_SIGMAS = 3.0  # disc centres this many robust sigmas off the plane are left out of its fit
 _NEIGHBOURS = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], dtype=bool)
 
@@ -65,25 +71,42 @@ def fill_bad_pixels(patterns: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return filled
 
 
-def disc_levels(mean_pattern: np.ndarray) -> tuple[float, float]:
-    """The background (the median pixel) and the disc's level (the median of the pixels above half
-    way to the bright end), as fractions of the pattern's total, so that they scale to any pattern."""
+@dataclass(frozen=True)
+class Disc:
+    """The bright-field disc of a scan's mean pattern; the levels are fractions of the pattern's
+    total, so that they scale to any pattern of the scan."""
+    centre: tuple[float, float]
+    radius: float
+    background: float
+    level: float
+
+
+def find_disc(mean_pattern: np.ndarray) -> Disc:
+    """The disc of a scan's mean pattern: of the regions brighter than three quarters of the way to
+    the pattern's bright end, the one holding the most intensity (a hot pixel, a diffuse lobe or a
+    Bragg disc is another region), refined as each pattern's disc is (`disc_centres`) within
+    DISC_WINDOW_RADII of that region's equivalent radius."""
     pattern = np.asarray(mean_pattern, dtype=np.float64)
-    background = float(np.median(pattern))
-    bright = pattern[pattern > background + 0.5 * (np.percentile(pattern, DISC_LEVEL_PERCENTILE) - background)]
-    if bright.size == 0 or pattern.sum() <= 0:
+    total, background = float(pattern.sum()), float(np.median(pattern))
+    regions, count = ndimage.label(pattern > background + SEED_LEVEL * (np.percentile(pattern, DISC_LEVEL_PERCENTILE) - background))
+    if count == 0 or total <= 0:
         raise ValueError("no bright-field disc in the mean pattern (a flat or empty scan?)")
-    return background / float(pattern.sum()), float(np.median(bright)) / float(pattern.sum())
+    seed = regions == 1 + int(np.argmax(ndimage.sum(pattern, regions, index=np.arange(1, count + 1))))
+    centre = np.argwhere(seed).mean(axis=0)
+    first = Disc((float(centre[0]), float(centre[1])), float(np.sqrt(seed.sum() / np.pi)), background / total, float(np.median(pattern[seed])) / total)
+    refined, radius = disc_centres(pattern, first)
+    return Disc((float(refined[0]), float(refined[1])), float(radius), first.background, first.level)
 
 
-def disc_centres(patterns: np.ndarray, levels: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+def disc_centres(patterns: np.ndarray, found: Disc) -> tuple[np.ndarray, np.ndarray]:
     """Centroid (..., 2) = (row, col) and equivalent radius (...) of each pattern's disc weights
-    (0 at the background, 1 at the disc's level, `levels` as fractions of its total); NaN where
-    nothing rises above the background."""
+    (0 at the background, 1 at the disc's level) within DISC_WINDOW_RADII radii of the mean
+    pattern's disc; NaN where nothing rises above the background."""
     patterns = np.asarray(patterns, dtype=np.float32)
     totals = patterns.sum(axis=(-2, -1), dtype=np.float64)[..., None, None]
-    background, level = levels
-    above = np.clip((patterns - background * totals) / ((level - background) * totals), 0.0, 1.0).astype(np.float32)
+    rows, cols = np.indices(patterns.shape[-2:])
+    window = np.hypot(rows - found.centre[0], cols - found.centre[1]) <= DISC_WINDOW_RADII * found.radius
+    above = np.clip((patterns - found.background * totals) / ((found.level - found.background) * totals), 0.0, 1.0) * window
     count = above.sum(axis=(-2, -1), dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         row = (above.sum(axis=-1, dtype=np.float64) @ np.arange(patterns.shape[-2])) / count
@@ -146,7 +169,13 @@ def resample(patterns: np.ndarray, origins: np.ndarray, scale: float, detector_f
     grid = np.stack(np.meshgrid(offsets, offsets, indexing="ij"), axis=-1)  # (crop, crop, 2) scan-frame offsets
     detector = scale * grid @ np.asarray(detector_from_scan, dtype=np.float64).T  # (crop, crop, 2)
     positions = np.asarray(origins, dtype=np.float64)[:, None, None, :] + detector[None]
+    patterns = np.asarray(patterns, dtype=np.float32)
     out = np.empty((len(patterns), crop_px, crop_px), np.float32)
-    for i, pattern in enumerate(np.asarray(patterns, dtype=np.float32)):  # one spline per pattern: one over the stack would mix neighbours
-        out[i] = ndimage.map_coordinates(pattern, np.moveaxis(positions[i], -1, 0), order=3, mode="nearest")
+    for i, pattern in enumerate(patterns):  # one spline per pattern: one over the stack would mix neighbours
+        # the spline of a window around the crop only: a spline's reach decays by 0.27 a pixel, so
+        # SPLINE_MARGIN pixels leave the samples as the whole pattern's spline gives them
+        low = np.maximum(np.floor(positions[i].min(axis=(0, 1))).astype(int) - SPLINE_MARGIN, 0)
+        high = np.minimum(np.ceil(positions[i].max(axis=(0, 1))).astype(int) + SPLINE_MARGIN + 1, pattern.shape)
+        window = pattern[low[0]:high[0], low[1]:high[1]]
+        out[i] = ndimage.map_coordinates(window, np.moveaxis(positions[i] - low, -1, 0), order=3, mode="nearest")
     return np.maximum(out, 0)

@@ -187,7 +187,7 @@ def grid_metrics(attrs: dict, grid: np.ndarray, angles: np.ndarray | None, model
     return result
 
 
-def _predict_one(predictor, model_path, dataset_path) -> tuple[dict, dict[str, np.ndarray]]:
+def predict_grids(predictor, model_path, dataset_path) -> tuple[dict, dict[str, np.ndarray]]:
     """Metrics and the grids of one preprocessed data set: classes ("", -1 unknown), and where
     the model gives them angles (".angle") and out-of-distribution scores (".ood")."""
     with io.open_dataset(dataset_path) as f:
@@ -220,7 +220,7 @@ def predict_many(model_path, dataset_paths, out, metrics_out, compile_model: boo
     predictor = load_predictor(model_path, compile_model=compile_model, ood_path=ood_path)
     grids, results = {}, []
     for path in dataset_paths:
-        result, mine = _predict_one(predictor, model_path, path)
+        result, mine = predict_grids(predictor, model_path, path)
         grids.update({result["dataset"] + suffix: grid for suffix, grid in mine.items()})
         results.append(result)
     save_npz_atomically(out, grids)
@@ -301,7 +301,7 @@ def predict_dataset(model_path, dataset_path, out, compile_model: bool = False, 
     """Per-pattern predictions on the scan grid (-1: unknown), accuracy against the set's accepted
     classes and the majority class; written to `out` (.npz, arrays only)."""
     predictor = load_predictor(model_path, compile_model=compile_model, ood_path=ood_path)
-    result, grids = _predict_one(predictor, model_path, dataset_path)
+    result, grids = predict_grids(predictor, model_path, dataset_path)
     names = {"": "predictions", ".angle": "angles", ".ood": "ood_scores"}
     save_npz_atomically(out, {names[suffix]: grid for suffix, grid in grids.items()} | {"meta": np.array(json.dumps(result))})
     return result

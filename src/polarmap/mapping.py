@@ -52,7 +52,7 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
     """The map of one acquisition (see the module's description). `job` holds the import keys of
     `polarmap import` (format, dataset, scan_shape, calibrations); `geometry` the orientation and
     vacuum reference of `polarmap preprocess`."""
-    from polarmap.evaluation import _predict_one, load_predictor
+    from polarmap.evaluation import load_predictor, predict_grids
 
     started = time.perf_counter()
     path, out_dir = Path(path), Path(out_dir)
@@ -84,7 +84,7 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
                          f"the model's {float(sampling['semiangle_mrad']):.1f} mrad: a different probe (or a wrong calibration); "
                          "check --mrad-per-px, or train a model at this semi-angle")
     predictor = load_predictor(model_path, ood_path=ood_path)
-    _, grids = _predict_one(predictor, model_path, preprocessed)
+    _, grids = predict_grids(predictor, model_path, preprocessed)
     classes = grids[""]
     field_mrad = beam_shift * float(sampling["detector_mrad_per_px"])  # crop pixels -> mrad, in the scan's axes
     step = float(meta["scan_step_angstrom"])

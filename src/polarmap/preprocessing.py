@@ -5,9 +5,10 @@ The maths works on one pattern or a block of patterns (the last two axes); `prep
 streams a data set through it in blocks of scan rows, so memory stays bounded at paper scale.
 
 Two behaviours (study-notes):
-  corrected  bad pixels masked and filled; the bright-field disc found per pattern between levels
-             (polarmap.disc), a plane fitted to its centres across the scan (descan; or a vacuum
-             reference scan's plane); every pattern resampled onto the model's grid in one
+  corrected  bad pixels masked and filled; each pattern's origin (its masked CoM about its disc,
+             polarmap.disc), a plane fitted to the origins across the scan for detector data
+             (descan; or a vacuum reference scan's plane), the detector's centre pixel for a
+             clean simulation (its optical axis, known); every pattern resampled onto the model's grid in one
              interpolation: its angular sampling (mrad per pixel), the scan's rotation and flip
              (given, or found by least curl for detector data), and the sub-pixel disc origin.
              Beam shift = intensity-weighted CoM (Eq. 1) - the plane, in the scan's axes and the
@@ -159,7 +160,7 @@ def preprocess_dataset(source, out, settings: PreprocessSettings, is_training: b
             com, beam_shift, low, high, geometry, crops = _published_crops(patterns, settings, source, detector_data)
             grids = {}
         else:
-            com, beam_shift, low, high, geometry, crops, grids = _centred_crops(f, attrs, settings, source)
+            com, beam_shift, low, high, geometry, crops, grids = _centred_crops(f, attrs, settings, source, detector_data)
         magnitude = np.hypot(beam_shift[..., 0], beam_shift[..., 1])
         keep = magnitude > magnitude.mean() if is_training else np.ones_like(magnitude, dtype=bool)
         new_attrs = {key: value for key, value in attrs.items() if key not in ("format", "format_version", "convention")}
@@ -205,17 +206,23 @@ def _published_crops(patterns, settings: PreprocessSettings, source: Path, detec
 ADF_INNER_RADII = 1.5  # the ADF signal that settles the orientation's half turn: beyond 1.5 disc radii
 
 
-def _centred_crops(f, attrs: dict, settings: PreprocessSettings, source: Path):
+def _centred_crops(f, attrs: dict, settings: PreprocessSettings, source: Path, detector_data: bool):
     """Corrected mode: bad pixels filled, disc plane, orientation and sampling, then the resampled
     crops block by block (polarmap.disc). Also the ADF signal and disc centres of every position
     (/adf, /origin: a map's background and what the descan plane was fitted to)."""
     patterns = f["patterns"]
-    bad, levels, (centre_row, centre_col), radius = _disc_setup(patterns, settings.rows_per_block, f["bad_pixels"][()] if "bad_pixels" in f else None, source)
+    bad, found = _disc_setup(patterns, settings.rows_per_block, f["bad_pixels"][()] if "bad_pixels" in f else None, source)
     rows, cols = np.indices(patterns.shape[2:])
-    adf_mask = np.hypot(rows - centre_row, cols - centre_col) > ADF_INNER_RADII * radius
-    com, centres, adf, low, high = _disc_statistics(patterns, settings.rows_per_block, source, bad, levels, adf_mask, radius)
+    adf_mask = np.hypot(rows - found.centre[0], cols - found.centre[1]) > ADF_INNER_RADII * found.radius
+    com, centres, adf, low, high = _disc_statistics(patterns, settings.rows_per_block, source, bad, found, adf_mask)
     plane = _descan_plane(settings, centres, source)
-    origins, coefficients = plane if plane is not None else disc.fit_plane(centres)
+    if plane is not None:
+        origins, coefficients, descan_from = *plane, "vacuum reference"
+    elif detector_data:
+        origins, coefficients, descan_from = *disc.fit_plane(centres), "disc plane"
+    else:  # a clean simulation has no descan, and its optical axis is the detector's centre pixel
+        axis = np.array(patterns.shape[2:], dtype=np.float64) // 2
+        origins, coefficients, descan_from = np.broadcast_to(axis, centres.shape).copy(), np.array([axis, [0, 0], [0, 0]]), "none: a simulation"
 
     native = float(attrs["detector_mrad_per_px"])
     sampling = settings.mrad_per_px or native
@@ -235,8 +242,8 @@ def _centred_crops(f, attrs: dict, settings: PreprocessSettings, source: Path):
     geometry = {
         "detector_mrad_per_px": sampling, "source_detector_mrad_per_px": native, "crop_mrad": settings.crop_px * sampling,
         "global_com_px": json.dumps([float(v) for v in origins.reshape(-1, 2).mean(axis=0)]),
-        "descan_plane_px": json.dumps(np.round(coefficients, 6).tolist()), "descan_from": "vacuum reference" if plane is not None else "disc plane",
-        "disc_radius_px": float(radius), "bad_pixel_count": int(bad.sum()), **orientation,
+        "descan_plane_px": json.dumps(np.round(coefficients, 6).tolist()), "descan_from": descan_from,
+        "disc_radius_px": found.radius, "bad_pixel_count": int(bad.sum()), **orientation,
     }
 
     def crops():
@@ -250,8 +257,7 @@ def _centred_crops(f, attrs: dict, settings: PreprocessSettings, source: Path):
 
 
 def _disc_setup(patterns, rows_per_block: int, known_bad, path: Path):
-    """From the mean pattern of the first block of scan rows: bad pixels, the disc's levels, and
-    the disc's centre and radius."""
+    """From the mean pattern of the first block of scan rows: bad pixels and the disc."""
     first_block = next(_blocks(patterns, rows_per_block))[1]
     problem = intensity_problem(first_block)
     if problem:
@@ -259,14 +265,13 @@ def _disc_setup(patterns, rows_per_block: int, known_bad, path: Path):
     bad = disc.bad_pixels(first_block.mean(axis=(0, 1)), known_bad)
     mean_first = disc.fill_bad_pixels(first_block.mean(axis=(0, 1)), bad)
     try:
-        levels = disc.disc_levels(mean_first)
+        found = disc.find_disc(mean_first)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-    centre, radius = disc.disc_centres(mean_first, levels)
-    return bad, levels, centre, float(radius)
+    return bad, found
 
 
-def _disc_statistics(patterns, rows_per_block: int, path: Path, bad, levels, adf_mask, radius: float):
+def _disc_statistics(patterns, rows_per_block: int, path: Path, bad, found, adf_mask):
     """Per pattern: centre of mass, origin (polarmap.disc), ADF signal; and the scan's intensity range."""
     com = np.empty((*patterns.shape[:2], 2))
     centres = np.empty((*patterns.shape[:2], 2))
@@ -281,8 +286,8 @@ def _disc_statistics(patterns, rows_per_block: int, path: Path, bad, levels, adf
         stop = start + len(block)
         com[start:stop] = center_of_mass(filled)
         for row in range(len(block)):  # a scan row at a time: the masks are one per pattern
-            found = disc.disc_centres(filled[row], levels)[0]
-            centres[start + row] = disc.masked_centres(filled[row], found, disc.ORIGIN_MASK_RADII * radius)
+            discs = disc.disc_centres(filled[row], found)[0]
+            centres[start + row] = disc.masked_centres(filled[row], discs, disc.ORIGIN_MASK_RADII * found.radius)
         adf[start:stop] = filled.reshape(*filled.shape[:2], -1) @ weights
         low, high = min(low, float(block.min())), max(high, float(block.max()))
     return com, centres, adf, low, high
@@ -298,8 +303,8 @@ def _descan_plane(settings: PreprocessSettings, centres, source: Path):
         if vacuum.shape[:2] != centres.shape[:2]:
             raise ValueError(f"{reference}: a {vacuum.shape[0]}x{vacuum.shape[1]} vacuum scan for the "
                              f"{centres.shape[0]}x{centres.shape[1]} scan of {source}; record the reference with the same scan")
-        bad, levels, _, radius = _disc_setup(vacuum, settings.rows_per_block, ref["bad_pixels"][()] if "bad_pixels" in ref else None, reference)
-        reference_centres = _disc_statistics(vacuum, settings.rows_per_block, reference, bad, levels, np.zeros(vacuum.shape[2:], bool), radius)[1]
+        bad, found = _disc_setup(vacuum, settings.rows_per_block, ref["bad_pixels"][()] if "bad_pixels" in ref else None, reference)
+        reference_centres = _disc_statistics(vacuum, settings.rows_per_block, reference, bad, found, np.zeros(vacuum.shape[2:], bool))[1]
     return disc.fit_plane(reference_centres)
 
 
