@@ -165,6 +165,11 @@ def resample(patterns: np.ndarray, origins: np.ndarray, scale: float, detector_f
     Linear interpolation would blur a turned pattern by half a pixel. The splines overshoot at the
     disc's edge: what falls below zero is cut at zero, as no detector counts below it (a varying
     negative minimum would become a varying pedestal after min-max, which moves an even crop's CoM)."""
+    origins = np.asarray(origins, dtype=np.float64)
+    if scale == 1 and np.array_equal(detector_from_scan, np.eye(2)) and np.array_equal(origins, np.round(origins)):
+        # whole pixels, unturned (a simulation at its own sampling): the spline would return them
+        starts = origins.astype(int) - crop_px // 2
+        return np.stack([p[r:r + crop_px, c:c + crop_px] for p, (r, c) in zip(np.asarray(patterns, dtype=np.float32), starts)])
     offsets = np.arange(crop_px, dtype=np.float64) - crop_px // 2
     grid = np.stack(np.meshgrid(offsets, offsets, indexing="ij"), axis=-1)  # (crop, crop, 2) scan-frame offsets
     detector = scale * grid @ np.asarray(detector_from_scan, dtype=np.float64).T  # (crop, crop, 2)

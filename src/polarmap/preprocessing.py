@@ -214,7 +214,7 @@ def _centred_crops(f, attrs: dict, settings: PreprocessSettings, source: Path, d
     bad, found = _disc_setup(patterns, settings.rows_per_block, f["bad_pixels"][()] if "bad_pixels" in f else None, source)
     rows, cols = np.indices(patterns.shape[2:])
     adf_mask = np.hypot(rows - found.centre[0], cols - found.centre[1]) > ADF_INNER_RADII * found.radius
-    com, centres, adf, low, high = _disc_statistics(patterns, settings.rows_per_block, source, bad, found, adf_mask)
+    com, centres, adf, low, high = _disc_statistics(patterns, settings.rows_per_block, source, bad, found, adf_mask, measure_origins=detector_data)
     plane = _descan_plane(settings, centres, source)
     if plane is not None:
         origins, coefficients, descan_from = *plane, "vacuum reference"
@@ -222,6 +222,7 @@ def _centred_crops(f, attrs: dict, settings: PreprocessSettings, source: Path, d
         origins, coefficients, descan_from = *disc.fit_plane(centres), "disc plane"
     else:  # a clean simulation has no descan, and its optical axis is the detector's centre pixel
         axis = np.array(patterns.shape[2:], dtype=np.float64) // 2
+        centres[:] = axis
         origins, coefficients, descan_from = np.broadcast_to(axis, centres.shape).copy(), np.array([axis, [0, 0], [0, 0]]), "none: a simulation"
 
     native = float(attrs["detector_mrad_per_px"])
@@ -271,10 +272,11 @@ def _disc_setup(patterns, rows_per_block: int, known_bad, path: Path):
     return bad, found
 
 
-def _disc_statistics(patterns, rows_per_block: int, path: Path, bad, found, adf_mask):
-    """Per pattern: centre of mass, origin (polarmap.disc), ADF signal; and the scan's intensity range."""
+def _disc_statistics(patterns, rows_per_block: int, path: Path, bad, found, adf_mask, measure_origins: bool = True):
+    """Per pattern: centre of mass, origin (polarmap.disc; NaN unless measured), ADF signal; and the
+    scan's intensity range."""
     com = np.empty((*patterns.shape[:2], 2))
-    centres = np.empty((*patterns.shape[:2], 2))
+    centres = np.full((*patterns.shape[:2], 2), np.nan)
     adf = np.empty(patterns.shape[:2])
     low, high = np.inf, -np.inf
     weights = adf_mask.astype(np.float32).ravel()
@@ -285,7 +287,7 @@ def _disc_statistics(patterns, rows_per_block: int, path: Path, bad, found, adf_
         filled = disc.fill_bad_pixels(block, bad)
         stop = start + len(block)
         com[start:stop] = center_of_mass(filled)
-        for row in range(len(block)):  # a scan row at a time: the masks are one per pattern
+        for row in range(len(block) if measure_origins else 0):  # a scan row at a time: the masks are one per pattern
             discs = disc.disc_centres(filled[row], found)[0]
             centres[start + row] = disc.masked_centres(filled[row], discs, disc.ORIGIN_MASK_RADII * found.radius)
         adf[start:stop] = filled.reshape(*filled.shape[:2], -1) @ weights
