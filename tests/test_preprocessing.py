@@ -72,6 +72,25 @@ def test_corrected_crop_follows_the_descan_plane_at_sub_pixel_precision(tmp_path
     assert meta["scan_orientation_from"] == "given" and meta["bad_pixel_count"] == 0
 
 
+def test_a_vacuum_reference_keeps_a_signal_the_disc_plane_would_take(tmp_path):
+    """A polarization that turns steadily across the scan is, to a plane fit, descan: the disc
+    plane takes it away. A vacuum scan with the same descan holds the descan alone, and with it
+    as the reference the signal stays, to 0.02 px."""
+    rows, cols = np.indices((6, 6))
+    descan = np.stack([5 + 0.3 * rows, -7 - 0.2 * cols], axis=-1)
+    signal = np.stack([0.2 * (rows - 2.5), np.zeros((6, 6))], axis=-1)  # a ramp along the rows
+    write_descanned_set(tmp_path / "d.h5", descan, signal)
+    write_descanned_set(tmp_path / "vacuum.h5", descan, np.zeros((6, 6, 2)))
+    given = {"crop_px": 33, "rotation_deg": 0, "flip": False}
+    preprocess_dataset(tmp_path / "d.h5", tmp_path / "plane.h5", PreprocessSettings(**given), False, progress=False)
+    preprocess_dataset(tmp_path / "d.h5", tmp_path / "ref.h5", PreprocessSettings(**given, vacuum_reference=str(tmp_path / "vacuum.h5")), False,
+                       progress=False)
+    with io.open_dataset(tmp_path / "plane.h5") as f:
+        assert f["beam_shift"][()] == pytest.approx(np.zeros((6, 6, 2)), abs=0.02)  # taken away with the descan
+    with io.open_dataset(tmp_path / "ref.h5") as f:
+        assert f["beam_shift"][()] == pytest.approx(signal, abs=0.02) and io.read_attrs(f)["descan_from"] == "vacuum reference"
+
+
 def test_faithful_crop_moves_away_from_detector_data_discs_but_not_simulated_ones(tmp_path):
     write_descanned_set(tmp_path / "d.h5", (5, -7), SHIFTS)
     preprocess_dataset(tmp_path / "d.h5", tmp_path / "p.h5", PreprocessSettings(mode="faithful", crop_px=64), False, progress=False)

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from polarmap.pattern import center_of_mass
+
 HOT_FACTOR = 4.0  # a hot pixel holds more than this times its brightest neighbour
 DEAD_FACTOR = 0.1  # a dead pixel less than this times its darkest neighbour ...
 DEAD_NEIGHBOUR_LEVEL = 0.05  # ... where that neighbour holds at least this fraction of the peak
@@ -117,8 +119,6 @@ def disc_centres(patterns: np.ndarray, found: Disc) -> tuple[np.ndarray, np.ndar
 def masked_centres(patterns: np.ndarray, centres: np.ndarray, radius: float) -> np.ndarray:
     """Centre of mass (..., 2) of each pattern within `radius` pixels of its own `centres` (...,
     2); NaN where nothing is inside."""
-    from polarmap.pattern import center_of_mass
-
     rows, cols = np.indices(patterns.shape[-2:], dtype=np.float32)
     centres = np.asarray(centres, dtype=np.float32)
     inside = (rows - centres[..., 0, None, None]) ** 2 + (cols - centres[..., 1, None, None]) ** 2 <= np.float32(radius) ** 2
