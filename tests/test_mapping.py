@@ -100,7 +100,9 @@ def test_map_of_a_scan_file(trained, simulated_scan, tmp_path):  # noqa: F811
         assert (tmp_path / "map" / name).is_file(), name
     assert not (tmp_path / "map" / "imported.h5").exists()  # the raw copy is removed
     lines = (tmp_path / "map" / "predictions.tsv").read_text().splitlines()
-    assert lines[0].split("\t")[:5] == ["row", "col", "class", "angle_deg", "ood_score"] and len(lines) == 1 + 256
+    assert lines[0].split("\t")[:6] == ["row", "col", "class", "angle_deg", "confidence", "ood_score"] and len(lines) == 1 + 256
+    with np.load(tmp_path / "map" / "predictions.npz") as data:
+        assert ((data["confidence"] >= 0) & (data["confidence"] <= 1)).all() and np.median(data["confidence"]) > 0.5
     provenance = json.loads((tmp_path / "map" / "provenance.json").read_text())
     assert provenance["calibration_sources"]["detector_mrad_per_px"] == "given"
     assert provenance["calibration_sources"]["energy_kev"] == "unknown"  # not silently 200 keV

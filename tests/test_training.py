@@ -141,7 +141,7 @@ def test_predict_any_model_and_the_faithful_decoding(training_data, tmp_path):
     split, preprocessed = training_data
     ld = [p for p in preprocessed if p.name == "p_LD.h5"][0]
     for mode in ("corrected", "faithful"):
-        train(split, preprocessed, tmp_path / mode, TrainSettings(objective="regression", configuration="augmentation", mode=mode, max_epochs=4, lr=1e-3), progress=False)
+        train(split, preprocessed, tmp_path / mode, TrainSettings(objective="regression", configuration="none", mode=mode, max_epochs=4, lr=1e-3), progress=False)
     with io.open_dataset(ld) as f:
         patterns = f["patterns"][()].reshape(-1, 33, 33)
     faithful = predict_patterns(tmp_path / "faithful/model.pt", patterns)
@@ -181,9 +181,10 @@ def test_patterns_unlike_the_training_data_are_unknown(training_data, tmp_path):
         summary = calibrate_ood(model, split, preprocessed, out)
         assert summary["held_out_patterns"] > 0 and summary["threshold"] > 0
         predict = load_predictor(model, ood_path=out)
-        classes, _, scores = predict(synthetic_test, None)
+        classes, _, scores, confidence = predict(synthetic_test, None)
         assert (classes >= 0).mean() >= 0.9, (model, (classes >= 0).mean())
-        classes, _, scores = predict(strange, None)
+        assert ((confidence >= 0) & (confidence <= 1)).all()  # the class probabilities' or the neighbours' agreement
+        classes, _, scores, _ = predict(strange, None)
         assert (classes == -1).all(), (model, scores, summary)
     with pytest.raises(ValueError, match="not an out-of-distribution calibration"):
         load_predictor(tmp_path / "pca.npz", ood_path=tmp_path / "cls/model.pt")

@@ -43,7 +43,7 @@ def load_predictor(model_path, batch_size: int = 512, external: bool = True, com
         def predict_com(patterns, beam_shift, dataset=""):
             if beam_shift is None:
                 raise ValueError("the CoM baseline needs a preprocessed data set (/beam_shift)")
-            return com_baseline(beam_shift), np.arctan2(beam_shift[..., 0], beam_shift[..., 1]), None
+            return com_baseline(beam_shift), np.arctan2(beam_shift[..., 0], beam_shift[..., 1]), None, None
         return predict_com
     ood = _load_ood(ood_path) if ood_path else None
 
@@ -66,8 +66,9 @@ def load_predictor(model_path, batch_size: int = 512, external: bool = True, com
                 raise ValueError(f"{model_path} takes {side}x{side} px crops, the data set has {patterns.shape[-2]}x{patterns.shape[-1]}; "
                                  f"preprocess it with --crop-px {side}")
             flat = patterns.reshape(len(patterns), -1)
-            classes, scores = mark_unknown(pca_knn.predict(flat), pca_knn.embed(flat) if ood is not None else None)
-            return classes, None, scores
+            votes = pca_knn.votes(flat)
+            classes, scores = mark_unknown(votes.argmax(axis=1), pca_knn.embed(flat) if ood is not None else None)
+            return classes, None, scores, votes.max(axis=1) / max(votes.sum(axis=1).max(initial=1), 1)
         return predict_pca_knn
     from polarmap.training import load_model, resolve_device
 
@@ -89,7 +90,7 @@ def load_predictor(model_path, batch_size: int = 512, external: bool = True, com
                                 settings_from_json(DomainRandomisationSettings, settings.get("domain_randomisation", {})),
                                 derived_seed(settings["seed"], name_key(dataset)))
             patterns = np.stack([augment(p) for p in patterns])
-        predictions, angles, features = [], [], []
+        predictions, angles, features, confidence = [], [], [], []
         with torch.inference_mode():
             for start in range(0, len(patterns), batch_size):
                 batch = torch.from_numpy(np.ascontiguousarray(patterns[start:start + batch_size, None], dtype=np.float32))
@@ -100,11 +101,12 @@ def load_predictor(model_path, batch_size: int = 512, external: bool = True, com
                 else:
                     predictions.append(model.predict(outputs).cpu())
                 angles.append(model.angle(outputs).cpu())
+                confidence.append(model.confidence(outputs).cpu())
                 features.append(embedding.float().cpu())
         if not predictions:
-            return np.zeros(0, np.int64), np.zeros(0), None if ood is None else np.zeros(0)
+            return np.zeros(0, np.int64), np.zeros(0), None if ood is None else np.zeros(0), np.zeros(0)
         classes, scores = mark_unknown(torch.cat(predictions).numpy(), torch.cat(features).numpy() if ood is not None else None)
-        return classes, torch.cat(angles).numpy().astype(np.float64), scores
+        return classes, torch.cat(angles).numpy().astype(np.float64), scores, torch.cat(confidence).numpy()
 
     return predict_nn
 
@@ -189,7 +191,8 @@ def grid_metrics(attrs: dict, grid: np.ndarray, angles: np.ndarray | None, model
 
 def predict_grids(predictor, model_path, dataset_path) -> tuple[dict, dict[str, np.ndarray]]:
     """Metrics and the grids of one preprocessed data set: classes ("", -1 unknown), and where
-    the model gives them angles (".angle") and out-of-distribution scores (".ood")."""
+    the model gives them angles (".angle"), out-of-distribution scores (".ood") and confidence
+    (".confidence", 0 to 1)."""
     with io.open_dataset(dataset_path) as f:
         attrs = io.read_attrs(f)
         patterns = f["patterns"][()]
@@ -201,7 +204,7 @@ def predict_grids(predictor, model_path, dataset_path) -> tuple[dict, dict[str, 
         raise ValueError(f"{dataset_path}: {int(bad.sum())} patterns hold NaN or infinite values (first at scan {first}); "
                          "a preprocessed set has none: regenerate it with `polarmap preprocess`")
     try:
-        predictions, angles, scores = predictor(patterns.reshape(-1, *patterns.shape[2:]), beam_shift, attrs["name"])
+        predictions, angles, scores, confidence = predictor(patterns.reshape(-1, *patterns.shape[2:]), beam_shift, attrs["name"])
     except ValueError as err:
         raise ValueError(f"{dataset_path}: {err}") from None
     grids = {"": predictions.reshape(scan_shape).astype(np.int8)}
@@ -209,14 +212,16 @@ def predict_grids(predictor, model_path, dataset_path) -> tuple[dict, dict[str, 
         grids[".angle"] = angles.reshape(scan_shape).astype(np.float32)
     if scores is not None:
         grids[".ood"] = scores.reshape(scan_shape).astype(np.float32)
+    if confidence is not None:
+        grids[".confidence"] = confidence.reshape(scan_shape).astype(np.float32)
     angle_grid = angles.reshape(scan_shape) if angles is not None else None
     return grid_metrics(attrs, grids[""], angle_grid, str(model_path)), grids
 
 
 def predict_many(model_path, dataset_paths, out, metrics_out, compile_model: bool = False, ood_path="") -> list[dict]:
     """One model on several preprocessed sets: prediction grids in one .npz (keyed by data set
-    name; angles and out-of-distribution scores, where there are any, as <name>.angle and
-    <name>.ood), metrics in one JSON."""
+    name; angles, out-of-distribution scores and confidence, where there are any, as <name>.angle,
+    <name>.ood and <name>.confidence), metrics in one JSON."""
     predictor = load_predictor(model_path, compile_model=compile_model, ood_path=ood_path)
     grids, results = {}, []
     for path in dataset_paths:
@@ -302,7 +307,7 @@ def predict_dataset(model_path, dataset_path, out, compile_model: bool = False, 
     classes and the majority class; written to `out` (.npz, arrays only)."""
     predictor = load_predictor(model_path, compile_model=compile_model, ood_path=ood_path)
     result, grids = predict_grids(predictor, model_path, dataset_path)
-    names = {"": "predictions", ".angle": "angles", ".ood": "ood_scores"}
+    names = {"": "predictions", ".angle": "angles", ".ood": "ood_scores", ".confidence": "confidence"}
     save_npz_atomically(out, {names[suffix]: grid for suffix, grid in grids.items()} | {"meta": np.array(json.dumps(result))})
     return result
 

@@ -234,7 +234,7 @@ def maps_from_predictions(prediction_files, configuration: str, out, unlearned: 
             continue
         with np.load(path, allow_pickle=False) as data:
             for name in data.files:
-                if not name.endswith((".angle", ".ood")):
+                if not name.endswith((".angle", ".ood", ".confidence")):
                     seeds = grids.setdefault(info["label"], {}).setdefault(name, [])
                     if path.stem not in unlearned:
                         seeds.append(data[name])

@@ -6,8 +6,8 @@ or found), and predicted with the out-of-distribution threshold where one is giv
 the output folder:
   map.png/.pdf        classes (grey: unknown), one arrow per unit cell over the virtual ADF image,
                       and the CoM field, all drawn with +row up: as the microscope shows the scan
-  predictions.npz     class (-1 unknown), angle, out-of-distribution score, CoM field (mrad, in
-                      the scan's axes), ADF, per position
+  predictions.npz     class (-1 unknown), angle, confidence (0 to 1), out-of-distribution score,
+                      CoM field (mrad, in the scan's axes), ADF, per position
   predictions.tsv     the same, one line per position
   provenance.json     inputs and their hashes, versions, sampling, orientation, calibrations
   preprocessed.h5     the patterns the model saw
@@ -92,6 +92,8 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
     arrays = {"classes": classes, "com_mrad": field_mrad.astype(np.float32), "adf": adf}
     if ".angle" in grids:
         arrays["angle_deg"] = np.degrees(grids[".angle"]).astype(np.float32)
+    if ".confidence" in grids:
+        arrays["confidence"] = grids[".confidence"]
     if ".ood" in grids:
         arrays["ood_score"] = grids[".ood"]
     save_npz_atomically(out_dir / "predictions.npz", arrays)
@@ -117,7 +119,7 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
 
 
 def _write_tsv(path: Path, arrays: dict) -> None:
-    columns = [key for key in ("angle_deg", "ood_score") if key in arrays]
+    columns = [key for key in ("angle_deg", "confidence", "ood_score") if key in arrays]
     lines = ["\t".join(["row", "col", "class", *columns, "com_row_mrad", "com_col_mrad", "adf"])]
     classes = arrays["classes"]
     for (row, col), k in np.ndenumerate(classes):

@@ -150,6 +150,12 @@ class Objective:
         by the class probabilities the objective was trained with."""
         return circular_mean(self.class_probabilities(outputs, prototypes))
 
+    def confidence(self, outputs: torch.Tensor, prototypes: torch.Tensor | None = None) -> torch.Tensor:
+        """How sure the model is of the direction, 0 to 1: the length of the probability-weighted
+        mean of the class directions (1: all on one class; near 0: spread round the circle)."""
+        unit = class_unit_vectors(torch.arange(N_CLASSES, device=outputs.device))
+        return torch.linalg.vector_norm(self.class_probabilities(outputs, prototypes).float() @ unit, dim=1)
+
 
 @register(OBJECTIVES, "classification")
 class Classification(Objective):
@@ -196,6 +202,10 @@ class Regression(Objective):
 
     def angle(self, outputs, prototypes=None):
         return torch.atan2(outputs[:, 1], outputs[:, 0])
+
+    def confidence(self, outputs, prototypes=None):
+        """The length of the (cos, sin) output, trained to 1 for every class (up to 1)."""
+        return torch.linalg.vector_norm(outputs.float(), dim=1).clamp(max=1.0)
 
     def predict_external_faithfully(self, outputs):
         """The published decoding of external sets: argmax over (cos, sin), so only RM or RU."""
@@ -287,6 +297,9 @@ class PolarizationModel(nn.Module):
     def angle(self, outputs: torch.Tensor) -> torch.Tensor:
         return self.objective.angle(outputs, self.prototypes if self.prototypes.numel() else None)
 
+    def confidence(self, outputs: torch.Tensor) -> torch.Tensor:
+        return self.objective.confidence(outputs, self.prototypes if self.prototypes.numel() else None)
+
 
 class PcaKnn:
     """StandardScaler -> PCA -> kNN, held as plain arrays (fitted with scikit-learn, saved and
@@ -318,17 +331,20 @@ class PcaKnn:
         a = self.arrays
         return ((features - a["scaler_mean"]) / a["scaler_scale"] - a["pca_mean"]) @ a["pca_components"].T
 
-    def predict(self, features: np.ndarray, chunk: int = 512) -> np.ndarray:
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return self.votes(features).argmax(axis=1)
+
+    def votes(self, features: np.ndarray, chunk: int = 512) -> np.ndarray:
+        """The neighbours' votes (n, classes) of each pattern."""
         a = self.arrays
         reference, k = a["train_embeddings"], int(a["neighbors"])
-        predictions = []
+        votes = []
         for start in range(0, len(features), chunk):
             z = self.embed(features[start:start + chunk])
             distances = (z**2).sum(1)[:, None] - 2 * z @ reference.T + (reference**2).sum(1)[None, :]
             nearest = self._nearest(distances, k)
-            votes = (a["train_labels"][nearest][:, :, None] == np.arange(N_CLASSES)).sum(axis=1)
-            predictions.append(votes.argmax(axis=1))
-        return np.concatenate(predictions) if predictions else np.zeros(0, np.int64)
+            votes.append((a["train_labels"][nearest][:, :, None] == np.arange(N_CLASSES)).sum(axis=1))
+        return np.concatenate(votes) if votes else np.zeros((0, N_CLASSES), np.int64)
 
     @staticmethod
     def _nearest(distances: np.ndarray, k: int) -> np.ndarray:
