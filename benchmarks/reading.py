@@ -52,22 +52,22 @@ def frame_row(row: int, scan: int, rng) -> np.ndarray:
     return frames
 
 
-def write_mib(path: Path, scan: int) -> None:
+def write_mib(path: Path, rows, shape) -> None:
     """Frames as a Merlin writes them (384-byte header, big-endian 12-bit counts in uint16, rows
-    bottom-up as RosettaSciIO expects), and the .hdr whose frames per trigger give the scan's lines."""
-    rng = np.random.default_rng(0)
+    bottom-up as RosettaSciIO expects), and the .hdr whose frames per trigger give the scan's
+    lines. `rows` yields the scan's rows of frames as displayed, `shape` is (scan rows, cols)."""
     with open(path, "wb") as f:
-        for row in range(scan):
-            for col, frame in enumerate(frame_row(row, scan, rng)):
-                index = row * scan + col + 1
-                fields = ["MQ1", f"{index:06d}", f"{HEADER_BYTES:05d}", "01", f"{DETECTOR:04d}", f"{DETECTOR:04d}", "U16", "   1x1", "01",
-                          "2026-11-29T10:00:00.000000000Z", "1000000ns", "0", "0"]
+        for row, frames in enumerate(rows):
+            for col, frame in enumerate(frames):
+                index = row * shape[1] + col + 1
+                fields = ["MQ1", f"{index:06d}", f"{HEADER_BYTES:05d}", "01", f"{frame.shape[1]:04d}", f"{frame.shape[0]:04d}", "U16", "   1x1",
+                          "01", "2026-11-29T10:00:00.000000000Z", "1000000ns", "0", "0"]
                 header = ",".join(fields).encode()
                 f.write(header + b"\x00" * (HEADER_BYTES - len(header)))
-                f.write(frame[::-1].astype(">u2").tobytes())
+                f.write(np.asarray(frame)[::-1].astype(">u2").tobytes())
     path.with_suffix(".hdr").write_text(
         "HDR,\t\nAssembly Size (NX1, 2X2):\t   1x1\nCounter Depth (number):\t12\n"
-        f"Frames in Acquisition (Number):\t{scan * scan}\nFrames per Trigger (Number):\t{scan}\nEnd\t\n")
+        f"Frames in Acquisition (Number):\t{shape[0] * shape[1]}\nFrames per Trigger (Number):\t{shape[1]}\nEnd\t\n")
 
 
 def timed(command: list[str]) -> dict:
@@ -124,7 +124,8 @@ def main() -> None:
         folder = Path(folder)
         mib = folder / "scan.mib"
         started = time.perf_counter()
-        write_mib(mib, args.scan)
+        rng = np.random.default_rng(0)
+        write_mib(mib, (frame_row(row, args.scan, rng) for row in range(args.scan)), (args.scan, args.scan))
         written = time.perf_counter() - started
         frames = args.scan * args.scan
         imported = timed(["import", str(mib), "--out", str(folder / "raw.h5"), "--mrad-per-px", str(MRAD_PER_PX), "--semiangle-mrad", str(SEMIANGLE)])

@@ -73,6 +73,8 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
         io.import_acquisition(acquisition, imported, attrs, scan_shape=job["scan_shape"], progress=progress)
         settings = PreprocessSettings(crop_px=int(sampling["crop_px"]), mrad_per_px=float(sampling["detector_mrad_per_px"]), **geometry)
         preprocess_dataset(imported, preprocessed, settings, is_training=False, progress=progress)
+    except ValueError as err:  # named by the user's file, not the working copy
+        raise ValueError(str(err).replace(str(imported), str(path))) from None
     finally:
         imported.unlink(missing_ok=True)
     with io.open_dataset(preprocessed) as f:

@@ -238,7 +238,8 @@ def _centred_crops(f, attrs: dict, settings: PreprocessSettings, source: Path, d
     if (low_edge < -0.5).any() or (high_edge > np.array(patterns.shape[2:]) - 0.5).any():  # half a pixel of edge is interpolated
         raise ValueError(f"{source}: a {settings.crop_px} px crop at {sampling:.3g} mrad/px ({settings.crop_px * sampling:.1f} mrad) around the "
                          f"disc (rows {origins[..., 0].min():.1f}-{origins[..., 0].max():.1f}, cols {origins[..., 1].min():.1f}-"
-                         f"{origins[..., 1].max():.1f}) leaves the {patterns.shape[2]}x{patterns.shape[3]} detector; use a smaller crop_px")
+                         f"{origins[..., 1].max():.1f}) leaves the {patterns.shape[2]}x{patterns.shape[3]} detector: the disc is too near its edge "
+                         "for this crop; use a smaller crop_px (for a model: one trained with a smaller crop in mrad)")
     beam_shift = to_scan_frame(com - origins, orientation["scan_rotation_deg"], orientation["scan_flip"]) / scale
     geometry = {
         "detector_mrad_per_px": sampling, "source_detector_mrad_per_px": native, "crop_mrad": settings.crop_px * sampling,
