@@ -36,9 +36,9 @@ DEAD_NEIGHBOUR_LEVEL = 0.05  # ... where that neighbour holds at least this frac
 DISC_LEVEL_PERCENTILE = 99.5  # the bright end of the mean pattern
 SEED_LEVEL = 0.75  # the disc's core: above this fraction of the way from background to bright end
 DISC_WINDOW_RADII = 1.25  # a pattern's disc is looked for this many radii around the mean one
-ORIGIN_MASK_RADII = 1.5
+ORIGIN_MASK_RADII = 1.5  # an origin is the CoM within this many disc radii of the disc
 SPLINE_MARGIN = 8  # pixels of pattern around a crop in its spline
-OUTLIER_SIGMAS = 3.0  # disc centres this many robust sigmas off the plane are left out of its fit
+OUTLIER_SIGMAS = 3.0  # origins this many robust sigmas off the plane are left out of its fit
 _NEIGHBOURS = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], dtype=bool)
 
 

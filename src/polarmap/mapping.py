@@ -31,7 +31,6 @@ from polarmap.readers import read_acquisition
 # the semi-angle measured from the data's disc may differ from the model's by this fraction: the
 # model saw discs of one size, and a probe 15 % wider is another pattern
 SEMIANGLE_TOLERANCE = 0.15
-SAMPLING_TOLERANCE = 1e-3
 
 
 def model_sampling(model_path) -> dict:
