@@ -159,6 +159,7 @@ def test_what_a_map_refuses_in_one_line(trained, simulated_scan, tmp_path):  # n
     for extra, message in cases.items():
         result = run_map(tmp_path / "scan.h5", trained, tmp_path / "out", *extra)
         assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing half-written
     write_file(tmp_path / "dark.h5", np.zeros_like(patterns))
     result = run_map(tmp_path / "dark.h5", trained, tmp_path / "dark", "--mrad-per-px", mrad)
     assert result.returncode == 2 and "all zero: not usable diffraction" in result.stderr

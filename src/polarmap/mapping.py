@@ -81,6 +81,7 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
         beam_shift, adf = f["beam_shift"][()], f["adf"][()]
     semiangle = float(meta["disc_radius_px"]) * float(meta["source_detector_mrad_per_px"])
     if abs(semiangle / float(sampling["semiangle_mrad"]) - 1) > SEMIANGLE_TOLERANCE:
+        preprocessed.unlink()  # no map, so none of its parts
         raise ValueError(f"{path}: its bright-field disc spans {semiangle:.1f} mrad at {meta['source_detector_mrad_per_px']:.4g} mrad/px, "
                          f"the model's {float(sampling['semiangle_mrad']):.1f} mrad: a different probe (or a wrong calibration); "
                          "check --mrad-per-px, or train a model at this semi-angle")
