@@ -5,7 +5,7 @@ import sys
 
 from snakemake.utils import min_version, validate
 
-from polarmap.config import validate_config
+from polarmap.config import read_yaml, validate_config
 
 min_version("9.0")
 
@@ -14,8 +14,11 @@ configfile: "config.yaml"
 
 
 # One line naming the key and the fix, before any job runs (Snakemake's own message on a bad key
-# holds the whole schema); then Snakemake's validation, which then passes.
+# holds the whole schema); then Snakemake's validation, which then passes. Each config file is read
+# again strictly: Snakemake's YAML reading keeps the last of a key given twice.
 try:
+    for path in workflow.configfiles:
+        read_yaml(path)
     validate_config(config, "config")
 except ValueError as err:
     sys.exit(f"polarmap: {err}")

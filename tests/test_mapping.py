@@ -109,6 +109,20 @@ def test_map_of_a_scan_file(trained, simulated_scan, tmp_path):  # noqa: F811
     assert provenance["settings"]["model_sampling"]["crop_px"] == CROP_PX
 
 
+def test_a_map_never_touches_its_input_even_one_named_like_its_working_copy(trained, simulated_scan, tmp_path):  # noqa: F811
+    """The scan as `map/imported.h5`, mapped into `map/`: the map is made, the user's file is
+    byte for byte as it was, and no working file is left beside it."""
+    _, patterns, step, mrad = simulated_scan
+    (tmp_path / "map").mkdir()
+    write_file(tmp_path / "map" / "imported.h5", patterns)
+    before = (tmp_path / "map" / "imported.h5").read_bytes()
+    result = run_map(tmp_path / "map" / "imported.h5", trained, tmp_path / "map", "--mrad-per-px", mrad)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "map" / "imported.h5").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "map").iterdir()) == sorted(["imported.h5", "map.png", "map.pdf", "predictions.npz", "predictions.tsv",
+                                                                           "provenance.json", "preprocessed.h5"])
+
+
 def test_a_turned_and_mirrored_detector_gives_the_same_map(trained, simulated_scan, tmp_path):  # noqa: F811
     """The detector turned 30 degrees and mirrored: the turn recovered within a degree, the mirror
     found, and the map the same as the unturned one's."""

@@ -6,6 +6,7 @@ reruns a job exactly when its own settings change.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -14,6 +15,7 @@ import traceback
 from pathlib import Path
 
 from polarmap import config as study_config
+from polarmap.atomic import same_file
 from polarmap.io import CALIBRATION_ARGUMENTS, WriteFailed
 from polarmap.ood import KNOWN_QUANTILE
 from polarmap.provenance import write_record
@@ -78,7 +80,6 @@ def cmd_experiment_like(args) -> None:
 
 
 def cmd_import(args) -> None:
-    from polarmap.atomic import refuse_overwriting
     from polarmap.io import acquisition_attrs, import_acquisition
     from polarmap.readers import read_acquisition
 
@@ -93,8 +94,7 @@ def cmd_import(args) -> None:
         }
     else:
         raise ValueError("give the acquisition's PATH (or --settings JSON)")
-    refuse_overwriting(job["path"], args.out)
-    acquisition = read_acquisition(job["path"], job["format"], job["dataset"])
+    acquisition = read_acquisition(job["path"], job["format"], job["dataset"], stack_is_scan=bool(job["scan_shape"]))
     scan_shape = tuple(job["scan_shape"]) if job["scan_shape"] else None
     import_acquisition(acquisition, args.out, acquisition_attrs(job, acquisition), scan_shape=scan_shape, label=job["label"])
 
@@ -228,10 +228,14 @@ def cmd_train_unit_cell(args) -> None:
     _record(Path(args.out).with_name("training"), args.train + args.validate, asdict(settings), started, device="cpu")
 
 
-def _record(out, inputs, settings, started, **extra) -> None:
+def _record_path(out) -> Path:
     """The provenance record next to a result: <out without suffix>.record.json."""
     out = Path(out)
-    write_record(out.with_name(out.name.split(".")[0] + ".record.json"), inputs, settings, started, **extra)
+    return out.with_name(out.name.split(".")[0] + ".record.json")
+
+
+def _record(out, inputs, settings, started, **extra) -> None:
+    write_record(_record_path(out), inputs, settings, started, **extra)
 
 
 def cmd_tables(args) -> None:
@@ -679,6 +683,123 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _paths(args, *dests) -> list[tuple[str, Path]]:
+    """(argument, path) of every path the arguments `dests` name (single paths or lists)."""
+    named = []
+    for dest in dests:
+        value = getattr(args, dest, None)
+        for item in value if isinstance(value, list) else [value]:
+            if item:
+                named.append((dest, Path(item)))
+    return named
+
+
+def _with_suffixes(dest, *suffixes):
+    """Outputs given without suffix: OUT.png and OUT.pdf."""
+    return lambda args: [(dest, Path(f"{p}{s}")) for _, p in _paths(args, dest) for s in suffixes]
+
+
+def _in_folder(dest, *names):
+    """The files a command writes into the output folder `dest`."""
+    return lambda args: [(dest, p / name) for _, p in _paths(args, dest) for name in names]
+
+
+def _record_of(dest):
+    return lambda args: [(dest, _record_path(p)) for _, p in _paths(args, dest)]
+
+
+def _map_outputs(args):
+    from polarmap.mapping import MAP_OUTPUTS
+
+    return _in_folder("out", *MAP_OUTPUTS)(args)
+
+
+def _table_outputs(args):
+    from polarmap.evaluation import CONFIGURATION_TITLES
+
+    stems = [f"table_{name}" for name in [*CONFIGURATION_TITLES, "regimes", "cells"]]
+    return _in_folder("out_dir", "results.tsv", "summary.tsv", "tables.record.json",
+                      *[stem + suffix for stem in stems for suffix in (".md", ".csv", ".tex")])(args)
+
+
+# What each command reads and writes, by argument: names of arguments holding paths, or functions
+# of the arguments for the files that follow from them (OUT.pdf, a record beside OUT, the files of
+# an output folder). `main` checks them before any work and cleans up after a failure.
+COMMAND_FILES = {
+    "structure": (("config",), ("out", lambda a: [("out", p.with_suffix(".cif")) for _, p in _paths(a, "out")])),
+    "simulate": (("config", "structure"), ("out",)),
+    "qstem": (("config", "structure"), ()),
+    "experiment-like": (("source",), ("out",)),
+    "preprocess": (("source", "vacuum_reference"), ("out", "summary")),
+    "import": (("path",), ("out",)),
+    "map": (("path", "model", "ood", "vacuum_reference"), (_map_outputs,)),
+    "info": (("file",), ()),
+    "split": (("preprocessed",), ("out",)),
+    "train": (("preprocessed", "split"), (_in_folder("out_dir", "model.pt", "metrics.csv", "record.json"),)),
+    "train-pca-knn": (("preprocessed", "split"), ("out", "record")),
+    "fetch-weights": ((), ()),
+    "predict": (("model", "dataset", "ood"), ("out",)),
+    "predict-many": (("model", "datasets", "ood"), ("out", "metrics", _record_of("out"))),
+    "calibrate-ood": (("model", "preprocessed", "split"), ("out", _record_of("out"))),
+    "predict-cells": (("predictor", "virtual"), ("out", "metrics", _record_of("out"))),
+    "train-unit-cell": (("train", "validate"), ("out", "record", lambda a: [("out", Path(a.out).with_name("training.record.json"))])),
+    "tables": (("metrics", "records", "leakage"), (_table_outputs,)),
+    "audit": (("training_raw", "training", "evaluated_raw", "evaluated", "splits"), ("out_md", "out_csv", _record_of("out_csv"))),
+    "compare-modes": (("summary", "other"), ("out", _record_of("out"))),
+    "figure": (("inputs", "preprocessed", "structures", "results", "virtual", "metrics"), (_with_suffixes("out", ".png", ".pdf"), _record_of("out"))),
+    "fetch-pseudopotentials": (("wheel_dir",), ()),
+    "relax-vacancy": (("pseudo_dir",), (_in_folder("out_dir", "pw.in", "pw.out", "unrelaxed.xyz", "relaxed.xyz", "displacements.tsv", "record.json"),)),
+    "hubbard-u": (("pseudo_dir",), (_in_folder("out_dir", "U.json"),)),
+    "defect-structure": (("relaxation",), ("out", lambda a: [("out", p.with_suffix(".cif")) for _, p in _paths(a, "out")])),
+    "defect-study": (("predictions", "dataset"), ("out_table", _with_suffixes("out_figure", ".png", ".pdf"), _record_of("out_table"))),
+    "archive": (("results", "config", "report"), ("out",)),
+    "summary": (("files",), ("out",)),
+    "filter-counts": (("summaries",), ("out",)),
+    "virtual-images": (("dataset",), ("out", _with_suffixes("figure", ".png", ".pdf"))),
+    "check-config": (("config", "base"), ()),
+}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def command_files(args) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
+    """(argument, path) of the command's inputs and of its outputs."""
+    reads, writes = COMMAND_FILES[args.command]
+    inputs = _paths(args, *reads)
+    outputs = [named for spec in writes for named in (spec(args) if callable(spec) else _paths(args, spec))]
+    return inputs, outputs
+
+
+def check_files(args) -> None:
+    """No output over an input (the input is never written, moved or deleted), no output over
+    another, and no folder where a file goes: refused before any work."""
+    inputs, outputs = command_files(args)
+    for number, (dest, out) in enumerate(outputs):
+        if out.is_dir():
+            raise ValueError(f"{out}: is a folder; give {_flag(dest)} a file path")
+        for source_dest, source in inputs:
+            if same_file(out, source):
+                link = "" if out.resolve() == source.resolve() else f", {source} by another name"
+                raise ValueError(f"{out}: is the input file itself ({_flag(dest)} and {source_dest}{link}); "
+                                 "write the output elsewhere (the input was left as it was)")
+        for other_dest, other in outputs[:number]:
+            if same_file(out, other):
+                raise ValueError(f"{out}: given for two outputs ({_flag(other_dest)} and {_flag(dest)}); give each its own path")
+
+
+def _refuse_empty_paths(parser, args) -> None:
+    """A required file given as '' (an unset shell variable) would read as the current folder."""
+    command = next(a for a in parser._subparsers._group_actions if a.dest == "command").choices[args.command]
+    reads = COMMAND_FILES[args.command][0]
+    for action in command._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest in reads and action.required and "" in (value if isinstance(value, list) else [value]):
+            name = action.option_strings[0] if action.option_strings else action.dest
+            raise ValueError(f"{name}: an empty path (an unset variable?); no {action.dest} given: name the file")
+
+
 def _quiet_h5py_dealloc_errors() -> None:
     """After a failed write (a full disk) every h5py handle of the file reports the failure again
     as it is freed, a traceback each (through both hooks); the command's one line already says it."""
@@ -701,11 +822,21 @@ def _quiet_h5py_dealloc_errors() -> None:
 
 def main(argv=None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     _quiet_h5py_dealloc_errors()
+    created = []
     try:
+        _refuse_empty_paths(parser, args)
+        check_files(args)
+        created = [out for _, out in command_files(args)[1] if not out.exists()]
         args.func(args)
-    except (ValueError, OSError, KeyError, RuntimeError) as err:
+    except BaseException as err:
+        for out in created:  # a failed command leaves none of its outputs: all of them or nothing
+            with contextlib.suppress(OSError):
+                out.unlink(missing_ok=True)
+        if not isinstance(err, (ValueError, OSError, KeyError, RuntimeError)):
+            raise
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"polarmap {args.command}: error: {message}", file=sys.stderr, flush=True)
         if isinstance(err, WriteFailed):

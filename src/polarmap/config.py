@@ -10,6 +10,7 @@ import numpy as np
 import yaml
 
 from polarmap.preprocessing import CONFIGURATIONS, derived_seed, name_key
+from polarmap.quantities import RANGES, check_quantity
 from polarmap.simulation import SimulationSettings
 from polarmap.structures import StructureSettings
 
@@ -48,9 +49,25 @@ def validate_config(config: dict, source: str = "config") -> dict:
     if error is not None:
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         raise ValueError(f"{source}: invalid value for '{key}': {error.message}")
+    _check_numbers(config, source)
     _resolve_mode_defaults(config)
     _check_consistency(config, source)
     return config
+
+
+def _check_numbers(node, source: str, keys: tuple = ()) -> None:
+    """No NaN or infinity anywhere (the schema's bounds let NaN through), and every physical
+    quantity within what a microscope gives (polarmap.quantities; 0 where it means "not given")."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_numbers(value, source, (*keys, str(key)))
+    elif isinstance(node, list):
+        for number, value in enumerate(node):
+            _check_numbers(value, source, (*keys, str(number)))
+    elif isinstance(node, float) and not np.isfinite(node):
+        raise ValueError(f"{source}: invalid value for '{'.'.join(keys)}': {node} is not a finite number")
+    elif keys and keys[-1] in RANGES and node:
+        check_quantity(keys[-1], node, f"{source}: invalid value for '{'.'.join(keys)}'")
 
 
 def _check_consistency(config: dict, source: str) -> None:
@@ -96,15 +113,43 @@ def dataset_seed(name: str, base: int) -> int:
     return derived_seed(base, name_key(name))
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as the spec says it: a key given twice in one mapping is an error, not "the last wins"."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict:
+    """A config file: one YAML mapping, no key twice."""
     path = Path(path)
     try:
         with open(path) as f:
-            return yaml.safe_load(f) or {}
+            config = yaml.load(f, Loader=_StrictLoader)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder, not a config file") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file; a config is YAML") from None
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
+        problem = getattr(err, "problem", None) or str(err)
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ValueError(f"{path}: not valid YAML{where}: {problem}".replace("\n", " ")) from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: holds a YAML {type(config).__name__}, not a mapping of keys (study:, simulation:, ...)")
+    return config
 
 
 def merge_config(base: dict, over: dict) -> dict:

@@ -22,6 +22,7 @@ import ase.io
 import numpy as np
 import yaml
 
+from polarmap.atomic import replace_atomically
 from polarmap.provenance import file_sha256
 
 PSEUDOPOTENTIALS_FILE = Path(__file__).with_name("data") / "pseudopotentials.yaml"
@@ -185,10 +186,8 @@ def write_pw_input(atoms: ase.Atoms, settings: DftSettings, pseudo_dir, pseudopo
     }
     kpts = None if tuple(settings.kpts) == (1, 1, 1) and gamma_tricks else tuple(settings.kpts)
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    ase.io.write(tmp, atoms, format="espresso-in", input_data=input_data, pseudopotentials={s: pseudopotentials[s] for s in species},
-                 kpts=kpts, additional_cards=cards)
-    tmp.replace(out)
+    replace_atomically(out, lambda tmp: ase.io.write(tmp, atoms, format="espresso-in", input_data=input_data,
+                                                     pseudopotentials={s: pseudopotentials[s] for s in species}, kpts=kpts, additional_cards=cards))
 
 
 def run_pw(input_path, output_path, ranks: int = 1, executable: str = "pw.x") -> None:

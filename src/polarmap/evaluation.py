@@ -12,13 +12,15 @@ import numpy as np
 import torch
 
 from polarmap import io
-from polarmap.atomic import save_npz_atomically, write_text_atomically
+from polarmap.atomic import read_npz, save_npz_atomically, write_text_atomically
 from polarmap.cells import ScanCells, accuracy_by_position, cell_majority, scan_cells
 from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL, angle_to_class, class_index
 from polarmap.columns import MIN_CELL_PX, fit_cells
+from polarmap.imaging import read_virtual_images
 from polarmap.config import settings_from_json
 from polarmap.ood import ood_scores
 from polarmap.preprocessing import CONFIGURATIONS, AugmentationSettings, DomainRandomisationSettings, augmenter, derived_seed, name_key
+from polarmap.provenance import file_sha256
 from polarmap.training import LEARNED_MIN_VALIDATION_ACCURACY
 
 
@@ -45,7 +47,7 @@ def load_predictor(model_path, batch_size: int = 512, external: bool = True, com
                 raise ValueError("the CoM baseline needs a preprocessed data set (/beam_shift)")
             return com_baseline(beam_shift), np.arctan2(beam_shift[..., 0], beam_shift[..., 1]), None, None
         return predict_com
-    ood = _load_ood(ood_path) if ood_path else None
+    ood = _load_ood(ood_path, model_path) if ood_path else None
 
     def mark_unknown(classes, features):
         if ood is None:
@@ -111,14 +113,17 @@ def load_predictor(model_path, batch_size: int = 512, external: bool = True, com
     return predict_nn
 
 
-def _load_ood(path) -> dict:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable out-of-distribution calibration ({err}); rerun polarmap calibrate-ood") from None
+def _load_ood(path, model_path) -> dict:
+    """An ood.npz calibrated for this very model (its file's hash), with a finite threshold."""
+    arrays = read_npz(path, "out-of-distribution calibration", "rerun polarmap calibrate-ood")
     if not {"class_means", "precision", "threshold"} <= arrays.keys():
         raise ValueError(f"{path}: not an out-of-distribution calibration (no class_means, precision, threshold); rerun polarmap calibrate-ood")
+    if not np.isfinite(arrays["threshold"]).all() or not np.isfinite(arrays["precision"]).all():
+        raise ValueError(f"{path}: its threshold or covariance is not finite: no pattern could be judged; rerun polarmap calibrate-ood")
+    if "model_sha256" not in arrays:
+        raise ValueError(f"{path}: does not name the model it was calibrated for (made before ood files did); rerun polarmap calibrate-ood")
+    if str(arrays["model_sha256"]) != file_sha256(model_path):
+        raise ValueError(f"{path}: calibrated for another model than {model_path}; use that model's ood.npz, or rerun polarmap calibrate-ood")
     return arrays
 
 
@@ -251,9 +256,6 @@ def column_fit_cells(image: np.ndarray, cells: ScanCells) -> tuple[np.ndarray, n
 def cell_predictor(name: str):
     """A function (virtual images, cells) -> (class, angle) per cell, for column_fit_<image> or a
     unit-cell model.pt."""
-    if name.startswith("unit_cell-"):
-        return {"family": "unit_cell", "label": "Unit cell (ADF+CoM)", "encoder": "unit_cell", "objective": "", "configuration": "",
-                "pretrained": "", "regime": "paper", "seed": int(name.split("-")[-1].removeprefix("seed"))}
     if name.startswith("column_fit_"):
         image = name.removeprefix("column_fit_")
         if image not in COLUMN_FIT_IMAGES:
@@ -275,9 +277,8 @@ def predict_cells_many(predictor_name: str, virtual_paths, out, metrics_out) -> 
     label = f"column-fit ({predictor_name.removeprefix('column_fit_')})" if predictor_name.startswith("column_fit_") else str(predictor_name)
     grids, results = {}, []
     for path in virtual_paths:
-        with np.load(path, allow_pickle=False) as stored:
-            images = {key: stored[key] for key in stored.files}
-        attrs = json.loads(str(images["meta"]))["dataset_attrs"]
+        images = read_virtual_images(path)
+        attrs = images["meta"]["dataset_attrs"]
         scan_shape = images["adf"].shape
         cells = scan_cells(attrs, scan_shape)
         grid, angles = np.full(scan_shape, -1, np.int8), np.full(scan_shape, np.nan)

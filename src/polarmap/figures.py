@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from polarmap.atomic import write_text_atomically  # noqa: E402
+from polarmap.atomic import read_npz, replace_atomically, write_text_atomically  # noqa: E402
 from polarmap.classes import CLASS_NAMES  # noqa: E402
 
 # colour-blind-safe (Okabe-Ito plus two), neighbouring directions in distinct hues
@@ -30,12 +30,13 @@ def save(fig, out):
     the figure (closed for pyplot, still inspectable)."""
     out = Path(out)
     for suffix in (".png", ".pdf"):
-        path = out.with_name(out.name + suffix)
-        tmp = path.with_name(path.name + ".tmp" + suffix)
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        tmp.replace(path)
+        replace_atomically(out.with_name(out.name + suffix), lambda tmp: fig.savefig(tmp, dpi=150, bbox_inches="tight"), suffix)
     plt.close(fig)
     return fig
+
+
+def read_predictions(path) -> dict:
+    return read_npz(path, "predictions file", "rerun the predict rule (polarmap predict-many)")
 
 
 def class_legend(ax, **kwargs) -> None:
@@ -232,12 +233,11 @@ def maps_from_predictions(prediction_files, configuration: str, out, unlearned: 
         info = describe_predictor(path.stem)
         if info["configuration"] not in (configuration, "") or info["regime"] != "paper":
             continue
-        with np.load(path, allow_pickle=False) as data:
-            for name in data.files:
-                if not name.endswith((".angle", ".ood", ".confidence")):
-                    seeds = grids.setdefault(info["label"], {}).setdefault(name, [])
-                    if path.stem not in unlearned:
-                        seeds.append(data[name])
+        for name, grid in read_predictions(path).items():
+            if not name.endswith((".angle", ".ood", ".confidence")):
+                seeds = grids.setdefault(info["label"], {}).setdefault(name, [])
+                if path.stem not in unlearned:
+                    seeds.append(grid)
     if not grids:
         raise ValueError(f"no prediction grids for configuration {configuration!r}")
     maps = {model: {dataset: majority_vote(g) if g else None for dataset, g in sets.items()} for model, sets in grids.items()}
@@ -371,10 +371,10 @@ def defect_study(prediction_files, dataset, out_table, out_figure):
     rows, grids = [], {}
     for path in map(Path, prediction_files):
         info = describe_predictor(path.stem)
-        with np.load(path, allow_pickle=False) as data:
-            if name not in data.files:
-                raise ValueError(f"{path}: no predictions for {name}; rerun the predict rule")
-            grid = data[name].astype(np.int64)
+        data = read_predictions(path)
+        if name not in data:
+            raise ValueError(f"{path}: no predictions for {name}; rerun the predict rule")
+        grid = data[name].astype(np.int64)
         configuration = info["configuration"] or "no training"
         rows.append({**info, "configuration": configuration, "auc": localisation_auc(grid, mask)})
         grids.setdefault(info["label"], {}).setdefault(configuration, []).append(grid)
@@ -497,8 +497,10 @@ def cells_from_files(virtual, prediction_files, metrics_files, dataset: str, out
     from polarmap.classes import CLASS_ANGLES_DEG
     from polarmap.evaluation import describe_predictor
 
-    with np.load(virtual, allow_pickle=False) as stored:
-        adf, meta = stored["adf"], json.loads(str(stored["meta"]))
+    from polarmap.imaging import read_virtual_images
+
+    images = read_virtual_images(virtual)
+    adf, meta = images["adf"], images["meta"]
     cells = scan_cells(meta["dataset_attrs"], adf.shape)
     if cells is None:
         raise ValueError(f"{virtual}: the unit cells of {dataset} are not known (detector data): no per-cell figure")
@@ -516,18 +518,18 @@ def cells_from_files(virtual, prediction_files, metrics_files, dataset: str, out
     votes: dict = {}
     for path in map(Path, prediction_files):
         label = _family_title(describe_predictor(path.stem))
-        with np.load(path, allow_pickle=False) as data:
-            if dataset not in data.files:
-                continue
-            if path.stem.startswith("column_fit_"):
-                angle = data[f"{dataset}.angle"].ravel()
-                first = np.unique(ids, return_index=True)[1]  # every pattern of a cell carries its cell's angle
-                votes[label] = angle[first].astype(np.float64)
-            elif path.stem in unlearned:
-                votes.setdefault(label, None)
-            else:
-                grids = votes.get(label) or []
-                votes[label] = grids + [data[dataset].ravel()]
+        data = read_predictions(path)
+        if dataset not in data:
+            continue
+        if path.stem.startswith("column_fit_"):
+            angle = data[f"{dataset}.angle"].ravel()
+            first = np.unique(ids, return_index=True)[1]  # every pattern of a cell carries its cell's angle
+            votes[label] = angle[first].astype(np.float64)
+        elif path.stem in unlearned:
+            votes.setdefault(label, None)
+        else:
+            grids = votes.get(label) or []
+            votes[label] = grids + [data[dataset].ravel()]
     arrows = {}
     for label, value in votes.items():
         if value is None or isinstance(value, np.ndarray):

@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from polarmap import io
-from polarmap.pattern import center_of_mass
+from polarmap.atomic import read_npz
+from polarmap.pattern import center_of_mass, intensity_problem
 from polarmap.virtual import annular_mask, com_field, differentiated_com, integrated_com, virtual_image
 
 
@@ -22,6 +23,11 @@ class VirtualDetectors:
     abf_inner_fraction: float = 0.5
     rows_per_block: int = 8
 
+    def __post_init__(self):
+        inner, outer = self.adf_mrad
+        if not (np.isfinite(inner) and np.isfinite(outer) and 0 <= inner < outer):
+            raise ValueError(f"ADF detector {inner:g}-{outer:g} mrad: give INNER OUTER with 0 <= INNER < OUTER, in mrad (--adf-mrad 60 150)")
+
 
 def virtual_images(path, detectors: VirtualDetectors = VirtualDetectors()) -> dict[str, np.ndarray]:
     """The images of one data set, each (scan_rows, scan_cols), and its CoM field (..., 2) in mrad
@@ -29,6 +35,7 @@ def virtual_images(path, detectors: VirtualDetectors = VirtualDetectors()) -> di
     of the scan-mean pattern for detector data (its bright-field disc)."""
     with io.open_dataset(path) as f:
         attrs = io.read_attrs(f)
+        io.refuse_preprocessed(attrs, path, "virtual imaging")
         patterns = f["patterns"]
         mrad = float(attrs["detector_mrad_per_px"])
         semiangle = float(attrs["semiangle_mrad"])
@@ -46,10 +53,17 @@ def virtual_images(path, detectors: VirtualDetectors = VirtualDetectors()) -> di
             "bf": annular_mask(detector_shape, centre, mrad, 0.0, semiangle),
             "abf": annular_mask(detector_shape, centre, mrad, detectors.abf_inner_fraction * semiangle, semiangle),
         }
+        if not masks["adf"].any():
+            reach = float(np.hypot(*np.maximum(centre, np.array(detector_shape) - 1 - centre))) * mrad
+            raise ValueError(f"{path}: no detector pixel lies in the ADF ring {detectors.adf_mrad[0]:g}-{detectors.adf_mrad[1]:g} mrad; "
+                             f"the detector reaches {reach:.0f} mrad at {mrad:.4g} mrad/px: choose a ring within it (--adf-mrad)")
         images = {name: np.empty(patterns.shape[:2]) for name in masks}
         field = np.empty((*patterns.shape[:2], 2))
         for start in blocks:
             block = patterns[start:start + detectors.rows_per_block]
+            problem = intensity_problem(block, start)
+            if problem:
+                raise ValueError(f"{path}: {problem}")
             rows = slice(start, start + len(block))
             for name, mask in masks.items():
                 images[name][rows] = virtual_image(block, mask)
@@ -62,3 +76,27 @@ def virtual_images(path, detectors: VirtualDetectors = VirtualDetectors()) -> di
     meta = {"dataset": attrs["name"], "source": str(path), **settings, "dataset_attrs": described}
     return {**images, "com_mrad": field, "idpc": integrated_com(field), "ddpc": differentiated_com(field),
             "meta": np.array(json.dumps(meta, default=lambda value: value.tolist()))}
+
+
+def read_virtual_images(path) -> dict:
+    """A virtual-images .npz as `virtual_images` wrote it (meta parsed), or one line naming the
+    file: damaged, foreign, not 2-D images of one scan, or holding NaN."""
+    fix = "rerun polarmap virtual-images on its data set"
+    images = read_npz(path, "virtual-images file", fix)
+    missing = sorted({"adf", "com_mrad", "meta"} - images.keys())
+    if missing:
+        raise ValueError(f"{path}: not a virtual-images file (no {', '.join(missing)}); {fix}")
+    scan_shape = images["adf"].shape
+    for name, image in images.items():
+        expected = (*scan_shape, 2) if name == "com_mrad" else scan_shape
+        if name != "meta" and (len(scan_shape) != 2 or image.shape != expected):
+            raise ValueError(f"{path}: its {name} is {'x'.join(map(str, image.shape))}, not {'x'.join(map(str, expected))}: "
+                             f"virtual images are 2-D, one value per scan position; {fix}")
+        if name != "meta" and not np.isfinite(image).all():
+            raise ValueError(f"{path}: its {name} holds NaN or infinite values; {fix}")
+    try:
+        images["meta"] = json.loads(str(images["meta"]))
+        images["meta"]["dataset_attrs"]["name"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: its meta is not a virtual-images description ({type(err).__name__}: {err}); {fix}") from None
+    return images

@@ -26,6 +26,7 @@ from polarmap.atomic import temporary_path, write_text_atomically
 from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL, class_index
 from polarmap.pattern import center_of_mass, intensity_problem
 from polarmap.provenance import provenance_attrs
+from polarmap.quantities import check_quantity, stored_quantity_problem
 from polarmap.readers import ZERO_CHECK_FRAMES
 
 FORMAT_NAME = "polarmap-4dstem"
@@ -79,7 +80,11 @@ def create_dataset_file(path, scan_shape, detector_shape, attrs, compression=Non
         )
         f.create_dataset("labels", shape=scan_shape, dtype="int8", fillvalue=UNKNOWN_LABEL)
         yield f
-    tmp.replace(path)
+    try:
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class WriteFailed(OSError):
@@ -176,6 +181,10 @@ def validate_open_dataset(f: h5py.File, path: Path, check_values: bool) -> None:
         raise ValueError(f"{path}: /patterns must be 4-D (scan_rows, scan_cols, det_rows, det_cols), got shape {patterns.shape}")
     if labels.shape != patterns.shape[:2]:
         raise ValueError(f"{path}: /labels shape {labels.shape} does not match the scan shape {patterns.shape[:2]}")
+    for key in (*CALIBRATION_ARGUMENTS, "thickness_nm"):
+        problem = stored_quantity_problem(key, _decode(f.attrs[key]))
+        if problem:
+            raise ValueError(f"{path}: stored {problem}; regenerate or re-import it with the right calibration")
     for name in _decode(f.attrs["classes"]):
         if name not in CLASS_NAMES:
             raise ValueError(f"{path}: unknown class {name!r} in attribute 'classes'; use {', '.join(CLASS_NAMES)}")
@@ -191,6 +200,14 @@ def validate_open_dataset(f: h5py.File, path: Path, check_values: bool) -> None:
             problem = intensity_problem(block, row)
             if problem:
                 raise ValueError(f"{path}: {problem}")
+
+
+def refuse_preprocessed(attrs: dict, path, stage: str) -> None:
+    """Stages that need the detector's own patterns refuse a preprocessed set (cropped, resampled,
+    normalised), naming the raw set it came from."""
+    if "preprocessing" in attrs:
+        raise ValueError(f"{path}: a preprocessed set (cropped and normalised); {stage} needs the raw patterns: "
+                         f"give its source, {attrs.get('source_file', 'the raw data set')}")
 
 
 def info(path, check_values: bool = True) -> str:
@@ -226,7 +243,7 @@ def import_acquisition(acquisition, out, attrs, scan_shape=None, label=None, com
                              f"{scan_shape[0]}x{scan_shape[1]}, disagrees{transposed}: leave it out")
         rows, cols = file_shape
 
-        def read_row(row):
+        def frames_of(row):
             return frames[row]
     else:
         n_frames = int(frames.shape[0])
@@ -241,8 +258,17 @@ def import_acquisition(acquisition, out, attrs, scan_shape=None, label=None, com
             warnings.warn(f"{source}: {n_frames} frames for a {rows}x{cols} scan (acquisition stopped early?); keeping the first {n_frames // cols} full rows")
             rows = n_frames // cols
 
-        def read_row(row):
+        def frames_of(row):
             return frames[row * cols:(row + 1) * cols]
+
+    def read_row(row):
+        try:
+            return np.asarray(frames_of(row))
+        except ValueError:
+            raise
+        except Exception as err:  # a lazy reader meets a truncated or damaged file only now
+            raise ValueError(f"{source}: scan row {row} cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
+                             "the file is truncated or damaged: copy it again") from None
     detector_shape = tuple(int(n) for n in frames.shape[-2:])
     _refuse_all_zero(read_row, rows, cols, source)
     labels = np.full((1, cols), UNKNOWN_LABEL if label is None else class_index(label), dtype=np.int8)
@@ -268,10 +294,16 @@ def acquisition_attrs(job: dict, acquisition) -> dict:
     """A data set's attributes for an acquisition and its import job (the CLI's or the config's
     keys): every calibration with where it came from."""
     calibration, sources = {}, {}
-    for key in CALIBRATION_ARGUMENTS:
+    for key, flag in CALIBRATION_ARGUMENTS.items():
         given, in_file = job.get(key) or None, acquisition.calibration.get(key)
+        if given is not None:
+            check_quantity(key, given, flag, "give the value in the units named (0: the file's)")
+        elif in_file is not None:
+            check_quantity(key, in_file, acquisition.path, f"the file's own {key} is wrong: give the right one ({flag})")
         calibration[key] = given or in_file or float("nan")
         sources[key] = "given" if given else "file" if in_file else "unknown"
+    if job["thickness_nm"]:  # 0: unknown
+        check_quantity("thickness_nm", job["thickness_nm"], "--thickness-nm", "give it in nm (0: unknown)")
     return {
         "name": job["name"], "classes": job["accepted"], "class_names": list(CLASS_NAMES),
         "thickness_nm": job["thickness_nm"] or float("nan"), "supercell": job["supercell"], "source": job["source"],

@@ -11,10 +11,13 @@ the output folder:
   predictions.tsv     the same, one line per position
   provenance.json     inputs and their hashes, versions, sampling, orientation, calibrations
   preprocessed.h5     the patterns the model saw
-The imported copy of the raw frames is removed once preprocessed.
+The imported copy of the raw frames is a working file in a new hidden folder of the output folder
+(never a name the user could have given an input), removed once preprocessed; the outputs are
+written only once the map is made.
 """
 
 import json
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +34,7 @@ from polarmap.readers import read_acquisition
 # the semi-angle measured from the data's disc may differ from the model's by this fraction: the
 # model saw discs of one size, and a probe 15 % wider is another pattern
 SEMIANGLE_TOLERANCE = 0.15
+MAP_OUTPUTS = ("map.png", "map.pdf", "predictions.npz", "predictions.tsv", "provenance.json", "preprocessed.h5")
 
 
 def model_sampling(model_path) -> dict:
@@ -59,65 +63,63 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
     geometry = {"rotation_deg": None, "flip": None, "vacuum_reference": "", **(geometry or {})}
     job = {"name": path.stem, "format": "auto", "dataset": "", "scan_shape": None, "label": None, "accepted": [],
            "thickness_nm": 0.0, "supercell": "experimental", "source": "detector", "path": str(path), **(job or {})}
-    acquisition = read_acquisition(path, job["format"], job["dataset"])
+    acquisition = read_acquisition(path, job["format"], job["dataset"], stack_is_scan=bool(job["scan_shape"]))
     attrs = io.acquisition_attrs(job, acquisition)
     if not np.isfinite(attrs["detector_mrad_per_px"]):
         raise ValueError(f"{path}: no detector calibration (mrad per pixel) in the file; give it (--mrad-per-px), "
                          f"the model was trained at {sampling['detector_mrad_per_px']:.4g} mrad/px")
+    predictor = load_predictor(model_path, ood_path=ood_path)  # a bad model or --ood is refused before any work
     out_dir.mkdir(parents=True, exist_ok=True)
-    imported, preprocessed = out_dir / "imported.h5", out_dir / "preprocessed.h5"
-    imported.unlink(missing_ok=True)
-    preprocessed.unlink(missing_ok=True)
-    try:
-        io.import_acquisition(acquisition, imported, attrs, scan_shape=job["scan_shape"], progress=progress)
-        settings = PreprocessSettings(crop_px=int(sampling["crop_px"]), mrad_per_px=float(sampling["detector_mrad_per_px"]), **geometry)
-        preprocess_dataset(imported, preprocessed, settings, is_training=False, progress=progress)
-    except ValueError as err:  # named by the user's file, not the working copy
-        raise ValueError(str(err).replace(str(imported), str(path))) from None
-    finally:
-        imported.unlink(missing_ok=True)
-    with io.open_dataset(preprocessed) as f:
-        meta = io.read_attrs(f)
-        beam_shift, adf = f["beam_shift"][()], f["adf"][()]
-    semiangle = float(meta["disc_radius_px"]) * float(meta["source_detector_mrad_per_px"])
-    if abs(semiangle / float(sampling["semiangle_mrad"]) - 1) > SEMIANGLE_TOLERANCE:
-        preprocessed.unlink()  # no map, so none of its parts
-        raise ValueError(f"{path}: its bright-field disc spans {semiangle:.1f} mrad at {meta['source_detector_mrad_per_px']:.4g} mrad/px, "
-                         f"the model's {float(sampling['semiangle_mrad']):.1f} mrad: a different probe (or a wrong calibration); "
-                         "check --mrad-per-px, or train a model at this semi-angle")
-    predictor = load_predictor(model_path, ood_path=ood_path)
-    _, grids = predict_grids(predictor, model_path, preprocessed)
-    classes = grids[""]
-    field_mrad = beam_shift * float(sampling["detector_mrad_per_px"])  # crop pixels -> mrad, in the scan's axes
-    step = float(meta["scan_step_angstrom"])
-    cell_px = lattice_a_angstrom / step if lattice_a_angstrom and np.isfinite(step) else None
-    arrays = {"classes": classes, "com_mrad": field_mrad.astype(np.float32), "adf": adf}
-    if ".angle" in grids:
-        arrays["angle_deg"] = np.degrees(grids[".angle"]).astype(np.float32)
-    if ".confidence" in grids:
-        arrays["confidence"] = grids[".confidence"]
-    if ".ood" in grids:
-        arrays["ood_score"] = grids[".ood"]
-    save_npz_atomically(out_dir / "predictions.npz", arrays)
-    _write_tsv(out_dir / "predictions.tsv", arrays)
-    from polarmap.figures import acquisition_map
+    with tempfile.TemporaryDirectory(prefix=".polarmap-map-", dir=out_dir) as working:
+        imported, preprocessed = Path(working) / "imported.h5", Path(working) / "preprocessed.h5"
+        try:
+            io.import_acquisition(acquisition, imported, attrs, scan_shape=job["scan_shape"], progress=progress)
+            settings = PreprocessSettings(crop_px=int(sampling["crop_px"]), mrad_per_px=float(sampling["detector_mrad_per_px"]), **geometry)
+            preprocess_dataset(imported, preprocessed, settings, is_training=False, progress=progress)
+        except ValueError as err:  # named by the user's file, not the working copy
+            raise ValueError(str(err).replace(str(imported), str(path))) from None
+        imported.unlink()
+        with io.open_dataset(preprocessed) as f:
+            meta = io.read_attrs(f)
+            beam_shift, adf = f["beam_shift"][()], f["adf"][()]
+        semiangle = float(meta["disc_radius_px"]) * float(meta["source_detector_mrad_per_px"])
+        if abs(semiangle / float(sampling["semiangle_mrad"]) - 1) > SEMIANGLE_TOLERANCE:
+            raise ValueError(f"{path}: its bright-field disc spans {semiangle:.1f} mrad at {meta['source_detector_mrad_per_px']:.4g} mrad/px, "
+                             f"the model's {float(sampling['semiangle_mrad']):.1f} mrad: a different probe (or a wrong calibration); "
+                             "check --mrad-per-px, or train a model at this semi-angle")
+        _, grids = predict_grids(predictor, model_path, preprocessed)
+        classes = grids[""]
+        field_mrad = beam_shift * float(sampling["detector_mrad_per_px"])  # crop pixels -> mrad, in the scan's axes
+        step = float(meta["scan_step_angstrom"])
+        cell_px = lattice_a_angstrom / step if lattice_a_angstrom and np.isfinite(step) else None
+        arrays = {"classes": classes, "com_mrad": field_mrad.astype(np.float32), "adf": adf}
+        if ".angle" in grids:
+            arrays["angle_deg"] = np.degrees(grids[".angle"]).astype(np.float32)
+        if ".confidence" in grids:
+            arrays["confidence"] = grids[".confidence"]
+        if ".ood" in grids:
+            arrays["ood_score"] = grids[".ood"]
+        save_npz_atomically(out_dir / "predictions.npz", arrays)
+        _write_tsv(out_dir / "predictions.tsv", arrays)
+        from polarmap.figures import acquisition_map
 
-    title = f"{path.name}: {Path(model_path).parent.name or Path(model_path).name}"
-    acquisition_map(classes, adf, field_mrad, cell_px, title, out_dir / "map")
-    known = classes != UNKNOWN_LABEL
-    summary = {
-        "scan_shape": list(classes.shape), "unknown_fraction": float(1 - known.mean()),
-        "counts": {name: int((classes == k).sum()) for k, name in enumerate(CLASS_NAMES)},
-        "majority_class": CLASS_NAMES[int(np.bincount(classes[known], minlength=len(CLASS_NAMES)).argmax())] if known.any() else "unknown",
-        "scan_rotation_deg": meta["scan_rotation_deg"], "scan_flip": meta["scan_flip"], "scan_orientation_from": meta["scan_orientation_from"],
-        "measured_semiangle_mrad": semiangle, "cell_px": cell_px,
-    }
-    write_record(out_dir / "provenance.json", [path, model_path] + ([ood_path] if ood_path else []),
-                 {"job": job, "preprocessing": asdict(settings), "model_sampling": sampling}, started,
-                 calibration={key: attrs[key] for key in io.CALIBRATION_ARGUMENTS}, calibration_sources=attrs["calibration_sources"],
-                 orientation={key: value for key, value in meta.items() if key.startswith("scan_")},
-                 descan_plane_px=meta["descan_plane_px"], descan_from=meta["descan_from"], bad_pixel_count=meta["bad_pixel_count"], **summary)
-    return summary
+        title = f"{path.name}: {Path(model_path).parent.name or Path(model_path).name}"
+        acquisition_map(classes, adf, field_mrad, cell_px, title, out_dir / "map")
+        known = classes != UNKNOWN_LABEL
+        summary = {
+            "scan_shape": list(classes.shape), "unknown_fraction": float(1 - known.mean()),
+            "counts": {name: int((classes == k).sum()) for k, name in enumerate(CLASS_NAMES)},
+            "majority_class": CLASS_NAMES[int(np.bincount(classes[known], minlength=len(CLASS_NAMES)).argmax())] if known.any() else "unknown",
+            "scan_rotation_deg": meta["scan_rotation_deg"], "scan_flip": meta["scan_flip"], "scan_orientation_from": meta["scan_orientation_from"],
+            "measured_semiangle_mrad": semiangle, "cell_px": cell_px,
+        }
+        write_record(out_dir / "provenance.json", [path, model_path] + ([ood_path] if ood_path else []),
+                     {"job": job, "preprocessing": asdict(settings), "model_sampling": sampling}, started,
+                     calibration={key: attrs[key] for key in io.CALIBRATION_ARGUMENTS}, calibration_sources=attrs["calibration_sources"],
+                     orientation={key: value for key, value in meta.items() if key.startswith("scan_")},
+                     descan_plane_px=meta["descan_plane_px"], descan_from=meta["descan_from"], bad_pixel_count=meta["bad_pixel_count"], **summary)
+        preprocessed.replace(out_dir / "preprocessed.h5")
+        return summary
 
 
 def _write_tsv(path: Path, arrays: dict) -> None:

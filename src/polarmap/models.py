@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polarmap.atomic import save_npz_atomically
+from polarmap.atomic import read_npz, save_npz_atomically
 from polarmap.classes import CLASS_NAMES, angle_to_class
 
 N_CLASSES = len(CLASS_NAMES)
@@ -365,8 +365,16 @@ class PcaKnn:
 
     @classmethod
     def load(cls, path):
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                return cls({key: data[key] for key in data.files})
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path}: not a readable PCA+kNN model ({err}); refit it") from None
+        arrays = read_npz(path, "PCA+kNN model", "refit it (polarmap train-pca-knn)")
+        if "scaler_mean" not in arrays:
+            raise ValueError(f"{path}: not a PCA+kNN model (no scaler_mean); refit it (polarmap train-pca-knn)")
+        if not all(np.isfinite(a).all() for a in arrays.values() if a.dtype.kind == "f"):
+            raise ValueError(f"{path}: its PCA+kNN arrays hold NaN or infinite values; refit it (polarmap train-pca-knn)")
+        return cls(arrays)
+
+
+def refuse_non_finite(model: torch.nn.Module, path) -> None:
+    """A model with a NaN or infinite weight answers one class for everything: refused."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{path}: weight {name} holds NaN or infinite values (training diverged or the file is damaged); retrain it")

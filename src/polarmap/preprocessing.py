@@ -32,10 +32,11 @@ import numpy as np
 from tqdm import tqdm
 
 from polarmap import disc, io
-from polarmap.atomic import refuse_overwriting, save_npz_atomically, write_text_atomically
+from polarmap.atomic import read_npz, refuse_overwriting, save_npz_atomically, write_text_atomically
 from polarmap.classes import CLASS_NAMES
 from polarmap.orientation import detector_from_scan, find_scan_orientation, to_scan_frame
 from polarmap.pattern import center_of_mass, intensity_problem, min_max, threshold_centroid
+from polarmap.quantities import check_quantity
 from polarmap.provenance import provenance_attrs
 
 
@@ -58,6 +59,8 @@ class PreprocessSettings:
             raise ValueError(f"mode must be 'corrected' or 'faithful', got {self.mode!r}")
         if self.crop_px < 4:
             raise ValueError(f"crop_px must be at least 4 pixels, got {self.crop_px}")
+        if self.mrad_per_px:  # 0: the data set's own
+            check_quantity("detector_mrad_per_px", self.mrad_per_px, "the sampling to resample to (--to-mrad-per-px)", "give a model's sampling")
         if (self.rotation_deg is None) != (self.flip is None):
             raise ValueError("give the scan rotation and flip together, or neither (found from the data)")
 
@@ -154,6 +157,7 @@ def preprocess_dataset(source, out, settings: PreprocessSettings, is_training: b
     refuse_overwriting(source, out)
     with io.open_dataset(source) as f:
         attrs = io.read_attrs(f)
+        io.refuse_preprocessed(attrs, source, "preprocessing")
         patterns, labels = f["patterns"], f["labels"][()]
         detector_data = attrs["supercell"] == "experimental" or bool(attrs.get("experiment_like", False))
         if settings.mode == "faithful":
@@ -215,7 +219,7 @@ def _centred_crops(f, attrs: dict, settings: PreprocessSettings, source: Path, d
     rows, cols = np.indices(patterns.shape[2:])
     adf_mask = np.hypot(rows - found.centre[0], cols - found.centre[1]) > ADF_INNER_RADII * found.radius
     com, centres, adf, low, high = _disc_statistics(patterns, settings.rows_per_block, source, bad, found, adf_mask, measure_origins=detector_data)
-    plane = _descan_plane(settings, centres, source)
+    plane = _descan_plane(settings, centres, patterns.shape[2:], source)
     if plane is not None:
         origins, coefficients, descan_from = *plane, "vacuum reference"
     elif detector_data:
@@ -296,7 +300,7 @@ def _disc_statistics(patterns, rows_per_block: int, path: Path, bad, found, adf_
     return com, centres, adf, low, high
 
 
-def _descan_plane(settings: PreprocessSettings, centres, source: Path):
+def _descan_plane(settings: PreprocessSettings, centres, detector_shape, source: Path):
     """The disc plane of the vacuum reference scan, where there is one (its disc holds descan alone)."""
     if not settings.vacuum_reference:
         return None
@@ -306,6 +310,9 @@ def _descan_plane(settings: PreprocessSettings, centres, source: Path):
         if vacuum.shape[:2] != centres.shape[:2]:
             raise ValueError(f"{reference}: a {vacuum.shape[0]}x{vacuum.shape[1]} vacuum scan for the "
                              f"{centres.shape[0]}x{centres.shape[1]} scan of {source}; record the reference with the same scan")
+        if vacuum.shape[2:] != tuple(detector_shape):
+            raise ValueError(f"{reference}: {vacuum.shape[2]}x{vacuum.shape[3]} px frames for the {detector_shape[0]}x{detector_shape[1]} px "
+                             f"frames of {source}; record the reference with the same detector and binning")
         bad, found = _disc_setup(vacuum, settings.rows_per_block, ref["bad_pixels"][()] if "bad_pixels" in ref else None, reference)
         reference_centres = _disc_statistics(vacuum, settings.rows_per_block, reference, bad, found, np.zeros(vacuum.shape[2:], bool))[1]
     return disc.fit_plane(reference_centres)
@@ -561,7 +568,8 @@ def _blocked_grid(attrs: dict, scan_shape, settings: SplitSettings, rng, path) -
 
 def read_split(path) -> dict:
     """A split file's arrays; never unpickles anything."""
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {key: data[key] for key in data.files}
+    arrays = read_npz(path, "split", "rerun polarmap split")
+    if "meta" not in arrays:
+        raise ValueError(f"{path}: not a split (no meta); rerun polarmap split")
     arrays["meta"] = json.loads(str(arrays["meta"]))
     return arrays

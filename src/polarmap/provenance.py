@@ -123,13 +123,16 @@ def archive(results, out, config_files=(), report=None, include=()) -> tuple[Pat
         if not path.is_file():
             raise ValueError(f"{path}: not found; give an existing file to pack")
     manifest = {name: file_sha256(path) for name, path in members.items()}
-    tmp = out.with_name(out.name + ".tmp")
-    with tarfile.open(tmp, "w:gz") as tar:
-        for name, path in members.items():
-            tar.add(path, arcname=name)
-        data = json.dumps({"code_version": code_version(), **git_state(), "files": manifest}, indent=2).encode()
-        info = tarfile.TarInfo(f"{results.name}/MANIFEST.json")
-        info.size, info.mtime = len(data), int(time.time())
-        tar.addfile(info, BytesIO(data))
-    tmp.replace(out)
+    from polarmap.atomic import replace_atomically
+
+    def pack(tmp):
+        with tarfile.open(tmp, "w:gz") as tar:
+            for name, path in members.items():
+                tar.add(path, arcname=name)
+            data = json.dumps({"code_version": code_version(), **git_state(), "files": manifest}, indent=2).encode()
+            info = tarfile.TarInfo(f"{results.name}/MANIFEST.json")
+            info.size, info.mtime = len(data), int(time.time())
+            tar.addfile(info, BytesIO(data))
+
+    replace_atomically(out, pack)
     return out, len(members) + 1

@@ -12,6 +12,7 @@ the data set convention (+row up) the same way for every reader.
 A calibration the file does not hold is None here, never a guess: the caller asks for it.
 """
 
+import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,9 @@ FORMATS = {
     "tia": (".emi", ".ser"),
     "mrc": (".mrc",),
     "dm": (".dm3", ".dm4"),
+    "topspin": (".app5",),
+    "hspy": (".hspy",),
+    "zspy": (".zspy",),
     "tiff_stack": (".tif", ".tiff"),
 }
 CALIBRATIONS = ("scan_step_angstrom", "detector_mrad_per_px", "energy_kev", "semiangle_mrad")
@@ -54,18 +58,24 @@ def detect_format(path) -> str:
     raise ValueError(f"{path}: unknown 4D-STEM file type {path.suffix!r}; polarmap reads {known} and folders of TIFFs")
 
 
-def read_acquisition(path, file_format: str = "auto", dataset: str = "") -> Acquisition:
-    """The frames and metadata of one acquisition; `dataset` picks one of several in a file."""
+def read_acquisition(path, file_format: str = "auto", dataset: str = "", stack_is_scan: bool = False) -> Acquisition:
+    """The frames and metadata of one acquisition; `dataset` picks one of several in a file.
+    `stack_is_scan`: a scan shape is given, so a 3-D stack of images is taken for the scan's
+    frames even where the file does not call them diffraction."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     file_format = detect_format(path) if file_format == "auto" else file_format
     if file_format not in READERS:
         raise ValueError(f"{path}: unknown format {file_format!r}; use auto or one of {', '.join(READERS)}")
-    acquisition = READERS[file_format](path, dataset)
+    acquisition = READERS[file_format](path, dataset, stack_is_scan)
     shape = acquisition.frames.shape
     if len(shape) < 3:
         raise ValueError(f"{path}: a {len(shape)}-D {'x'.join(map(str, shape))} image, not a 4D-STEM scan (one diffraction pattern per probe position)")
+    kind = np.dtype(acquisition.frames.dtype).kind
+    if kind not in "fiub":
+        raise ValueError(f"{path}: its frames are {np.dtype(acquisition.frames.dtype)}, not real intensities (complex: a wave, not counts); "
+                         "export the detector's counts")
     return acquisition
 
 
@@ -73,14 +83,22 @@ def _rsciio(module: str, path: Path, **options) -> list[dict]:
     import importlib
 
     reader = importlib.import_module(f"rsciio.{module}").file_reader
+    # RosettaSciIO's notes on metadata it skips (warnings and log lines): the refusals say what matters
+    rsciio_log = logging.getLogger("rsciio")
+    level = rsciio_log.level
+    rsciio_log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # RosettaSciIO's notes on metadata it skips
+            warnings.simplefilter("ignore")
             return reader(str(path), lazy=True, **options)
     except NotImplementedError as err:
         raise ValueError(f"{path}: {err} (RosettaSciIO); record or export it in a supported mode") from None
-    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
-        raise ValueError(f"{path}: not a readable {module} file ({type(err).__name__}: {err})") from None
+    except Exception as err:  # a damaged file fails in many ways inside a reader (struct, zip, tag and size errors)
+        reason = " ".join(str(err).split())[:200]
+        raise ValueError(f"{path}: not a readable {module} file ({type(err).__name__}: {reason}); check the file is whole "
+                         "(copied completely) and of that format") from None
+    finally:
+        rsciio_log.setLevel(level)
 
 
 WAVELENGTH_COEFFICIENT = 12.2643  # Angstrom sqrt(V): relativistic electron wavelength
@@ -133,7 +151,7 @@ def _from_signal(signal: dict, path: Path, frames, energy_kev=None, semiangle_mr
     return Acquisition(str(path), frames, "file" if frames.ndim == 4 else "", calibration)
 
 
-def _single(signals: list[dict], path: Path, dataset: str, accept) -> tuple[dict, object]:
+def _single(signals: list[dict], path: Path, dataset: str, stack_is_scan: bool) -> tuple[dict, object]:
     """The one 4D-STEM signal of a file (a 5-D one is a stack of scans), or the one `dataset` names."""
     choices = []
     for number, signal in enumerate(signals):
@@ -142,11 +160,13 @@ def _single(signals: list[dict], path: Path, dataset: str, accept) -> tuple[dict
         if data.ndim == 5:
             for depth in range(data.shape[0]):
                 choices.append((f"{number}.{depth}", f"{title} {signal['axes'][0].get('name', '')} {depth}", signal, data[depth]))
-        elif accept(signal):
+        elif _is_frames(signal, stack_is_scan):
             choices.append((str(number), title, signal, data))
     if not choices:
         shapes = ", ".join("x".join(map(str, s["data"].shape)) for s in signals)
-        raise ValueError(f"{path}: no 4D-STEM data set in the file (it holds {shapes or 'nothing'}: images or spectra); export the scan's diffraction frames")
+        stacks = any(s["data"].ndim == 3 for s in signals)
+        fix = "give --scan-shape ROWS COLS if a stack is the scan's frames" if stacks else "export the scan's diffraction frames"
+        raise ValueError(f"{path}: no 4D-STEM data set in the file (it holds {shapes or 'nothing'}: images or spectra); {fix}")
     if dataset:
         for key, _, signal, data in choices:
             if key == dataset:
@@ -161,20 +181,25 @@ def _listing(choices) -> str:
     return "; ".join(f"{key}: {title.strip() or 'untitled'} ({'x'.join(map(str, data.shape))})" for key, title, _, data in choices)
 
 
-def _is_frames(signal: dict) -> bool:
+def _is_frames(signal: dict, stack_is_scan: bool) -> bool:
+    """A 4-D signal, or a 3-D stack of diffraction frames (or of any frames, a scan shape given);
+    not a spectrum image (its last axis is energy, not a detector row)."""
     data = signal["data"]
-    kind = str(signal.get("metadata", {}).get("Signal", {}).get("signal_type", ""))
-    return data.ndim == 4 or (data.ndim == 3 and "diffraction" in kind.lower())
+    metadata = signal.get("metadata", {})
+    kind = str(metadata.get("Signal", {}).get("signal_type", "")).lower()
+    if kind in ("eds_tem", "eds_sem", "eels", "eds"):
+        return False
+    return data.ndim == 4 or (data.ndim == 3 and ("diffraction" in kind or stack_is_scan))
 
 
-def read_mib(path: Path, dataset: str = "") -> Acquisition:
+def read_mib(path: Path, dataset: str = "", stack_is_scan: bool = False) -> Acquisition:
     """Merlin .mib (single chip or quad) with its .hdr: RosettaSciIO finds the scan's line length
     from the frames' time stamps; RAW-mode files are refused."""
     signal = _rsciio("quantumdetector", path)[0]
     return _from_signal(signal, path, signal["data"])
 
 
-def read_hdf5(path: Path, dataset: str = "") -> Acquisition:
+def read_hdf5(path: Path, dataset: str = "", stack_is_scan: bool = False) -> Acquisition:
     """DECTRIS Arina NeXus master files; EMD (Velox, NCEM/Prismatic, py4DSTEM) through RosettaSciIO;
     any other HDF5 file: its 3-D or 4-D dataset, or the one `dataset` names."""
     import h5py
@@ -187,10 +212,11 @@ def read_hdf5(path: Path, dataset: str = "") -> Acquisition:
     if arina:
         return read_arina(path, dataset)
     try:
-        signals = _rsciio("emd", path)
+        # images only: a Velox file's EDS spectrum image is not needed (and needs `sparse` to read)
+        signals = _rsciio("emd", path, select_type="images")
     except ValueError:
         return _read_plain_hdf5(path, dataset)
-    signal, data = _single(signals, path, dataset, _is_frames)
+    signal, data = _single(signals, path, dataset, stack_is_scan)
     prismatic = signal.get("original_metadata", {}).get("simulation_parameters", {})
     return _from_signal(signal, path, data, prismatic.get("E0"), prismatic.get("probeSemiangle"))
 
@@ -216,7 +242,7 @@ def _read_plain_hdf5(path: Path, dataset: str) -> Acquisition:
     return Acquisition(str(path), data, "file" if data.ndim == 4 else "", dict.fromkeys(CALIBRATIONS))
 
 
-def read_arina(path: Path, dataset: str = "") -> Acquisition:
+def read_arina(path: Path, dataset: str = "", stack_is_scan: bool = False) -> Acquisition:
     """A DECTRIS Arina NeXus master file and its bitshuffle-compressed data files, lazily (a
     concatenation of the data files' frames); the scan shape, step and high tension from the
     STEM metadata file beside it (`<name>.h5` for `<name>_master.h5`), the pixel mask and
@@ -253,27 +279,50 @@ def read_arina(path: Path, dataset: str = "") -> Acquisition:
     return Acquisition(str(path), frames, "file" if frames.ndim == 4 else "", calibration, bad)
 
 
-def _rsciio_reader(module: str):
-    def read(path: Path, dataset: str = "") -> Acquisition:
-        signal, data = _single(_rsciio(module, path), path, dataset, _is_frames)
+def _rsciio_reader(module: str, check=None):
+    """A reader through RosettaSciIO's `module`; `check(path)` first where a damaged file would
+    make RosettaSciIO allocate what its header declares."""
+    def read(path: Path, dataset: str = "", stack_is_scan: bool = False) -> Acquisition:
+        if check:
+            check(path)
+        signal, data = _single(_rsciio(module, path), path, dataset, stack_is_scan)
         return _from_signal(signal, path, data)
 
     read.__doc__ = f"A file RosettaSciIO's {module} plugin reads."
     return read
 
 
-def read_tiff_stack(path: Path, dataset: str = "") -> Acquisition:
+def _check_blockfile_size(path: Path) -> None:
+    """A NanoMegas blockfile's header declares its scan and frame size; a damaged header can
+    declare terabytes. The file must hold what it declares (frames of 6 header bytes and
+    DP_SZ^2 bytes each, after the second offset) before anything is read."""
+    from rsciio.blockfile._api import get_header_dtype_list
+
+    header_type = np.dtype(get_header_dtype_list("<"))
+    size = path.stat().st_size
+    header = np.fromfile(path, dtype=header_type, count=1) if size >= header_type.itemsize else None
+    if header is None or len(header) == 0:
+        raise ValueError(f"{path}: {size} bytes, shorter than a blockfile header ({header_type.itemsize} bytes): truncated or not a blockfile")
+    rows, cols, side, offset = (int(header[key][0]) for key in ("NY", "NX", "DP_SZ", "Data_offset_2"))
+    declared = offset + rows * cols * (6 + side * side)
+    if not rows or not cols or not side or declared > size:
+        raise ValueError(f"{path}: its header declares a {rows}x{cols} scan of {side}x{side} px frames ({declared:,} bytes), "
+                         f"the file holds {size:,} bytes: truncated or damaged; copy it again from the microscope")
+
+
+def read_tiff_stack(path: Path, dataset: str = "", stack_is_scan: bool = False) -> Acquisition:
     """A multi-page TIFF (one frame per page, in scan order) or one 3-D/4-D page."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
-            shape = tif.series[0].shape
+            shape, dtype = tif.series[0].shape, tif.series[0].dtype
+    except Exception as err:  # tifffile raises several types for damaged or foreign files
+        raise ValueError(f"{path}: unreadable TIFF ({type(err).__name__}: {' '.join(str(err).split())[:200]}); re-export it") from None
+    try:
         frames = tifffile.memmap(path, mode="r") if len(shape) > 2 else None
     except ValueError:  # compressed pages cannot be memory-mapped: read page by page
-        frames = _TiffPages(path, shape)
-    except Exception as err:  # tifffile raises several types for damaged files
-        raise ValueError(f"{path}: unreadable TIFF ({err}); re-export it") from None
+        frames = _TiffPages(path, shape, dtype)
     if frames is None:
         raise ValueError(f"{path}: a 2-D {'x'.join(map(str, shape))} image, not a 4D-STEM scan (one diffraction pattern per probe position)")
     return Acquisition(str(path), frames, "file" if frames.ndim == 4 else "", dict.fromkeys(CALIBRATIONS))
@@ -282,8 +331,8 @@ def read_tiff_stack(path: Path, dataset: str = "") -> Acquisition:
 class _TiffPages:
     """The pages of a TIFF stack as a lazy (frames, rows, cols) array: indexing reads pages."""
 
-    def __init__(self, path: Path, shape):
-        self.path, self.shape, self.ndim = path, (int(np.prod(shape[:-2])), *shape[-2:]), 3
+    def __init__(self, path: Path, shape, dtype):
+        self.path, self.shape, self.ndim, self.dtype = path, (int(np.prod(shape[:-2])), *shape[-2:]), 3, dtype
 
     def __getitem__(self, index):
         import tifffile
@@ -296,7 +345,7 @@ class _TiffPages:
         return pages if isinstance(index, slice) else pages[0]
 
 
-def read_tiff_folder(folder: Path, dataset: str = "") -> Acquisition:
+def read_tiff_folder(folder: Path, dataset: str = "", stack_is_scan: bool = False) -> Acquisition:
     """A folder of one-frame TIFFs (QSTEM output, detector exports), the frame's row-major scan
     index as the last number in each file name (0- or 1-based)."""
     import re
@@ -322,7 +371,8 @@ class _TiffFiles:
 
     def __init__(self, files):
         self.files = files
-        self.shape, self.ndim = (len(files), *self._read(files[0]).shape), 3
+        first = self._read(files[0])
+        self.shape, self.ndim, self.dtype = (len(files), *first.shape), 3, first.dtype
 
     def _read(self, path, shape=None):
         import tifffile
@@ -345,10 +395,13 @@ READERS = {
     "mib": read_mib,
     "hdf5": read_hdf5,
     "empad": _rsciio_reader("empad"),
-    "blockfile": _rsciio_reader("blockfile"),
+    "blockfile": _rsciio_reader("blockfile", _check_blockfile_size),
     "tia": _rsciio_reader("tia"),
     "mrc": _rsciio_reader("mrc"),
     "dm": _rsciio_reader("digitalmicrograph"),
+    "topspin": _rsciio_reader("topspin"),
+    "hspy": _rsciio_reader("hspy"),
+    "zspy": _rsciio_reader("zspy"),
     "tiff_stack": read_tiff_stack,
     "tiff_folder": read_tiff_folder,
 }

@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from polarmap.classes import CLASS_NAMES, class_direction
-from polarmap.atomic import temporary_path
+from polarmap.atomic import replace_atomically
 
 DEFAULT_LATTICE_FILE = Path(__file__).with_name("data") / "knn_amm2.yaml"
 
@@ -154,9 +154,7 @@ def write_structure(atoms: ase.Atoms, path: str | Path) -> None:
     """Write extended XYZ (carries the class and variant) and a CIF beside it, atomically."""
     path = Path(path)
     for target, fmt in ((path, "extxyz"), (path.with_suffix(".cif"), "cif")):
-        tmp = temporary_path(target)
-        ase.io.write(tmp, atoms, format=fmt)
-        tmp.replace(target)
+        replace_atomically(target, lambda tmp: ase.io.write(tmp, atoms, format=fmt))
 
 
 def read_structure(path: str | Path) -> ase.Atoms:

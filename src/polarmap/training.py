@@ -19,8 +19,8 @@ import torch
 from tqdm import tqdm
 
 from polarmap import io
-from polarmap.atomic import save_npz_atomically, temporary_path
-from polarmap.models import N_CLASSES, PcaKnn, PolarizationModel, class_prototypes
+from polarmap.atomic import replace_atomically, save_npz_atomically
+from polarmap.models import N_CLASSES, PcaKnn, PolarizationModel, class_prototypes, refuse_non_finite
 from polarmap.ood import KNOWN_QUANTILE, fit_ood
 from polarmap.preprocessing import (
     CONFIGURATIONS, AugmentationSettings, DomainRandomisationSettings, augmentation_pipeline, augmenter, derived_seed, read_split,
@@ -290,9 +290,7 @@ def _resumable_checkpoint(path: Path, device, settings_json: str, inputs_hash: s
 
 
 def _save(path: Path, payload: dict) -> None:
-    tmp = temporary_path(path)
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    replace_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _write_metrics(path: Path, history: list[dict]) -> None:
@@ -323,7 +321,9 @@ def load_model(path) -> tuple[PolarizationModel, dict]:
     except (TypeError, KeyError, ValueError, RuntimeError) as err:  # missing or foreign weights, unknown settings
         reason = f"no {err}" if isinstance(err, KeyError) else " ".join(str(err).split())[:200]
         raise ValueError(f"{path}: not a polarmap model ({reason}); use a model.pt written by `polarmap train`") from None
+    refuse_non_finite(model, path)
     return model.eval(), settings
+
 
 
 def _neural_features(model: PolarizationModel, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -349,6 +349,9 @@ def calibrate_ood(model_path, split_path, preprocessed, out, quantile: float = K
         train_features = _neural_features(model, data["images"][train_rows])
         held_out_features = _neural_features(model, data["images"][held_out])
     arrays = fit_ood(train_features, data["labels"][train_rows], held_out_features, quantile)
+    if not np.isfinite(arrays["threshold"]):
+        raise ValueError(f"{model_path}: its features on the held-out patterns are not finite: no threshold; retrain the model")
+    arrays["model_sha256"] = np.array(file_sha256(model_path))  # the one model this threshold is for
     save_npz_atomically(out, arrays)
     return {"threshold": float(arrays["threshold"]), "quantile": quantile, "training_patterns": int(len(train_rows)),
             "held_out_patterns": int(len(held_out))}

@@ -17,6 +17,7 @@ from torch import nn
 
 from polarmap.cells import ScanCells
 from polarmap.classes import CLASS_NAMES
+from polarmap.models import refuse_non_finite
 
 CELL_GRID = 8
 CHANNELS = ("adf", "com_row", "com_col")
@@ -90,8 +91,10 @@ def cell_source(virtual_path) -> dict:
     from polarmap.cells import scan_cells
     from polarmap.classes import class_index
 
-    with np.load(virtual_path, allow_pickle=False) as stored:
-        adf, com, meta = stored["adf"], stored["com_mrad"], json.loads(str(stored["meta"]))
+    from polarmap.imaging import read_virtual_images
+
+    images = read_virtual_images(virtual_path)
+    adf, com, meta = images["adf"], images["com_mrad"], images["meta"]
     attrs = meta["dataset_attrs"]
     cells = scan_cells(attrs, adf.shape)
     if cells is None:
@@ -140,7 +143,7 @@ def train_unit_cell_model(training: list[dict], validation: list[dict], out: Pat
     """Train on cells of the `training` sets and validate on the cells of the `validation` sets
     (other crystals), each a dict of adf, com, cell_px, corners and label. Writes model.pt (tensors
     and plain values only) and returns the record: validation accuracy and whether it learned."""
-    from polarmap.atomic import temporary_path
+    from polarmap.atomic import replace_atomically
 
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
@@ -162,9 +165,8 @@ def train_unit_cell_model(training: list[dict], validation: list[dict], out: Pat
             optimiser.step()
         accuracy = float((predict_windows(model, held_out)[0] == held_out_labels).mean())
         history.append({"epoch": epoch + 1, "loss": float(value.detach()), "validation_accuracy": accuracy})
-    tmp = temporary_path(out)
-    torch.save({"kind": "unit_cell", "settings": json.dumps(asdict(settings)), "state_dict": model.state_dict()}, tmp)
-    tmp.replace(out)
+    payload = {"kind": "unit_cell", "settings": json.dumps(asdict(settings)), "state_dict": model.state_dict()}
+    replace_atomically(out, lambda tmp: torch.save(payload, tmp))
     final = history[-1]["validation_accuracy"]
     return {"settings": asdict(settings), "history": history, "validation_cells": int(len(held_out_labels)),
             "training_cells": int(sum(len(t["corners"]) for t in training)),
@@ -193,4 +195,5 @@ def load_unit_cell_model(path) -> UnitCellNet:
         raise FileNotFoundError(f"{path}: no such model; train it first (polarmap train-unit-cell)") from None
     except Exception as err:  # torch raises many types for damaged files
         raise ValueError(f"{path}: not a readable unit-cell model ({str(err).splitlines()[0]}); retrain it with polarmap train-unit-cell") from None
+    refuse_non_finite(model, path)
     return model.eval()
