@@ -2,12 +2,20 @@
 #   snakemake --cores 2                                  the default (small) study
 #   snakemake --cores 2 --configfile workflow/presets/paper.yaml   paper scale
 import sys
+from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
 from polarmap.config import read_yaml, validate_config
 
 min_version("9.0")
+
+# Snakemake's own message on a config file that is not YAML names no file: read it first
+if Path("config.yaml").exists():
+    try:
+        read_yaml("config.yaml")
+    except ValueError as err:
+        sys.exit(f"polarmap: config: {err}")
 
 
 configfile: "config.yaml"

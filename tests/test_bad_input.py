@@ -512,6 +512,13 @@ def test_a_failed_command_leaves_none_of_its_outputs(good, tmp_path, capsys, cas
     assert {name: digest for name, digest in snapshot(tmp_path).items() if name != "out"} == before
 
 
+def test_a_broken_config_yaml_is_named(tmp_path):
+    (tmp_path / "config.yaml").write_text("study: [unclosed\n")
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "-n"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("polarmap: config: config.yaml: not valid YAML (line 2)"), result.stderr
+
+
 def test_a_key_given_twice_stops_the_dry_run(tmp_path):
     (tmp_path / "config.yaml").write_text((ROOT / "config.yaml").read_text())
     (tmp_path / "study.yaml").write_text("study: a\nstudy: b\n")

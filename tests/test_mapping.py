@@ -123,6 +123,71 @@ def test_a_map_never_touches_its_input_even_one_named_like_its_working_copy(trai
                                                                            "provenance.json", "preprocessed.h5"])
 
 
+def tiled(patterns, times=3):
+    """The simulated supercell scan repeated: one period of a periodic crystal is exact, so a
+    3x3 tiling is a 6x6-cell scan of the same crystal."""
+    return np.tile(patterns, (times, times, 1, 1))
+
+
+def read_cells(path):
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_per_cell_map_without_a_model(simulated_scan, tmp_path):  # noqa: F811
+    """`polarmap map FILE` alone: the lattice found in the scan's own ADF (6x6 cells of a_pc, square,
+    unturned), every cell whole in the scan a vector in pm, RU, of the length column fitting
+    measures on the simulation's known cells, under Poisson noise of 1e5 electrons per pattern;
+    its CSV read back as Atomap and TEMUL plot it (x right, y down) gives the arrows of the figure."""
+    from polarmap.columns import fit_cells
+    from polarmap.virtual import annular_mask, virtual_image
+
+    atoms, patterns, step, mrad = simulated_scan
+    centre = np.array(patterns.shape[-2:]) // 2
+    truth = fit_cells(virtual_image(patterns, annular_mask(patterns.shape[-2:], centre, mrad, 60, 150)), atoms.info["a_pc_angstrom"] / step,
+                      step, periodic=True).displacement_angstrom.mean(axis=0) * 100  # (row, col) pm, +row up: RU, 10.6 pm
+    scan = tiled(patterns)
+    counts = np.random.default_rng(1).poisson(scan / scan.sum(axis=(-2, -1), keepdims=True) * 1e5).astype(np.float32)
+    write_file(tmp_path / "scan.h5", counts)
+    result = subprocess.run([sys.executable, "-m", "polarmap.cli", "map", str(tmp_path / "scan.h5"), "--out", str(tmp_path / "cells"),
+                             "--mrad-per-px", str(mrad), "--scan-step-angstrom", str(step)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)["cells"]
+    lattice = summary["lattice"]
+    assert lattice["cell_angstrom"] == pytest.approx(atoms.info["a_pc_angstrom"], rel=0.005)
+    assert abs(lattice["rotation_deg"]) < 0.5 and abs(lattice["shear_deg"]) < 0.5
+    rows = read_cells(tmp_path / "cells" / "cells.csv")
+    assert len(rows) == summary["cells"] >= 16 and summary["left_out_at_edge"] > 0
+    assert sum(row["class"] == "RU" for row in rows) >= 0.95 * len(rows)
+    # Atomap/TEMUL: x right, y down as displayed; v positive downwards, so RU (up and right) has v < 0
+    measured = np.array([[-float(row["v_pm"]), float(row["u_pm"])] for row in rows])  # back to (row up, col)
+    assert np.median(np.hypot(*(measured - truth).T)) < 2.0
+    assert np.median([float(row["uncertainty_pm"]) for row in rows]) < 2.0
+    for name in ("cells.png", "cells.pdf", "provenance.json"):
+        assert (tmp_path / "cells" / name).is_file()
+    provenance = json.loads((tmp_path / "cells" / "provenance.json").read_text())
+    assert provenance["cells"]["lattice"]["vectors_px"] == lattice["vectors_px"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("vacuum", "no lattice: the image has no periodic contrast"),
+    ("coarse", r"a unit cell spans 2\.0 scan px: at least 4 are needed"),
+    ("no step", r"no scan step in the file; give it \(--scan-step-angstrom\)"),
+])
+def test_a_scan_without_cells_is_said_in_one_line(simulated_scan, tmp_path, case, message):  # noqa: F811
+    _, patterns, step, mrad = simulated_scan
+    scan = {"vacuum": np.tile(patterns.mean(axis=(0, 1)), (24, 24, 1, 1)), "coarse": tiled(patterns, 3)[::4, ::4],
+            "no step": tiled(patterns)}[case]
+    write_file(tmp_path / "scan.h5", scan * 1e5)
+    step_option = [] if case == "no step" else ["--scan-step-angstrom", str(step * (4 if case == "coarse" else 1))]
+    result = subprocess.run([sys.executable, "-m", "polarmap.cli", "map", str(tmp_path / "scan.h5"), "--out", str(tmp_path / "out"),
+                             "--mrad-per-px", str(mrad), *step_option], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and re.search(message, result.stderr), result.stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
 def test_a_turned_and_mirrored_detector_gives_the_same_map(trained, simulated_scan, tmp_path):  # noqa: F811
     """The detector turned 30 degrees and mirrored: the turn recovered within a degree, the mirror
     found, and the map the same as the unturned one's."""

@@ -153,6 +153,154 @@ def test_blockfile_through_rosettasciio_with_its_calibration(tmp_path, scan):
     assert np.array_equal(imported(tmp_path / "scan.blo", tmp_path / "b.h5")[0], displayed(scan.astype(np.uint8).astype(np.float32)))
 
 
+def test_a_blockfile_cut_short_is_refused_before_anything_is_allocated(tmp_path, scan):
+    """The header of a copy cut short still declares the whole scan: refused by its size."""
+    from rsciio.blockfile import file_writer
+
+    axes = [{"name": n, "size": s, "scale": c, "offset": 0.0, "units": u, "navigate": nav}
+            for n, s, c, u, nav in (("y", 3, 0.05, "nm", True), ("x", 4, 0.05, "nm", True),
+                                    ("ky", 16, 0.5, "1/nm", False), ("kx", 16, 0.5, "1/nm", False))]
+    signal = {"data": scan.astype(np.uint8), "axes": axes, "metadata": {"General": {"title": "scan"}, "Signal": {},
+                                                                        "Acquisition_instrument": {"TEM": {"beam_energy": 200.0}}},
+              "original_metadata": {}, "attributes": {"_lazy": False}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        file_writer(str(tmp_path / "scan.blo"), signal)
+    (tmp_path / "cut.blo").write_bytes((tmp_path / "scan.blo").read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"cut\.blo: its header declares a 3x4 scan of 16x16 px frames .* truncated or damaged"):
+        read_acquisition(tmp_path / "cut.blo")
+
+
+def write_ser(path, frames):
+    """A TIA series of images in the .ser layout: header, one dimension (the series), the offsets
+    of the elements and of their tags, then each element (calibration, float32 data) and its tag."""
+    import struct
+
+    count, rows, cols = frames.shape
+    dimension = struct.pack("<IddII", count, 0.0, 1.0, 0, 0) + struct.pack("<I", 0)  # size, offset, delta, element, no text
+    offsets_at = 30 + len(dimension)
+    element_header = 50
+    element_size = element_header + rows * cols * 4 + 8  # calibration, data, time tag
+    first = offsets_at + 8 * count
+    data_offsets = [first + i * element_size for i in range(count)]
+    tag_offsets = [offset + element_size - 8 for offset in data_offsets]
+    with open(path, "wb") as f:
+        f.write(struct.pack("<HHHIIIIII", 0x4949, 0x0197, 0x0210, 0x4122, 0x4152, count, count, offsets_at, 1))
+        f.write(dimension)
+        f.write(struct.pack(f"<{2 * count}I", *data_offsets, *tag_offsets))
+        for frame in frames:
+            f.write(struct.pack("<ddIddIHII", 0.0, 1.0, 0, 0.0, 1.0, 0, 7, cols, rows))  # 7: float32, then the sizes along x and y
+            f.write(np.ascontiguousarray(frame[::-1], dtype="<f4").tobytes())  # x fastest, the bottom row first
+            f.write(struct.pack("<HHI", 0x4152, 0, 0))
+
+
+def write_mrc(path, frames):
+    """An MRC stack (mode 2, float32) with the standard 1024-byte header, as RosettaSciIO reads it."""
+    from rsciio.mrc._api import get_std_dtype_list
+
+    header = np.zeros(1, dtype=get_std_dtype_list("<"))
+    header["NZ"], header["NY"], header["NX"] = frames.shape
+    header["MODE"], header["MAPC"], header["MAPR"], header["MAPS"] = 2, 1, 2, 3
+    header["CMAP"], header["STAMP"] = b"MAP ", b"DA\x00\x00"
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(np.ascontiguousarray(frames, dtype="<f4").tobytes())
+
+
+@pytest.mark.parametrize("suffix, write", [(".ser", write_ser), (".mrc", write_mrc)])
+def test_a_stack_of_frames_with_a_scan_shape_is_a_scan(tmp_path, scan, suffix, write):
+    """TIA and MRC stacks hold frames without saying they are diffraction: with the scan shape
+    given they import as the same data set as a TIFF stack of the same frames; without it, the
+    refusal asks for it."""
+    frames = scan.reshape(-1, 16, 16)
+    write(tmp_path / f"scan{suffix}", frames)
+    tifffile.imwrite(tmp_path / "scan.tif", frames)
+    from_file, _ = imported(tmp_path / f"scan{suffix}", tmp_path / "a.h5", scan_shape=(3, 4), stack_is_scan=True)
+    assert np.array_equal(from_file, imported(tmp_path / "scan.tif", tmp_path / "b.h5", scan_shape=(3, 4))[0])
+    result = run_import(tmp_path / f"scan{suffix}", "--out", tmp_path / "c.h5")
+    assert result.returncode == 2 and "give --scan-shape ROWS COLS if a stack is the scan's frames" in result.stderr, result.stderr
+    result = run_import(tmp_path / f"scan{suffix}", "--out", tmp_path / "c.h5", "--scan-shape", 3, 4)
+    assert result.returncode == 0, result.stderr
+
+
+def as_zspy(hspy, zspy):
+    """The same hierarchy in zarr (format 2, as HyperSpy writes .zspy): RosettaSciIO 0.15's zspy
+    writer needs zarr 2's stores, and abTEM needs zarr 3."""
+    import zarr
+
+    def plain(value):
+        return value.decode() if isinstance(value, bytes) else value.item() if isinstance(value, np.generic) else value
+
+    def copy(source, target):
+        target.attrs.update({key: plain(value) for key, value in source.attrs.items()})
+        for name, item in source.items():
+            if isinstance(item, h5py.Group):
+                copy(item, target.create_group(name))
+            else:
+                target.create_array(name, data=item[()], chunks=item.shape).attrs.update({k: plain(v) for k, v in item.attrs.items()})
+
+    root = zarr.open_group(zspy, mode="w", zarr_format=2)
+    with h5py.File(hspy) as f:
+        copy(f, root)
+    root.attrs["file_format"] = "ZSpy"
+
+
+@pytest.mark.parametrize("suffix", [".hspy", ".zspy"])
+def test_hyperspy_and_pyxem_files(tmp_path, scan, suffix):
+    """What HyperSpy and pyxem users save (.hspy, and .zspy: the same hierarchy in zarr), written
+    by RosettaSciIO's own writer: the scan shape, step and detector sampling from the file, the
+    frames as in an HDF5 export."""
+    from rsciio.hspy import file_writer
+
+    axes = [{"name": n, "size": s, "scale": c, "offset": 0.0, "units": u, "navigate": nav}
+            for n, s, c, u, nav in (("y", 3, 0.05, "nm", True), ("x", 4, 0.05, "nm", True),
+                                    ("ky", 16, 1.5, "mrad", False), ("kx", 16, 1.5, "mrad", False))]
+    signal = {"data": scan, "axes": axes, "metadata": {"General": {"title": "scan"}, "Signal": {"signal_type": "electron_diffraction"}},
+              "original_metadata": {}, "attributes": {"_lazy": False}, "tmp_parameters": {}, "package_info": {"name": "polarmap", "version": "0"},
+              "learning_results": {}, "models": {}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        file_writer(str(tmp_path / "scan.hspy"), signal)
+    if suffix == ".zspy":
+        as_zspy(tmp_path / "scan.hspy", tmp_path / "scan.zspy")
+    acquisition = read_acquisition(tmp_path / f"scan{suffix}")
+    assert acquisition.scan_shape_from == "file" and acquisition.calibration["scan_step_angstrom"] == pytest.approx(0.5)
+    assert acquisition.calibration["detector_mrad_per_px"] == pytest.approx(1.5)
+    with h5py.File(tmp_path / "scan.h5", "w") as f:
+        f["frames"] = scan
+    assert np.array_equal(imported(tmp_path / f"scan{suffix}", tmp_path / "a.h5")[0], imported(tmp_path / "scan.h5", tmp_path / "b.h5")[0])
+
+
+def write_app5(path, scan, step_m, mrad_per_px):
+    """A NanoMegas Topspin .app5 as RosettaSciIO reads it: the experiment's metadata, and a scan
+    group (named by a GUID) of one group per position, each a frame and its XML metadata (its
+    reciprocal calibration, its position in metres), in row-major order."""
+    rows, cols = scan.shape[:2]
+    axis = f"<A><O>0</O><S>{mrad_per_px}</S><U><N>unit</N><V>mrad</V></U></A>"
+    with h5py.File(path, "w") as f:
+        f["Metadata"] = b"<Metadata><Id>scan</Id><Title>scan</Title></Metadata>"
+        group = f.create_group("12345678-abcd-abcd-abcd-123456789abc")
+        for index in range(rows * cols):
+            row, col = divmod(index, cols)
+            frame = group.create_group(str(index))
+            frame["Data"] = scan[row, col].astype(np.float32)
+            frame["Metadata"] = (f"<Frame><K>{axis}{axis}</K><Position><P><N>probe</N><XY><X>{col * step_m}</X><Y>{row * step_m}</Y>"
+                                 "</XY></P></Position></Frame>").encode()
+
+
+def test_topspin_app5(tmp_path, scan):
+    """NanoMegas .app5: the scan shape, step and detector sampling from the file, the frames as
+    in an HDF5 export."""
+    write_app5(tmp_path / "scan.app5", scan, 5e-11, 1.5)
+    acquisition = read_acquisition(tmp_path / "scan.app5")
+    assert acquisition.frames.shape == (3, 4, 16, 16) and acquisition.scan_shape_from == "file"
+    assert acquisition.calibration["scan_step_angstrom"] == pytest.approx(0.5)
+    assert acquisition.calibration["detector_mrad_per_px"] == pytest.approx(1.5)
+    with h5py.File(tmp_path / "scan.h5", "w") as f:
+        f["frames"] = scan
+    assert np.array_equal(imported(tmp_path / "scan.app5", tmp_path / "a.h5")[0], imported(tmp_path / "scan.h5", tmp_path / "b.h5")[0])
+
+
 def test_experimental_declaration_with_unknown_class(tmp_path):
     (tmp_path / "c.yaml").write_text("datasets:\n  experimental:\n    5E: {path: x.mib, format: mib, accepted: [RM, UP]}\n")
     with pytest.raises(ValueError, match=r"c\.yaml: invalid value for 'datasets.experimental.5E.accepted.1'"):

@@ -109,7 +109,8 @@ def cmd_map(args) -> None:
     else:
         job = {"format": args.format, "dataset": args.dataset, "scan_shape": args.scan_shape, **{key: getattr(args, key) for key in CALIBRATION_ARGUMENTS}}
         geometry = {"rotation_deg": args.rotation_deg, "flip": args.flip, "vacuum_reference": args.vacuum_reference}
-    summary = map_acquisition(args.path, args.model, args.out, args.ood, job, geometry, load_lattice(StructureSettings()).a_pc, progress=False)
+    summary = map_acquisition(args.path, args.model, args.out, args.ood, job, geometry, load_lattice(StructureSettings()).a_pc, progress=False,
+                              cell_image=args.cell_image)
     print(json.dumps(summary, indent=2))
 
 
@@ -496,9 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="detector", help="simulator and version (e.g. QSTEM 2.5), or instrument")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("map", help="Polarization map of one acquisition with a trained model: classes, arrows per cell, CoM field.")
+    p = sub.add_parser("map", help="Polarization map of one acquisition: a vector in pm per unit cell of the lattice found in the scan; "
+                       "with a model, its classes per pattern beside them, and the CoM field.")
     p.add_argument("path", help="the acquisition: any file `polarmap import` reads")
-    p.add_argument("--model", required=True, help="model.pt or PCA+kNN model.npz (records its sampling and crop)")
+    p.add_argument("--model", default="", help="model.pt or PCA+kNN model.npz (records its sampling and crop); none: the per-cell map alone")
+    p.add_argument("--cell-image", default="adf", choices=("adf", "idpc"), help="the virtual image the lattice and columns are found in")
     p.add_argument("--ood", default="", help="the model's ood.npz: patterns beyond its threshold are unknown")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--settings", help=argparse.SUPPRESS)

@@ -48,9 +48,26 @@ class CellPolarization:
         return np.hypot(self.displacement_angstrom[:, 0], self.displacement_angstrom[:, 1])
 
 
+@dataclass(frozen=True)
+class ColumnFit:
+    """A column's 2-D Gaussian: centre (row, col) px, the variance of each coordinate from the
+    fit's covariance (px^2), the RMS residual in its window and the Gaussian's amplitude."""
+    centre_px: np.ndarray
+    variance_px2: np.ndarray
+    rms_residual: float
+    amplitude: float
+
+
 def _gaussian_centre(image: np.ndarray, peak: np.ndarray, radius: int, periodic: bool) -> np.ndarray | None:
-    """Sub-pixel centre (row, col) of the column near `peak` by a least-squares 2-D Gaussian on a
-    constant background; None where the window leaves a non-periodic image."""
+    """Sub-pixel centre (row, col) of the column near `peak`; None where the window leaves a
+    non-periodic image."""
+    fit = gaussian_column(image, peak, radius, periodic)
+    return None if fit is None else fit.centre_px
+
+
+def gaussian_column(image: np.ndarray, peak: np.ndarray, radius: int, periodic: bool = False) -> ColumnFit | None:
+    """The column near `peak` by a least-squares 2-D Gaussian on a constant background, in a
+    (2 radius + 1)^2 window; None where the window leaves a non-periodic image."""
     offsets = np.arange(-radius, radius + 1)
     rows = np.round(peak[0]).astype(int) + offsets
     cols = np.round(peak[1]).astype(int) + offsets
@@ -70,7 +87,10 @@ def _gaussian_centre(image: np.ndarray, peak: np.ndarray, radius: int, periodic:
     lower = [-np.inf, 0, rows[0], cols[0], 0.2]
     upper = [np.inf, np.inf, rows[-1], cols[-1], 2.0 * radius + 1]
     fit = optimize.least_squares(residual, start, bounds=(lower, upper), x_scale="jac")
-    return fit.x[2:4]
+    # the covariance of the parameters: (J^T J)^-1 times the residual variance per degree of freedom
+    dof = max(window.size - len(start), 1)
+    covariance = np.linalg.pinv(fit.jac.T @ fit.jac) * (2 * fit.cost / dof)
+    return ColumnFit(fit.x[2:4], np.diag(covariance)[2:4].copy(), float(np.sqrt(2 * fit.cost / window.size)), float(fit.x[1]))
 
 
 def _nb_peaks(image: np.ndarray, cell_px: float, periodic: bool, settings: ColumnFitSettings) -> np.ndarray:

@@ -481,6 +481,53 @@ def acquisition_map(classes: np.ndarray, adf: np.ndarray, field_mrad: np.ndarray
     return save(fig, out)
 
 
+def cell_map(image: np.ndarray, lattice, cells, image_name: str, title: str, out, per_pattern: np.ndarray | None = None):
+    """The per-cell map of a scan: one arrow per unit cell at its Nb column over the image the
+    lattice was found in, coloured by class (grey: unknown), drawn longer than life by a factor
+    stated with a scale arrow in pm; the lattice found (its A sites as dots, its two vectors from
+    the origin); a colour wheel of the classes. With `per_pattern` (a model's classes per scan
+    position), a second panel shows them. +row up, as the microscope shows the scan."""
+    panels = 2 if per_pattern is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 6), layout="constrained", squeeze=False)
+    ax = axes[0, 0]
+    ax.imshow(image, origin="lower", cmap="gray")
+    corners = lattice.fractional(np.array([[0, 0], [0, image.shape[1] - 1], [image.shape[0] - 1, 0], [image.shape[0] - 1, image.shape[1] - 1]]))
+    low, high = np.floor(corners.min(axis=0)) - 1, np.ceil(corners.max(axis=0)) + 1
+    sites = lattice.position(np.stack(np.meshgrid(np.arange(low[0], high[0]) + 0.5, np.arange(low[1], high[1]) + 0.5, indexing="ij"), -1).reshape(-1, 2))
+    inside = (sites >= -0.5).all(axis=1) & (sites <= np.array(image.shape) - 0.5).all(axis=1)
+    ax.plot(sites[inside, 1], sites[inside, 0], ".", color="#F0E442", markersize=3, label="A sites (lattice found)")
+    for vector, name in zip(lattice.vectors_px, ("a", "b")):
+        ax.annotate("", xy=(lattice.origin_px[1] + vector[1], lattice.origin_px[0] + vector[0]), xytext=(lattice.origin_px[1], lattice.origin_px[0]),
+                    arrowprops={"arrowstyle": "->", "color": "white", "lw": 1.2})
+        ax.text(lattice.origin_px[1] + 1.1 * vector[1], lattice.origin_px[0] + 1.1 * vector[0], name, color="white", fontsize=9)
+    # arrows 0.35 of a cell long for the largest displacement: a stated exaggeration, not a guess
+    largest = float(np.percentile(np.hypot(*cells.scan_pm.T), 90)) or 1.0
+    per_pm = 0.35 * lattice.cell_px / largest  # scan px per pm
+    colours = [CLASS_COLOURS[k] if k >= 0 else UNKNOWN_GREY for k in cells.shown_classes]
+    ax.quiver(cells.nb_px[:, 1], cells.nb_px[:, 0], cells.scan_pm[:, 1] * per_pm, cells.scan_pm[:, 0] * per_pm, color=colours,
+              angles="xy", scale_units="xy", scale=1, width=0.007, pivot="middle")
+    scale_pm = float(np.round(largest, -1) or np.round(largest, 1) or 1.0)
+    ax.quiver([0.06 * image.shape[1]], [0.05 * image.shape[0]], [scale_pm * per_pm], [0], color="white", angles="xy", scale_units="xy", scale=1,
+              width=0.007)
+    ax.text(0.06 * image.shape[1], 0.09 * image.shape[0], f"{scale_pm:g} pm", color="white", fontsize=9)
+    ax.set_xlim(-0.5, image.shape[1] - 0.5)
+    ax.set_ylim(-0.5, image.shape[0] - 0.5)
+    unknown = int((cells.shown_classes < 0).sum())
+    ax.set_title(f"{image_name}: {len(cells.classes)} cells, {unknown} unknown (grey)")
+    ax.set_xlabel("scan column")
+    ax.set_ylabel("scan row (up)")
+    wheel = ax.inset_axes([0.78, 0.78, 0.2, 0.2], projection="polar")
+    wheel.bar(np.radians(np.arange(len(CLASS_NAMES)) * 45), 1, width=np.radians(45), color=CLASS_COLOURS, edgecolor="white")
+    wheel.set_xticks(np.radians(np.arange(len(CLASS_NAMES)) * 45), CLASS_NAMES, fontsize=6)
+    wheel.set_yticks([])
+    if per_pattern is not None:
+        axes[0, 1].imshow(per_pattern, cmap=UNKNOWN_GREY_CMAP, vmin=-0.5, vmax=len(CLASS_NAMES) - 0.5, origin="lower", interpolation="nearest")
+        axes[0, 1].set_title(f"the model's classes per pattern ({100 * (per_pattern < 0).mean():.0f} % unknown)")
+        class_legend(axes[0, 1], loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=5, fontsize=7)
+    fig.suptitle(title)
+    return save(fig, out)
+
+
 def _family_title(info: dict) -> str:
     """A model family's label, with its configuration where it has one (as the tables title it)."""
     return info["label"] + (f" [{info['configuration']}]" if info["configuration"] else "")

@@ -1,9 +1,17 @@
-"""`polarmap map FILE --model MODEL`: a polarization map of one acquisition, in one command.
+"""`polarmap map FILE [--model MODEL]`: a polarization map of one acquisition, in one command.
 
-The acquisition is read (polarmap.readers), imported into the data set convention, preprocessed
-at the model's sampling and crop (resampled, bad pixels filled, descan plane, orientation given
-or found), and predicted with the out-of-distribution threshold where one is given. Written to
-the output folder:
+Per unit cell, always and without a model: the lattice found in the scan's own virtual ADF (or
+iDPC) image, and every cell's Nb displacement from its four A-site neighbours in picometres with
+its uncertainty (polarmap.lattice). Written to the output folder:
+  cells.csv           one row per cell (see CELL_COLUMNS), positions and vectors in the Atomap/TEMUL
+                      convention: x right, y down, as the image is displayed
+  cells.png/.pdf      the arrows over the image, the lattice found, a colour wheel
+  provenance.json     inputs and their hashes, versions, the lattice, its distortion, calibrations
+
+With a model, per pattern as well: the acquisition is preprocessed at the model's sampling and
+crop (resampled, bad pixels filled, descan plane, orientation given or found), and predicted with
+the out-of-distribution threshold where one is given; each cell gets the majority of the model's
+answers in it beside its own (agreement). Also written:
   map.png/.pdf        classes (grey: unknown), one arrow per unit cell over the virtual ADF image,
                       and the CoM field, all drawn with +row up: as the microscope shows the scan
   predictions.npz     class (-1 unknown), angle, confidence (0 to 1), out-of-distribution score,
@@ -27,6 +35,8 @@ import numpy as np
 from polarmap import io
 from polarmap.atomic import save_npz_atomically, write_text_atomically
 from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL
+from polarmap.imaging import virtual_images
+from polarmap.lattice import cell_vectors, find_lattice
 from polarmap.preprocessing import PreprocessSettings, preprocess_dataset
 from polarmap.provenance import write_record
 from polarmap.readers import read_acquisition
@@ -34,7 +44,10 @@ from polarmap.readers import read_acquisition
 # the semi-angle measured from the data's disc may differ from the model's by this fraction: the
 # model saw discs of one size, and a probe 15 % wider is another pattern
 SEMIANGLE_TOLERANCE = 0.15
-MAP_OUTPUTS = ("map.png", "map.pdf", "predictions.npz", "predictions.tsv", "provenance.json", "preprocessed.h5")
+MAP_OUTPUTS = ("map.png", "map.pdf", "predictions.npz", "predictions.tsv", "provenance.json", "preprocessed.h5", "cells.csv", "cells.png", "cells.pdf")
+CELL_IMAGES = ("adf", "idpc")
+CELL_COLUMNS = ("cell_row", "cell_col", "x_px", "y_px", "x_angstrom", "y_angstrom", "u_pm", "v_pm", "crystal_u_pm", "crystal_v_pm",
+                "uncertainty_pm", "angle_deg", "class", "method", "residual")
 
 
 def model_sampling(model_path) -> dict:
@@ -51,34 +64,55 @@ def model_sampling(model_path) -> dict:
     return sampling
 
 
-def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=None, lattice_a_angstrom=None, progress=True) -> dict:
-    """The map of one acquisition (see the module's description). `job` holds the import keys of
-    `polarmap import` (format, dataset, scan_shape, calibrations); `geometry` the orientation and
-    vacuum reference of `polarmap preprocess`."""
+def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=None, lattice_a_angstrom=None, progress=True,
+                    cell_image="adf") -> dict:
+    """The map of one acquisition (see the module's description); `model_path` "" for the
+    per-cell map alone. `job` holds the import keys of `polarmap import` (format, dataset,
+    scan_shape, calibrations); `geometry` the orientation and vacuum reference of `polarmap
+    preprocess`; `cell_image` the virtual image the lattice is found in."""
     from polarmap.evaluation import load_predictor, predict_grids
 
     started = time.perf_counter()
     path, out_dir = Path(path), Path(out_dir)
-    sampling = model_sampling(model_path)
+    if cell_image not in CELL_IMAGES:
+        raise ValueError(f"the lattice is found in {' or '.join(CELL_IMAGES)}, not {cell_image!r}")
+    sampling = model_sampling(model_path) if model_path else None
     geometry = {"rotation_deg": None, "flip": None, "vacuum_reference": "", **(geometry or {})}
     job = {"name": path.stem, "format": "auto", "dataset": "", "scan_shape": None, "label": None, "accepted": [],
            "thickness_nm": 0.0, "supercell": "experimental", "source": "detector", "path": str(path), **(job or {})}
     acquisition = read_acquisition(path, job["format"], job["dataset"], stack_is_scan=bool(job["scan_shape"]))
     attrs = io.acquisition_attrs(job, acquisition)
     if not np.isfinite(attrs["detector_mrad_per_px"]):
-        raise ValueError(f"{path}: no detector calibration (mrad per pixel) in the file; give it (--mrad-per-px), "
-                         f"the model was trained at {sampling['detector_mrad_per_px']:.4g} mrad/px")
-    predictor = load_predictor(model_path, ood_path=ood_path)  # a bad model or --ood is refused before any work
+        trained = f", the model was trained at {sampling['detector_mrad_per_px']:.4g} mrad/px" if sampling else " (the virtual ADF is in mrad)"
+        raise ValueError(f"{path}: no detector calibration (mrad per pixel) in the file; give it (--mrad-per-px){trained}")
+    step = float(attrs["scan_step_angstrom"])
+    if not model_path and not np.isfinite(step):
+        raise ValueError(f"{path}: no scan step in the file; give it (--scan-step-angstrom): displacements are in picometres")
+    predictor = load_predictor(model_path, ood_path=ood_path) if model_path else None  # a bad model or --ood: before any work
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".polarmap-map-", dir=out_dir) as working:
         imported, preprocessed = Path(working) / "imported.h5", Path(working) / "preprocessed.h5"
         try:
             io.import_acquisition(acquisition, imported, attrs, scan_shape=job["scan_shape"], progress=progress)
-            settings = PreprocessSettings(crop_px=int(sampling["crop_px"]), mrad_per_px=float(sampling["detector_mrad_per_px"]), **geometry)
-            preprocess_dataset(imported, preprocessed, settings, is_training=False, progress=progress)
+            try:
+                image, image_problem = virtual_images(imported)[cell_image], ""
+            except ValueError as err:  # with a model, the per-pattern map stands without the per-cell one
+                if not model_path:
+                    raise
+                image, image_problem = None, str(err).replace(str(imported), str(path))
+            if model_path:
+                settings = PreprocessSettings(crop_px=int(sampling["crop_px"]), mrad_per_px=float(sampling["detector_mrad_per_px"]), **geometry)
+                preprocess_dataset(imported, preprocessed, settings, is_training=False, progress=progress)
         except ValueError as err:  # named by the user's file, not the working copy
             raise ValueError(str(err).replace(str(imported), str(path))) from None
         imported.unlink()
+        title = f"{path.name}: {Path(model_path).parent.name or Path(model_path).name}" if model_path else path.name
+        if not model_path:
+            cells = cell_map(image, cell_image, step, path.name, out_dir)
+            write_record(out_dir / "provenance.json", [path], {"job": job, "cell_image": cell_image}, started,
+                         calibration={key: attrs[key] for key in io.CALIBRATION_ARGUMENTS}, calibration_sources=attrs["calibration_sources"],
+                         cells=cells)
+            return {"scan_shape": list(image.shape), "cells": cells}
         with io.open_dataset(preprocessed) as f:
             meta = io.read_attrs(f)
             beam_shift, adf = f["beam_shift"][()], f["adf"][()]
@@ -103,15 +137,20 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
         _write_tsv(out_dir / "predictions.tsv", arrays)
         from polarmap.figures import acquisition_map
 
-        title = f"{path.name}: {Path(model_path).parent.name or Path(model_path).name}"
         acquisition_map(classes, adf, field_mrad, cell_px, title, out_dir / "map")
+        try:
+            if image is None:
+                raise ValueError(image_problem)
+            cells = cell_map(image, cell_image, float(meta["scan_step_angstrom"]), title, out_dir, classes)
+        except ValueError as err:  # the per-pattern map stands without it
+            cells = {"not mapped": str(err)}
         known = classes != UNKNOWN_LABEL
         summary = {
             "scan_shape": list(classes.shape), "unknown_fraction": float(1 - known.mean()),
             "counts": {name: int((classes == k).sum()) for k, name in enumerate(CLASS_NAMES)},
             "majority_class": CLASS_NAMES[int(np.bincount(classes[known], minlength=len(CLASS_NAMES)).argmax())] if known.any() else "unknown",
             "scan_rotation_deg": meta["scan_rotation_deg"], "scan_flip": meta["scan_flip"], "scan_orientation_from": meta["scan_orientation_from"],
-            "measured_semiangle_mrad": semiangle, "cell_px": cell_px,
+            "measured_semiangle_mrad": semiangle, "cell_px": cell_px, "cells": cells,
         }
         write_record(out_dir / "provenance.json", [path, model_path] + ([ood_path] if ood_path else []),
                      {"job": job, "preprocessing": asdict(settings), "model_sampling": sampling}, started,
@@ -120,6 +159,59 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
                      descan_plane_px=meta["descan_plane_px"], descan_from=meta["descan_from"], bad_pixel_count=meta["bad_pixel_count"], **summary)
         preprocessed.replace(out_dir / "preprocessed.h5")
         return summary
+
+
+def cell_map(image: np.ndarray, image_name: str, step_angstrom: float, title: str, out_dir: Path, per_pattern: np.ndarray | None = None) -> dict:
+    """The per-cell map of a scan's image: the lattice found in it, a vector per cell, written as
+    cells.csv and cells.png/.pdf; with `per_pattern` (a model's classes per scan position), each
+    cell's majority of them beside its own class. Returns the summary for the provenance."""
+    from polarmap.figures import cell_map as draw
+
+    if not np.isfinite(step_angstrom):
+        raise ValueError("no scan step: give it (--scan-step-angstrom) for displacements in picometres")
+    lattice = find_lattice(image)
+    cells = cell_vectors(image, lattice, step_angstrom)
+    shown = cells.shown_classes
+    table = {"per_pattern_class": None}
+    if per_pattern is not None:
+        # each scan position belongs to the cell whose Nb site is nearest in lattice coordinates
+        positions = np.indices(per_pattern.shape).reshape(2, -1).T
+        owner = np.round(lattice.fractional(positions)).astype(int)
+        majority = []
+        for index in cells.index:
+            answers = per_pattern.ravel()[(owner == index).all(axis=1)]
+            answers = answers[answers >= 0]
+            majority.append(int(np.bincount(answers, minlength=len(CLASS_NAMES)).argmax()) if len(answers) else -1)
+        table["per_pattern_class"] = np.array(majority)
+    rows = image.shape[0]
+    names = [CLASS_NAMES[k] if k >= 0 else "unknown" for k in shown]
+    header = [*CELL_COLUMNS, *(["per_pattern_class", "agree"] if per_pattern is not None else [])]
+    lines = [",".join(header)]
+    for n in range(len(cells.classes)):
+        # displayed image coordinates (x right, y down): row 0 of the data set is the bottom line
+        x_px, y_px = cells.nb_px[n, 1], rows - 1 - cells.nb_px[n, 0]
+        values = [cells.index[n, 1], cells.index[n, 0], f"{x_px:.3f}", f"{y_px:.3f}", f"{x_px * step_angstrom:.4f}", f"{y_px * step_angstrom:.4f}",
+                  f"{cells.scan_pm[n, 1]:.3f}", f"{-cells.scan_pm[n, 0]:.3f}", f"{cells.crystal_pm[n, 0]:.3f}", f"{cells.crystal_pm[n, 1]:.3f}",
+                  f"{cells.uncertainty_pm[n]:.3f}", f"{cells.angle_deg[n]:.2f}", names[n], f"column fit ({image_name})", f"{cells.residual[n]:.4g}"]
+        if per_pattern is not None:
+            majority = table["per_pattern_class"][n]
+            values += [CLASS_NAMES[majority] if majority >= 0 else "unknown", str(bool(majority >= 0 and majority == shown[n])).lower()]
+        lines.append(",".join(map(str, values)))
+    write_text_atomically(out_dir / "cells.csv", "\n".join(lines) + "\n")
+    draw(image, lattice, cells, image_name.upper(), f"{title}: polarization per unit cell", out_dir / "cells", per_pattern)
+    known = shown >= 0
+    summary = {
+        "image": image_name, "cells": int(len(shown)), "unknown": int((~known).sum()), "left_out_at_edge": cells.left_out,
+        "counts": {name: int((shown == k).sum()) for k, name in enumerate(CLASS_NAMES)},
+        "majority_class": CLASS_NAMES[int(np.bincount(shown[known], minlength=len(CLASS_NAMES)).argmax())] if known.any() else "unknown",
+        "median_displacement_pm": float(np.median(np.hypot(*cells.crystal_pm.T))), "median_uncertainty_pm": float(np.median(cells.uncertainty_pm)),
+        "lattice": {"origin_px": lattice.origin_px.tolist(), "vectors_px": lattice.vectors_px.tolist(), "cell_px": lattice.cell_px,
+                    "cell_angstrom": lattice.cell_px * step_angstrom, **lattice.distortion()},
+    }
+    if per_pattern is not None:
+        answered = (table["per_pattern_class"] >= 0) & known
+        summary["agreement_with_model"] = float((table["per_pattern_class"][answered] == shown[answered]).mean()) if answered.any() else float("nan")
+    return summary
 
 
 def _write_tsv(path: Path, arrays: dict) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-# the file suffixes of each reader; a folder is a TIFF folder
+# the file suffixes of each reader; any other folder is a TIFF folder
 FORMATS = {
     "mib": (".mib",),
     "hdf5": (".h5", ".hdf5", ".emd", ".nxs"),
@@ -49,11 +49,11 @@ class Acquisition:
 
 def detect_format(path) -> str:
     path = Path(path)
-    if path.is_dir():
-        return "tiff_folder"
     for name, suffixes in FORMATS.items():
         if path.suffix.lower() in suffixes:
             return name
+    if path.is_dir():  # a .zspy is a folder too, known by its suffix
+        return "tiff_folder"
     known = ", ".join(s for suffixes in FORMATS.values() for s in suffixes)
     raise ValueError(f"{path}: unknown 4D-STEM file type {path.suffix!r}; polarmap reads {known} and folders of TIFFs")
 
@@ -126,7 +126,7 @@ def _length_angstrom(scale, units):
 
 def _detector_mrad(scale, units, energy_kev):
     unit = _unit(units)
-    if unit == "mrad":
+    if unit in ("mrad", "mrads"):  # Topspin writes mrads
         return float(scale)
     if unit == "rad":
         return float(scale) * 1e3
@@ -279,13 +279,13 @@ def read_arina(path: Path, dataset: str = "", stack_is_scan: bool = False) -> Ac
     return Acquisition(str(path), frames, "file" if frames.ndim == 4 else "", calibration, bad)
 
 
-def _rsciio_reader(module: str, check=None):
-    """A reader through RosettaSciIO's `module`; `check(path)` first where a damaged file would
-    make RosettaSciIO allocate what its header declares."""
+def _rsciio_reader(module: str, check=None, **options):
+    """A reader through RosettaSciIO's `module` (with its `options`); `check(path)` first where a
+    damaged file would make RosettaSciIO allocate what its header declares."""
     def read(path: Path, dataset: str = "", stack_is_scan: bool = False) -> Acquisition:
         if check:
             check(path)
-        signal, data = _single(_rsciio(module, path), path, dataset, stack_is_scan)
+        signal, data = _single(_rsciio(module, path, **options), path, dataset, stack_is_scan)
         return _from_signal(signal, path, data)
 
     read.__doc__ = f"A file RosettaSciIO's {module} plugin reads."
@@ -401,7 +401,7 @@ READERS = {
     "dm": _rsciio_reader("digitalmicrograph"),
     "topspin": _rsciio_reader("topspin"),
     "hspy": _rsciio_reader("hspy"),
-    "zspy": _rsciio_reader("zspy"),
+    "zspy": _rsciio_reader("zspy", mode="r"),  # read-only: RosettaSciIO opens lazy files for writing
     "tiff_stack": read_tiff_stack,
     "tiff_folder": read_tiff_folder,
 }
