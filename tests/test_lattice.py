@@ -44,6 +44,7 @@ def test_the_lattice_whatever_its_angle_to_the_scan(angle_deg):
     lattice = find_lattice(image)
     assert lattice.vectors_px == pytest.approx(np.array([a, b]), abs=0.02)
     assert lattice.distortion()["rotation_deg"] == pytest.approx(angle_deg, abs=0.1)
+    assert lattice.indexing() == "good"
     # the origin is on the Nb (bright) sublattice, not half a cell away on the A one
     fraction = lattice.fractional(np.array([3.3, 2.7]))
     assert np.abs(fraction - np.round(fraction)).max() < 0.05
@@ -102,6 +103,14 @@ def test_noise_that_hides_the_direction_makes_unknown_cells_not_wrong_ones():
     shown, raw = np.concatenate(shown), np.concatenate(raw)
     assert (raw != CLASS_NAMES.index("RU")).mean() > 0.2 and (shown == -1).mean() > 0.5
     assert (shown[shown >= 0] == CLASS_NAMES.index("RU")).mean() > 0.95
+
+
+def test_a_lattice_bent_beyond_a_linear_drift_is_said_to_be_poorly_indexed():
+    """Two grains side by side, the right one shifted by 0.4 of a cell: one affine lattice cannot
+    hold both, and the map says so."""
+    left, right = perovskite(angle_deg=0.0)[0], perovskite(angle_deg=0.0)[0]
+    image = np.concatenate([left[:, :24], np.roll(right, (3, 3), axis=(0, 1))[:, 24:]], axis=1)
+    assert find_lattice(image).indexing().startswith("poor: the Nb columns lie")
 
 
 @pytest.mark.parametrize("image, message", [

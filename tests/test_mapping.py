@@ -157,7 +157,7 @@ def test_the_per_cell_map_without_a_model(simulated_scan, tmp_path):  # noqa: F8
     summary = json.loads(result.stdout)["cells"]
     lattice = summary["lattice"]
     assert lattice["cell_angstrom"] == pytest.approx(atoms.info["a_pc_angstrom"], rel=0.005)
-    assert abs(lattice["rotation_deg"]) < 0.5 and abs(lattice["shear_deg"]) < 0.5
+    assert abs(lattice["rotation_deg"]) < 0.5 and abs(lattice["shear_deg"]) < 0.5 and lattice["indexing"] == "good"
     rows = read_cells(tmp_path / "cells" / "cells.csv")
     assert len(rows) == summary["cells"] >= 16 and summary["left_out_at_edge"] > 0
     assert sum(row["class"] == "RU" for row in rows) >= 0.95 * len(rows)

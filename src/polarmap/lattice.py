@@ -31,6 +31,9 @@ FFT_PADDING = 4
 MIN_CELLS = 2
 # a column's window (fraction of the cell edge): clear of the oxygen columns half a cell away
 WINDOW_FRACTION = 0.25
+# Nb columns further than this (RMS, fraction of the cell) from the affine lattice: a distortion
+# beyond a linear drift (a curved drift, several grains), reported as a poorly indexed lattice
+POOR_INDEXING = 0.1
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Lattice:
     col) in scan pixels; Nb sites at origin + i a + j b, A sites at the half-integers."""
     origin_px: np.ndarray
     vectors_px: np.ndarray
+    rms_deviation_px: float = float("nan")  # of the Nb columns from their sites, where fitted
 
     def fractional(self, positions_px: np.ndarray) -> np.ndarray:
         """Lattice coordinates (..., 2) of positions (..., 2) in scan pixels."""
@@ -58,6 +62,14 @@ class Lattice:
         angle = np.degrees(np.arccos(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))))
         return {"shear_deg": float(angle - 90), "stretch": float(np.linalg.norm(b) / np.linalg.norm(a) - 1),
                 "rotation_deg": float(np.degrees(np.arctan2(a[0], a[1])))}
+
+    def indexing(self) -> str:
+        """"good", or why the columns do not sit on one affine lattice."""
+        deviation = self.rms_deviation_px / self.cell_px
+        if deviation > POOR_INDEXING:
+            return (f"poor: the Nb columns lie {deviation:.2f} of a cell (RMS) from one lattice: a distortion beyond a linear "
+                    "drift, or several grains; read the map with care")
+        return "good"
 
 
 def _reduced(vectors: np.ndarray) -> np.ndarray:
@@ -157,7 +169,10 @@ def find_lattice(image: np.ndarray) -> Lattice:
     fits = [(index, gaussian_column(image, lattice.position(index), radius)) for index in indices]
     fits = [(index, fit.centre_px) for index, fit in fits if fit is not None]
     if len(fits) >= 3:
-        lattice = _fitted(np.array([f[0] for f in fits]), np.array([f[1] for f in fits]))
+        indices, positions = np.array([f[0] for f in fits]), np.array([f[1] for f in fits])
+        lattice = _fitted(indices, positions)
+        deviation = float(np.sqrt(np.mean(np.sum((positions - lattice.position(indices)) ** 2, axis=1))))
+        lattice = Lattice(lattice.origin_px, lattice.vectors_px, deviation)
     return lattice
 
 

@@ -206,7 +206,8 @@ def cell_map(image: np.ndarray, image_name: str, step_angstrom: float, title: st
         "majority_class": CLASS_NAMES[int(np.bincount(shown[known], minlength=len(CLASS_NAMES)).argmax())] if known.any() else "unknown",
         "median_displacement_pm": float(np.median(np.hypot(*cells.crystal_pm.T))), "median_uncertainty_pm": float(np.median(cells.uncertainty_pm)),
         "lattice": {"origin_px": lattice.origin_px.tolist(), "vectors_px": lattice.vectors_px.tolist(), "cell_px": lattice.cell_px,
-                    "cell_angstrom": lattice.cell_px * step_angstrom, **lattice.distortion()},
+                    "cell_angstrom": lattice.cell_px * step_angstrom, **lattice.distortion(),
+                    "rms_deviation_cell": lattice.rms_deviation_px / lattice.cell_px, "indexing": lattice.indexing()},
     }
     if per_pattern is not None:
         answered = (table["per_pattern_class"] >= 0) & known
