@@ -707,6 +707,11 @@ def _in_folder(dest, *names):
     return lambda args: [(dest, p / name) for _, p in _paths(args, dest) for name in names]
 
 
+def _beside(dest, suffix):
+    """A second output beside OUT: OUT with another suffix (a structure's CIF)."""
+    return lambda args: [(dest, p.with_suffix(suffix)) for _, p in _paths(args, dest)]
+
+
 def _record_of(dest):
     return lambda args: [(dest, _record_path(p)) for _, p in _paths(args, dest)]
 
@@ -729,7 +734,7 @@ def _table_outputs(args):
 # of the arguments for the files that follow from them (OUT.pdf, a record beside OUT, the files of
 # an output folder). `main` checks them before any work and cleans up after a failure.
 COMMAND_FILES = {
-    "structure": (("config",), ("out", lambda a: [("out", p.with_suffix(".cif")) for _, p in _paths(a, "out")])),
+    "structure": (("config",), ("out", _beside("out", ".cif"))),
     "simulate": (("config", "structure"), ("out",)),
     "qstem": (("config", "structure"), ()),
     "experiment-like": (("source",), ("out",)),
@@ -753,7 +758,7 @@ COMMAND_FILES = {
     "fetch-pseudopotentials": (("wheel_dir",), ()),
     "relax-vacancy": (("pseudo_dir",), (_in_folder("out_dir", "pw.in", "pw.out", "unrelaxed.xyz", "relaxed.xyz", "displacements.tsv", "record.json"),)),
     "hubbard-u": (("pseudo_dir",), (_in_folder("out_dir", "U.json"),)),
-    "defect-structure": (("relaxation",), ("out", lambda a: [("out", p.with_suffix(".cif")) for _, p in _paths(a, "out")])),
+    "defect-structure": (("relaxation",), ("out", _beside("out", ".cif"))),
     "defect-study": (("predictions", "dataset"), ("out_table", _with_suffixes("out_figure", ".png", ".pdf"), _record_of("out_table"))),
     "archive": (("results", "config", "report"), ("out",)),
     "summary": (("files",), ("out",)),
@@ -775,9 +780,9 @@ def command_files(args) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]
     return inputs, outputs
 
 
-def check_files(args) -> None:
+def check_files(args) -> list[Path]:
     """No output over an input (the input is never written, moved or deleted), no output over
-    another, and no folder where a file goes: refused before any work."""
+    another, and no folder where a file goes: refused before any work. Returns the outputs."""
     inputs, outputs = command_files(args)
     for number, (dest, out) in enumerate(outputs):
         if out.is_dir():
@@ -790,6 +795,7 @@ def check_files(args) -> None:
         for other_dest, other in outputs[:number]:
             if same_file(out, other):
                 raise ValueError(f"{out}: given for two outputs ({_flag(other_dest)} and {_flag(dest)}); give each its own path")
+    return [out for _, out in outputs]
 
 
 def _refuse_empty_paths(parser, args) -> None:
@@ -831,8 +837,7 @@ def main(argv=None) -> int:
     created = []
     try:
         _refuse_empty_paths(parser, args)
-        check_files(args)
-        created = [out for _, out in command_files(args)[1] if not out.exists()]
+        created = [out for out in check_files(args) if not out.exists()]
         args.func(args)
     except BaseException as err:
         for out in created:  # a failed command leaves none of its outputs: all of them or nothing

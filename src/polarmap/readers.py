@@ -212,7 +212,7 @@ def read_hdf5(path: Path, dataset: str = "", stack_is_scan: bool = False) -> Acq
     if arina:
         return read_arina(path, dataset)
     try:
-        # images only: a Velox file's EDS spectrum image is not needed (and needs `sparse` to read)
+        # images only: a Velox file's EDS spectrum image is not needed, and not loaded
         signals = _rsciio("emd", path, select_type="images")
     except ValueError:
         return _read_plain_hdf5(path, dataset)

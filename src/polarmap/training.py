@@ -325,7 +325,6 @@ def load_model(path) -> tuple[PolarizationModel, dict]:
     return model.eval(), settings
 
 
-
 def _neural_features(model: PolarizationModel, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
     model.eval()
     with torch.inference_mode():
