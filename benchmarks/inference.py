@@ -1,5 +1,5 @@
 """Inference throughput of every predictor on a full 128x128 scan (16384 patterns of 64x64, the
-paper's input), through `polarmap.evaluation.load_predictor`, the code the `predict` rule runs.
+paper's input), through `polarmap.predictors.load`, the code the `predict` rule runs.
 
     python benchmarks/inference.py [--device cpu|cuda] [--name inference] [--patterns 16384]
 
@@ -30,7 +30,7 @@ PREDICTORS = ["conv-classification", "conv-classification (compiled)", "conv-reg
 def child(predictor: str, n: int, device: str) -> dict:
     import torch
 
-    from polarmap.evaluation import load_predictor
+    from polarmap.predictors import load
     from polarmap.models import PcaKnn, PolarizationModel
     from polarmap.training import TrainSettings
 
@@ -51,7 +51,7 @@ def child(predictor: str, n: int, device: str) -> dict:
             settings = TrainSettings(encoder=encoder, objective=objective, device=device)
             path = Path(tmp) / "model.pt"
             torch.save({"state_dict": model.state_dict(), "settings": json.dumps(asdict(settings)), "input_px": 64}, path)
-        predict = load_predictor(path, compile_model="compiled" in predictor, device=device)
+        predict = load(path, device=device, compile_model="compiled" in predictor).predict
         predict(patterns[:512], beam_shift[:512])  # warm-up (and compilation)
         start = time.perf_counter()
         predict(patterns, beam_shift)
@@ -82,7 +82,7 @@ def main() -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
     (HERE / f"{args.name}.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
     lines = [
-        f"Inference benchmark ({machine}; {args.patterns} patterns of 64x64, `load_predictor` as in `polarmap predict`).",
+        f"Inference benchmark ({machine}; {args.patterns} patterns of 64x64, `polarmap.predictors.load` as in `polarmap predict`).",
         "",
         "| predictor | device | wall time | patterns/s | peak memory |",
         "|---|---|---|---|---|",

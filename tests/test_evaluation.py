@@ -11,7 +11,7 @@ from polarmap import io
 from polarmap.atomic import save_npz_atomically
 from polarmap.classes import CLASS_NAMES
 from polarmap.evaluation import (
-    SYNTHETIC_TEST, angular_error_deg, compare_modes, dataset_label, describe_predictor, localisation_auc,
+    SYNTHETIC_TEST, angular_error_deg, compare_modes, dataset_label, localisation_auc,
     paper_table, read_table, render_csv, render_latex, render_markdown, results_frame, summarize, write_tables,
 )
 from polarmap.models import OBJECTIVES, circular_mean
@@ -40,17 +40,6 @@ def study(tmp_path):
         (tmp_path / name / "record.json").write_text(json.dumps({"synthetic_test_accuracy": accuracy}))
         records.append(tmp_path / name / "record.json")
     return sorted(tmp_path.glob("*.json")), records
-
-
-def test_predictor_names_are_parsed():
-    assert describe_predictor("vgg16-prototype-augmentation_filter-imagenet-seed888") == {
-        "family": "vgg16-prototype-augmentation_filter-imagenet", "label": "VGG (Proto, ImageNet)", "encoder": "vgg16",
-        "objective": "prototype", "configuration": "augmentation_filter", "pretrained": "imagenet", "regime": "paper", "seed": 888}
-    assert describe_predictor("pca_knn-none-seed5")["label"] == "PCA" and describe_predictor("com")["label"] == "CoM"
-    diverse = describe_predictor("conv-classification-augmentation_filter-scratch-diverse-domain_randomisation-seed7")
-    assert diverse["family"] == "conv-classification-augmentation_filter-scratch-diverse-domain_randomisation"
-    assert diverse["regime"] == "diverse+domain_randomisation" and diverse["seed"] == 7
-    assert diverse["label"] == "Conv (Cls, diverse data, domain rand.)"
 
 
 def test_regime_table_puts_each_regime_beside_the_paper_model_and_keeps_tables_1_3_to_the_paper(study, tmp_path):
@@ -238,6 +227,7 @@ def test_a_sets_faithful_test_time_augmentation_does_not_depend_on_the_other_set
     set draws its own stream (from the seed and its name), so declaring another set before it
     changes nothing."""
     from polarmap.evaluation import predict_many
+    from polarmap.predictors import load
     from polarmap.preprocessing import PreprocessSettings, preprocess_dataset
     from test_bad_input import save_model, scan
     from test_io import attrs
@@ -246,8 +236,8 @@ def test_a_sets_faithful_test_time_augmentation_does_not_depend_on_the_other_set
         io.write_dataset(tmp_path / f"{name}.h5", scan(), np.zeros((4, 4), np.int8), attrs(name=name))
         preprocess_dataset(tmp_path / f"{name}.h5", tmp_path / f"p{name}.h5", PreprocessSettings(crop_px=32, rows_per_block=2), False, progress=False)
     save_model(tmp_path / "model.pt", settings={"mode": "faithful", "configuration": "augmentation"})
-    predict_many(tmp_path / "model.pt", [tmp_path / "pA.h5", tmp_path / "pB.h5"], tmp_path / "both.npz", tmp_path / "both.json")
-    predict_many(tmp_path / "model.pt", [tmp_path / "pB.h5"], tmp_path / "alone.npz", tmp_path / "alone.json")
+    predict_many(load(tmp_path / "model.pt"), [tmp_path / "pA.h5", tmp_path / "pB.h5"], tmp_path / "both.npz", tmp_path / "both.json")
+    predict_many(load(tmp_path / "model.pt"), [tmp_path / "pB.h5"], tmp_path / "alone.npz", tmp_path / "alone.json")
     with np.load(tmp_path / "both.npz") as both, np.load(tmp_path / "alone.npz") as alone:
         assert np.array_equal(both["B.angle"], alone["B.angle"])
         assert not np.array_equal(both["A.angle"], both["B.angle"])  # same patterns, other streams

@@ -128,3 +128,15 @@ def test_thickness_figure_from_a_tiny_sweep_shows_the_com_reversal_below_5_nm(tm
     assert {t.get_text() for t in accuracy_axes.get_legend().get_texts()} == {"CoM", "chance"}
     with pytest.raises(ValueError, match="one structure per set"):
         figures.thickness_from_files(results_frame([tmp_path / "com.json"]), preprocessed, structures[:1], tmp_path / "x")
+
+
+def test_one_electron_wavelength_as_abtem_computes_it():
+    """Readers, config and simulation share one wavelength, abTEM's to the last bit, so that a
+    declared experimental set is resampled to exactly the models' sampling (200 kV: 0.02508 A)."""
+    import abtem
+
+    from polarmap.quantities import wavelength_angstrom
+
+    for energy_kev in (60, 80, 200, 300):
+        assert wavelength_angstrom(energy_kev) == abtem.core.energy.energy2wavelength(energy_kev * 1e3)
+    assert wavelength_angstrom(200) == pytest.approx(0.025079, abs=1e-6)

@@ -26,9 +26,12 @@ def test_no_import_circles_and_leaf_modules_know_no_files():
     assert not circles, circles
     # the maths of a pattern, a scan or a lattice, and the atomic writers, import nothing of the
     # package but each other
-    leaves = {"pattern", "virtual", "atomic", "classes", "disc", "orientation", "ood", "cells", "columns", "quantities"}
+    leaves = {"pattern", "virtual", "atomic", "classes", "disc", "orientation", "ood", "cells", "columns", "quantities", "dataset_kind"}
     for leaf in leaves:
         assert graph[leaf] <= leaves, (leaf, graph[leaf])
     assert "io" not in graph["models"] and "preprocessing" not in graph["io"]
-    # readers only read: they know no data set format, no preprocessing, no model
-    assert graph["readers"] == set(), graph["readers"]
+    # evaluation applies predictors (polarmap.predictors), it does not train them
+    assert "training" not in graph["evaluation"] and "training" not in graph["predictors"], (graph["evaluation"], graph["predictors"])
+    # readers only read: they know no data set format, no preprocessing, no model (the leaf of
+    # physical quantities gives them the electron wavelength)
+    assert graph["readers"] <= {"quantities"}, graph["readers"]

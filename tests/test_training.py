@@ -14,7 +14,8 @@ import torch
 from polarmap import io
 from polarmap.classes import CLASS_NAMES, class_direction
 from polarmap.preprocessing import AugmentationSettings, PreprocessSettings, SplitSettings, make_split, preprocess_dataset
-from polarmap.training import TrainSettings, load_model, train, train_pca_knn
+from polarmap.models import load_model
+from polarmap.training import TrainSettings, train, train_pca_knn
 from test_io import attrs
 from test_preprocessing import disc
 
@@ -136,7 +137,8 @@ def test_pca_knn_fits_on_the_training_part_only(training_data, tmp_path):
 
 
 def test_predict_any_model_and_the_faithful_decoding(training_data, tmp_path):
-    from polarmap.evaluation import com_baseline, predict_dataset, predict_patterns
+    from polarmap.evaluation import predict_dataset, predict_patterns
+    from polarmap.predictors import com_baseline
 
     split, preprocessed = training_data
     ld = [p for p in preprocessed if p.name == "p_LD.h5"][0]
@@ -162,7 +164,7 @@ def test_patterns_unlike_the_training_data_are_unknown(training_data, tmp_path):
     """A model's out-of-distribution threshold, calibrated on its held-out training patterns,
     keeps unseen patterns of the training distribution known and calls a dark frame, a flat
     frame, noise, a detector test image and a ring unknown; PCA+kNN too."""
-    from polarmap.evaluation import load_predictor
+    from polarmap import predictors
     from polarmap.training import calibrate_ood, load_training_data
 
     split, preprocessed = training_data
@@ -180,11 +182,11 @@ def test_patterns_unlike_the_training_data_are_unknown(training_data, tmp_path):
     for model, out in ((tmp_path / "cls/model.pt", tmp_path / "cls/ood.npz"), (tmp_path / "pca.npz", tmp_path / "pca_ood.npz")):
         summary = calibrate_ood(model, split, preprocessed, out)
         assert summary["held_out_patterns"] > 0 and summary["threshold"] > 0
-        predict = load_predictor(model, ood_path=out)
+        predict = predictors.load(model, ood_path=out).predict
         classes, _, scores, confidence = predict(synthetic_test, None)
         assert (classes >= 0).mean() >= 0.9, (model, (classes >= 0).mean())
         assert ((confidence >= 0) & (confidence <= 1)).all()  # the class probabilities' or the neighbours' agreement
         classes, _, scores, _ = predict(strange, None)
         assert (classes == -1).all(), (model, scores, summary)
     with pytest.raises(ValueError, match="not an out-of-distribution calibration"):
-        load_predictor(tmp_path / "pca.npz", ood_path=tmp_path / "cls/model.pt")
+        predictors.load(tmp_path / "pca.npz", ood_path=tmp_path / "cls/model.pt")

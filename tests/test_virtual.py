@@ -128,7 +128,7 @@ def test_column_fitting_on_the_virtual_adf_finds_the_class_of_every_cell(simulat
     assert angles == pytest.approx(45, abs=3) and fit.magnitude_angstrom == pytest.approx(0.106, abs=0.01)
 
 
-def test_column_fitting_is_a_predictor_on_stored_virtual_images(tmp_path, simulated_scan):
+def test_column_fitting_is_a_predictor_on_stored_virtual_images(tmp_path, simulated_scan, monkeypatch):
     """`polarmap column-fit` on the virtual images of a simulated set: every cell and pattern
     right; a scan too coarse for its columns is not applicable, not wrong."""
     import json
@@ -162,3 +162,15 @@ def test_column_fitting_is_a_predictor_on_stored_virtual_images(tmp_path, simula
     assert quiver.N == 4 and np.degrees(np.arctan2(quiver.V, quiver.U)) == pytest.approx(45, abs=3)
     assert np.nanmin(fig.axes[1].images[0].get_array()) == 1.0  # every probe position right
     assert (tmp_path / "cells.png").exists()
+    # a unit-cell model named by a path relative to where the command runs (its models folder)
+    import torch
+
+    from polarmap.unitcell import UnitCellNet
+
+    (tmp_path / "models/unit_cell-seed0").mkdir(parents=True)
+    torch.save({"kind": "unit_cell", "state_dict": UnitCellNet().state_dict()}, tmp_path / "models/unit_cell-seed0/model.pt")
+    monkeypatch.chdir(tmp_path / "models")
+    assert main(["predict-cells", "unit_cell-seed0/model.pt", "../ru.npz", "--out", "unit_cell.npz", "--metrics", "unit_cell.json"]) == 0
+    answered, = json.loads((tmp_path / "models/unit_cell.json").read_text())
+    assert answered["cells_answered"] == 4 and answered["model"] == "unit_cell-seed0/model.pt"
+    assert "unit_cell-seed0/model.pt" in json.loads((tmp_path / "models/unit_cell.record.json").read_text())["inputs"]

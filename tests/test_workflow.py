@@ -14,7 +14,8 @@ import pandas as pd
 import tifffile
 
 from polarmap import io
-from polarmap.evaluation import ENCODER_LABELS, OBJECTIVE_LABELS, SYNTHETIC_TEST, read_table
+from polarmap.evaluation import SYNTHETIC_TEST, read_table
+from polarmap.models import ENCODER_LABELS, OBJECTIVE_LABELS
 from polarmap.pattern import center_of_mass
 from test_preprocessing import disc
 

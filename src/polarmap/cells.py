@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from polarmap.classes import majority_class
+from polarmap.dataset_kind import supercell_repeats
+
 
 @dataclass(frozen=True)
 class ScanCells:
@@ -47,14 +50,14 @@ class ScanCells:
 def scan_cells(attrs: dict, scan_shape) -> ScanCells | None:
     """The cells of a simulated set (or an experiment-like set made from one) from its metadata;
     None for detector data, whose lattice is not known before its columns are fitted."""
-    cells = str(attrs.get("supercell", "")).split("x")
-    if len(cells) != 3 or not all(c.isdigit() for c in cells) or "scan_origin_angstrom" not in attrs:
+    repeats = supercell_repeats(attrs)
+    if repeats is None or "scan_origin_angstrom" not in attrs:
         return None
     step = float(attrs["scan_step_angstrom"])
     origin = attrs["scan_origin_angstrom"]
     origin = json.loads(origin) if isinstance(origin, str) else origin
     # the scan spans the supercell laterally (simulation.geometry: step = extent / scan px)
-    return ScanCells(step, (float(origin[0]), float(origin[1])), step * scan_shape[1] / int(cells[0]), (int(cells[1]), int(cells[0])))
+    return ScanCells(step, (float(origin[0]), float(origin[1])), step * scan_shape[1] / repeats[0], (repeats[1], repeats[0]))
 
 
 def cell_majority(predictions: np.ndarray, cell_ids: np.ndarray, n_cells: int, n_classes: int) -> np.ndarray:
@@ -62,7 +65,7 @@ def cell_majority(predictions: np.ndarray, cell_ids: np.ndarray, n_cells: int, n
     a cell without patterns)."""
     predictions, cell_ids = np.ravel(predictions), np.ravel(cell_ids)
     votes = np.bincount(cell_ids * n_classes + predictions, minlength=n_cells * n_classes).reshape(n_cells, n_classes)
-    return np.where(votes.sum(axis=1) > 0, votes.argmax(axis=1), -1)
+    return majority_class(votes)
 
 
 def accuracy_by_position(correct: np.ndarray, fractions: np.ndarray, bins: int) -> np.ndarray:

@@ -32,3 +32,16 @@ def angle_to_class(angle_rad) -> np.ndarray:
     each bin centred on its class angle."""
     shifted = np.mod(np.asarray(angle_rad) + np.pi / 8, 2 * np.pi)
     return (shifted // (np.pi / 4)).astype(np.int64) % len(CLASS_NAMES)
+
+
+def class_votes(predictions) -> np.ndarray:
+    """How many of the predictions fell in each class (unknown, -1, left out)."""
+    predictions = np.ravel(predictions)
+    return np.bincount(predictions[predictions >= 0], minlength=len(CLASS_NAMES))
+
+
+def majority_class(votes) -> np.ndarray:
+    """The study's one majority vote: the class with the most votes along the last axis of
+    `votes` (counts per class), ties to the lowest class index, UNKNOWN_LABEL where none voted."""
+    votes = np.asarray(votes)
+    return np.where(votes.sum(axis=-1) > 0, votes.argmax(axis=-1), UNKNOWN_LABEL)

@@ -15,10 +15,12 @@ import traceback
 from pathlib import Path
 
 from polarmap import config as study_config
+from polarmap import predictors
 from polarmap.atomic import same_file
+from polarmap.dataset_kind import DETECTOR_SUPERCELL
 from polarmap.io import CALIBRATION_ARGUMENTS, WriteFailed
 from polarmap.ood import KNOWN_QUANTILE
-from polarmap.provenance import write_record
+from polarmap.provenance import settings_from_json, write_record
 from polarmap.readers import READERS
 
 
@@ -75,7 +77,7 @@ def cmd_experiment_like(args) -> None:
     from polarmap.experiment import ExperimentSettings, make_experiment_like
 
     job = json.loads(args.settings)
-    detector = study_config.settings_from_json(ExperimentSettings, job["detector"])
+    detector = settings_from_json(ExperimentSettings, job["detector"])
     make_experiment_like(args.source, args.out, detector, job["name"], job["classes"])
 
 
@@ -84,7 +86,7 @@ def cmd_import(args) -> None:
     from polarmap.readers import read_acquisition
 
     if args.settings:  # an experimental set declared in the study config (same keys as below)
-        job = {"label": None, "supercell": "experimental", "source": "detector", **json.loads(args.settings)}
+        job = {"label": None, "supercell": DETECTOR_SUPERCELL, "source": "detector", **json.loads(args.settings)}
     elif args.path:
         job = {
             "name": args.name or Path(args.path).stem, "format": args.format, "path": args.path, "dataset": args.dataset,
@@ -150,8 +152,8 @@ def cmd_train(args) -> None:
     from polarmap.training import TrainSettings, train
 
     job = json.loads(args.settings)
-    job["augmentation"] = study_config.settings_from_json(AugmentationSettings, job["augmentation"])
-    job["domain_randomisation"] = study_config.settings_from_json(DomainRandomisationSettings, job["domain_randomisation"])
+    job["augmentation"] = settings_from_json(AugmentationSettings, job["augmentation"])
+    job["domain_randomisation"] = settings_from_json(DomainRandomisationSettings, job["domain_randomisation"])
     record = train(args.split, args.preprocessed, args.out_dir, TrainSettings(**job), progress=not args.quiet, workers=args.workers)
     print(json.dumps({k: record[k] for k in ("epochs_run", "best_val_loss", "synthetic_test_accuracy", "device")}))
 
@@ -163,7 +165,7 @@ def cmd_train_pca_knn(args) -> None:
     started = time.perf_counter()
     job = json.loads(args.settings)
     result = train_pca_knn(args.split, args.preprocessed, args.out, job["configuration"], job["seed"], job["mode"],
-                           job["components"], job["neighbors"], study_config.settings_from_json(AugmentationSettings, job["augmentation"]))
+                           job["components"], job["neighbors"], settings_from_json(AugmentationSettings, job["augmentation"]))
     write_record(args.record, [args.split, *args.preprocessed], job, started, device="cpu", **result)
 
 
@@ -183,12 +185,10 @@ def cmd_predict_many(args) -> None:
     from polarmap.evaluation import predict_many
 
     started = time.perf_counter()
-    predict_many(args.model, args.datasets, args.out, args.metrics, compile_model=args.compile, ood_path=args.ood)
-    from polarmap.training import resolve_device
-
-    inputs = ([] if args.model == "com" else [args.model]) + [args.ood] * bool(args.ood) + args.datasets
-    device = "cpu" if args.model == "com" or args.model.endswith(".npz") else str(resolve_device("auto"))
-    _record(args.out, inputs, {"model": args.model, "compile": args.compile, "ood": args.ood}, started, device=device)
+    predictor = predictors.load(args.model, args.ood, compile_model=args.compile, per_cell=False)
+    predict_many(predictor, args.datasets, args.out, args.metrics)
+    _record(args.out, [*predictor.files, *args.datasets], {"model": args.model, "compile": args.compile, "ood": args.ood}, started,
+            device=predictor.device)
 
 
 def cmd_calibrate_ood(args) -> None:
@@ -205,8 +205,7 @@ def cmd_predict_cells(args) -> None:
 
     started = time.perf_counter()
     predict_cells_many(args.predictor, args.virtual, args.out, args.metrics)
-    model = [] if args.predictor.startswith("column_fit_") else [args.predictor]
-    _record(args.out, model + args.virtual, {"predictor": args.predictor}, started, device="cpu")
+    _record(args.out, predictors.model_inputs(args.predictor) + args.virtual, {"predictor": args.predictor}, started, device="cpu")
 
 
 def cmd_train_unit_cell(args) -> None:
@@ -217,7 +216,7 @@ def cmd_train_unit_cell(args) -> None:
     from polarmap.unitcell import UnitCellSettings, cell_source, train_unit_cell_model
 
     started = time.perf_counter()
-    settings = study_config.settings_from_json(UnitCellSettings, json.loads(args.settings))
+    settings = settings_from_json(UnitCellSettings, json.loads(args.settings))
     training, validation = [cell_source(p) for p in args.train], [cell_source(p) for p in args.validate]
     for source in training + validation:
         if source["label"] < 0:
@@ -493,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", help="class of every pattern (e.g. RM); default: unknown (-1)")
     p.add_argument("--accepted", nargs="+", help="classes counted as correct (default: the label)")
     p.add_argument("--thickness-nm", type=float, default=0.0, help="0 = unknown")
-    p.add_argument("--supercell", default="experimental")
+    p.add_argument("--supercell", default=DETECTOR_SUPERCELL)
     p.add_argument("--source", default="detector", help="simulator and version (e.g. QSTEM 2.5), or instrument")
     p.set_defaults(func=cmd_import)
 
@@ -538,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_pca_knn)
 
     p = sub.add_parser("fetch-weights", help="Fetch and check torchvision's ImageNet weights for an encoder.")
-    p.add_argument("encoder", choices=["vgg16", "resnet50"])
+    p.add_argument("encoder", help="an encoder with ImageNet weights (polarmap.models.IMAGENET_WEIGHTS)")
     p.add_argument("--torch-home", default="resources/torch", help="TORCH_HOME the training jobs use")
     p.set_defaults(func=cmd_fetch_weights)
 
@@ -568,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate_ood)
 
     p = sub.add_parser("predict-cells", help="A per-unit-cell predictor (column fitting, a unit-cell model) on stored virtual images.")
-    p.add_argument("predictor", help="column_fit_adf, column_fit_idpc, or a unit-cell model.pt")
+    p.add_argument("predictor", help=f"{' or '.join(map(predictors.column_fit_name, predictors.COLUMN_FIT_IMAGES))}, or a unit-cell model.pt")
     p.add_argument("virtual", nargs="+", help="virtual-images .npz files of simulated data sets")
     p.add_argument("--out", required=True, help="output .npz: per data set, every pattern given its cell's class (-1: no answer)")
     p.add_argument("--metrics", required=True, help="output .json: accuracy per pattern and per unit cell, per data set")

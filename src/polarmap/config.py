@@ -9,17 +9,14 @@ import jsonschema
 import numpy as np
 import yaml
 
-from polarmap.preprocessing import CONFIGURATIONS, derived_seed, name_key
+from polarmap.predictors import neural_name
+from polarmap.provenance import settings_from_json
+from polarmap.preprocessing import CONFIGURATIONS, derived_seed, name_key, split_fractions_problem
 from polarmap.quantities import RANGES, check_quantity
 from polarmap.simulation import SimulationSettings
 from polarmap.structures import StructureSettings
 
 SCHEMA_FILE = Path(__file__).with_name("data") / "config.schema.yaml"
-
-
-def settings_from_json(cls, values: dict):
-    """A frozen settings dataclass from the config or a record, where ranges arrive as lists."""
-    return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
 
 
 def _with_defaults(validator_class):
@@ -79,8 +76,8 @@ def _check_consistency(config: dict, source: str) -> None:
         raise ValueError(f"{source}: preprocessing.crop_px {preprocessing['crop_px']} is larger than the simulated "
                          f"{detector_px}x{detector_px} px patterns; use at most {detector_px} (or raise simulation.gpts_per_cell)")
     for key in ("split_fractions", "pca_split_fractions"):
-        if abs(sum(preprocessing[key]) - 1) > 1e-6:
-            raise ValueError(f"{source}: preprocessing.{key} {preprocessing[key]} sums to {sum(preprocessing[key]):g}; the parts must sum to 1")
+        if problem := split_fractions_problem(preprocessing[key]):
+            raise ValueError(f"{source}: preprocessing.{key} {preprocessing[key]} {problem}")
     for name, declared in config["datasets"]["experimental"].items():
         if (declared["scan_rotation_deg"] is None) != (declared["scan_flip"] is None):
             raise ValueError(f"{source}: datasets.experimental.{name}: give scan_rotation_deg and scan_flip together, or neither "
@@ -338,11 +335,10 @@ def preprocess_job_settings(config: dict, name: str) -> dict:
 
 def study_sampling_mrad_per_px(config: dict) -> float:
     """The angular sampling of every simulated pattern of a study (the models' sampling)."""
-    from polarmap.readers import wavelength_angstrom
+    from polarmap.simulation import detector_mrad_per_px
     from polarmap.structures import load_lattice
 
-    simulation = simulation_settings(config)
-    return 1e3 * wavelength_angstrom(simulation.energy_kev) / (simulation.probe_window_cells * load_lattice(structure_settings(config)).a_pc)
+    return detector_mrad_per_px(load_lattice(structure_settings(config)).a_pc, simulation_settings(config))
 
 
 def _crystal_suffixes(config: dict) -> list[str]:
@@ -369,16 +365,8 @@ def split_job_settings(config: dict, configuration: str, seed: int, training_dat
     }
 
 
-def model_name(encoder: str, objective: str, configuration: str, pretrained: str, seed: int,
-               training_data: str = "base", augmentation_kind: str = "paper") -> str:
-    """'<encoder>-<objective>-<configuration>-<pretrained>[-diverse][-domain_randomisation]-seed<seed>':
-    the paper's models keep the paper's four fields."""
-    extra = [training_data] * (training_data != "base") + [augmentation_kind] * (augmentation_kind != "paper")
-    return "-".join([encoder, objective, configuration, pretrained, *extra, f"seed{seed}"])
-
-
 def training_jobs(config: dict) -> dict[str, dict]:
-    """Every model to train (named by `model_name`) -> its TrainSettings fields and training data."""
+    """Every model to train (named by `polarmap.predictors.neural_name`) -> its TrainSettings fields and training data."""
     training = config["training"]
     faithful = config["mode"] == "faithful"
     jobs = {}
@@ -392,7 +380,7 @@ def training_jobs(config: dict) -> dict[str, dict]:
                 if not CONFIGURATIONS[configuration][0]:
                     augmentation_kind = "paper"  # this configuration does not augment: the axis does not apply
                 training_set_names(config, training_data)  # fails early on diverse without variants
-                name = model_name(encoder, objective, configuration, pretrained, seed, training_data, augmentation_kind)
+                name = neural_name(encoder, objective, configuration, pretrained, seed, training_data, augmentation_kind)
                 jobs[name] = {
                     "encoder": encoder, "objective": objective, "configuration": configuration,
                     "pretrained": pretrained, "seed": seed, "mode": config["mode"],

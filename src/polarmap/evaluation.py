@@ -1,4 +1,4 @@
-"""Applying a trained model (or PCA+kNN, or the CoM baseline) to any preprocessed data set.
+"""Applying a predictor (polarmap.predictors) to preprocessed data sets or their virtual images.
 
 `faithful` reproduces the published evaluation defects for external data sets: training
 augmentations applied at test time, and regression decoded with argmax over (cos, sin), which
@@ -6,131 +6,25 @@ can only answer RM or RU (study-notes, defects 1 and 3).
 """
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from polarmap import io
-from polarmap.atomic import read_npz, save_npz_atomically, write_text_atomically
+from polarmap import io, predictors
+from polarmap.atomic import save_npz_atomically, write_text_atomically
 from polarmap.cells import ScanCells, accuracy_by_position, cell_majority, scan_cells
-from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL, angle_to_class, class_index
-from polarmap.columns import MIN_CELL_PX, fit_cells
+from polarmap.classes import CLASS_NAMES, class_index, class_votes, majority_class
+from polarmap.columns import MIN_CELL_PX
+from polarmap.dataset_kind import supercell_repeats
 from polarmap.imaging import read_virtual_images
-from polarmap.config import settings_from_json
-from polarmap.ood import ood_scores
-from polarmap.preprocessing import CONFIGURATIONS, AugmentationSettings, DomainRandomisationSettings, augmenter, derived_seed, name_key
-from polarmap.provenance import file_sha256
-from polarmap.training import LEARNED_MIN_VALIDATION_ACCURACY
-
-
-def com_baseline(beam_shift: np.ndarray) -> np.ndarray:
-    """No learning: the direction of the beam shift (row, col; +row = "up") binned into classes."""
-    return angle_to_class(np.arctan2(beam_shift[..., 0], beam_shift[..., 1]))
-
-
-def load_predictor(model_path, batch_size: int = 512, external: bool = True, compile_model: bool = False, device: str = "auto",
-                   ood_path=""):
-    """A function (patterns (n, px, px), beam_shift (n, 2) or None, data set name) -> (classes (n,),
-    angles (n,) in radians or None, out-of-distribution scores (n,) or None) for a model.pt, a
-    PCA+kNN model.npz, or "com". With `ood_path` (`polarmap calibrate-ood`), a pattern whose score
-    passes the calibrated threshold is unknown (class -1). The model is loaded (and compiled)
-    once, on `device` ("auto": CUDA when present). PCA+kNN gives no angle. `compile_model`:
-    torch.compile first (tens of seconds once; Conv on 2 cores 760 -> 1150 patterns/s, worth it
-    for full 128x128 sets)."""
-    if str(model_path) == "com":
-        if ood_path:
-            raise ValueError("the CoM baseline has no training distribution: no out-of-distribution score")
-
-        def predict_com(patterns, beam_shift, dataset=""):
-            if beam_shift is None:
-                raise ValueError("the CoM baseline needs a preprocessed data set (/beam_shift)")
-            return com_baseline(beam_shift), np.arctan2(beam_shift[..., 0], beam_shift[..., 1]), None, None
-        return predict_com
-    ood = _load_ood(ood_path, model_path) if ood_path else None
-
-    def mark_unknown(classes, features):
-        if ood is None:
-            return classes, None
-        scores = ood_scores(features, ood)
-        return np.where(scores > float(ood["threshold"]), UNKNOWN_LABEL, classes), scores
-
-    model_path = Path(model_path)
-    if model_path.suffix == ".npz":
-        from polarmap.models import PcaKnn
-
-        pca_knn = PcaKnn.load(model_path)
-        features = pca_knn.arrays["scaler_mean"].size
-
-        def predict_pca_knn(patterns, beam_shift, dataset=""):
-            if patterns[0].size != features:
-                side = round(features**0.5)
-                raise ValueError(f"{model_path} takes {side}x{side} px crops, the data set has {patterns.shape[-2]}x{patterns.shape[-1]}; "
-                                 f"preprocess it with --crop-px {side}")
-            flat = patterns.reshape(len(patterns), -1)
-            votes = pca_knn.votes(flat)
-            classes, scores = mark_unknown(votes.argmax(axis=1), pca_knn.embed(flat) if ood is not None else None)
-            return classes, None, scores, votes.max(axis=1) / max(votes.sum(axis=1).max(initial=1), 1)
-        return predict_pca_knn
-    from polarmap.training import load_model, resolve_device
-
-    model, settings = load_model(model_path)
-    input_px = model.input_mean.shape[-1]
-    device = resolve_device(device)
-    faithful = settings["mode"] == "faithful" and external
-    augments = faithful and CONFIGURATIONS[settings["configuration"]][0]
-    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format  # channels-last: ~2x on a CPU
-    model = model.to(device, memory_format=layout)
-    embed = torch.compile(model.features) if compile_model else model.features
-
-    def predict_nn(patterns, beam_shift, dataset=""):
-        if patterns.shape[-2:] != (input_px, input_px):
-            raise ValueError(f"{model_path} takes {input_px}x{input_px} px crops, the data set has {patterns.shape[-2]}x{patterns.shape[-1]}; "
-                             f"preprocess it with --crop-px {input_px}")
-        if augments:  # the published test-time augmentation, a random stream of each set's own
-            augment = augmenter(settings.get("augmentation_kind", "paper"), settings_from_json(AugmentationSettings, settings["augmentation"]),
-                                settings_from_json(DomainRandomisationSettings, settings.get("domain_randomisation", {})),
-                                derived_seed(settings["seed"], name_key(dataset)))
-            patterns = np.stack([augment(p) for p in patterns])
-        predictions, angles, features, confidence = [], [], [], []
-        with torch.inference_mode():
-            for start in range(0, len(patterns), batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(patterns[start:start + batch_size, None], dtype=np.float32))
-                embedding = embed(batch.to(device).contiguous(memory_format=layout))
-                outputs = model.head(embedding).float()
-                if faithful and settings["objective"] == "regression":
-                    predictions.append(model.objective.predict_external_faithfully(outputs).cpu())
-                else:
-                    predictions.append(model.predict(outputs).cpu())
-                angles.append(model.angle(outputs).cpu())
-                confidence.append(model.confidence(outputs).cpu())
-                features.append(embedding.float().cpu())
-        if not predictions:
-            return np.zeros(0, np.int64), np.zeros(0), None if ood is None else np.zeros(0), np.zeros(0)
-        classes, scores = mark_unknown(torch.cat(predictions).numpy(), torch.cat(features).numpy() if ood is not None else None)
-        return classes, torch.cat(angles).numpy().astype(np.float64), scores, torch.cat(confidence).numpy()
-
-    return predict_nn
-
-
-def _load_ood(path, model_path) -> dict:
-    """An ood.npz calibrated for this very model (its file's hash), with a finite threshold."""
-    arrays = read_npz(path, "out-of-distribution calibration", "rerun polarmap calibrate-ood")
-    if not {"class_means", "precision", "threshold"} <= arrays.keys():
-        raise ValueError(f"{path}: not an out-of-distribution calibration (no class_means, precision, threshold); rerun polarmap calibrate-ood")
-    if not np.isfinite(arrays["threshold"]).all() or not np.isfinite(arrays["precision"]).all():
-        raise ValueError(f"{path}: its threshold or covariance is not finite: no pattern could be judged; rerun polarmap calibrate-ood")
-    if "model_sha256" not in arrays:
-        raise ValueError(f"{path}: does not name the model it was calibrated for (made before ood files did); rerun polarmap calibrate-ood")
-    if str(arrays["model_sha256"]) != file_sha256(model_path):
-        raise ValueError(f"{path}: calibrated for another model than {model_path}; use that model's ood.npz, or rerun polarmap calibrate-ood")
-    return arrays
+from polarmap.models import LEARNED_MIN_VALIDATION_ACCURACY, OBJECTIVE_LABELS
 
 
 def predict_patterns(model_path, patterns: np.ndarray, batch_size: int = 512, external: bool = True, compile_model: bool = False,
                      device: str = "auto") -> np.ndarray:
     """Class predictions (n,) for preprocessed patterns (n, px, px) with a model.pt or model.npz."""
-    return load_predictor(model_path, batch_size, external, compile_model, device)(patterns, None)[0]
+    return predictors.load(model_path, "", device, batch_size, external, compile_model).predict(patterns, None)[0]
 
 
 def angular_error_deg(angles: np.ndarray, accepted: list[int]) -> np.ndarray:
@@ -144,8 +38,8 @@ def dataset_label(attrs: dict) -> str:
     """The paper's row label: name-classes-supercell(a x b)-thickness for simulated sets
     (1S-LU-6x6-20nm), name-classes for detector data."""
     label = "-".join([attrs["name"]] + ["/".join(attrs["classes"])] * bool(attrs["classes"]))
-    cells = str(attrs.get("supercell", "")).split("x")
-    if len(cells) == 3 and all(c.isdigit() for c in cells):
+    cells = supercell_repeats(attrs)
+    if cells is not None:
         thickness = float(attrs["thickness_nm"])
         label += f"-{cells[0]}x{cells[1]}-{thickness:.{0 if thickness >= 10 else 1}f}nm"  # 50 cells: 19.9 nm, the paper's "20nm"
     return label
@@ -175,7 +69,8 @@ def grid_metrics(attrs: dict, grid: np.ndarray, angles: np.ndarray | None, model
     where the set's lattice is known."""
     accepted = [class_index(name) for name in attrs["classes"]]
     answered = grid >= 0
-    counts = np.bincount(grid[answered], minlength=len(CLASS_NAMES))
+    counts = class_votes(grid)
+    majority = int(majority_class(counts))
     errors = angular_error_deg(angles.ravel(), accepted) if angles is not None and accepted else np.full(1, np.nan)
     result = {
         "dataset": attrs["name"], "label": dataset_label(attrs), "model": model,
@@ -184,7 +79,7 @@ def grid_metrics(attrs: dict, grid: np.ndarray, angles: np.ndarray | None, model
         "unknown_fraction": float(1 - answered.mean()),
         "accuracy_answered": float(np.isin(grid[answered], accepted).mean()) if accepted and answered.any() else float("nan"),
         "angular_error_deg": float(np.nanmean(errors)) if np.isfinite(errors).any() else float("nan"),
-        "majority_class": CLASS_NAMES[int(counts.argmax())] if counts.sum() else "",  # ties: the lowest class index
+        "majority_class": CLASS_NAMES[majority] if majority >= 0 else "",
         "thickness_nm": float(attrs.get("thickness_nm", "nan")),
         "accepted": list(attrs["classes"]), "counts": dict(zip(CLASS_NAMES, counts.tolist())),
     }
@@ -194,7 +89,7 @@ def grid_metrics(attrs: dict, grid: np.ndarray, angles: np.ndarray | None, model
     return result
 
 
-def predict_grids(predictor, model_path, dataset_path) -> tuple[dict, dict[str, np.ndarray]]:
+def predict_grids(predictor: predictors.LoadedPredictor, dataset_path) -> tuple[dict, dict[str, np.ndarray]]:
     """Metrics and the grids of one preprocessed data set: classes ("", -1 unknown), and where
     the model gives them angles (".angle"), out-of-distribution scores (".ood") and confidence
     (".confidence", 0 to 1)."""
@@ -209,7 +104,7 @@ def predict_grids(predictor, model_path, dataset_path) -> tuple[dict, dict[str, 
         raise ValueError(f"{dataset_path}: {int(bad.sum())} patterns hold NaN or infinite values (first at scan {first}); "
                          "a preprocessed set has none: regenerate it with `polarmap preprocess`")
     try:
-        predictions, angles, scores, confidence = predictor(patterns.reshape(-1, *patterns.shape[2:]), beam_shift, attrs["name"])
+        predictions, angles, scores, confidence = predictor.predict(patterns.reshape(-1, *patterns.shape[2:]), beam_shift, attrs["name"])
     except ValueError as err:
         raise ValueError(f"{dataset_path}: {err}") from None
     grids = {"": predictions.reshape(scan_shape).astype(np.int8)}
@@ -220,51 +115,21 @@ def predict_grids(predictor, model_path, dataset_path) -> tuple[dict, dict[str, 
     if confidence is not None:
         grids[".confidence"] = confidence.reshape(scan_shape).astype(np.float32)
     angle_grid = angles.reshape(scan_shape) if angles is not None else None
-    return grid_metrics(attrs, grids[""], angle_grid, str(model_path)), grids
+    return grid_metrics(attrs, grids[""], angle_grid, predictor.files[0] if predictor.files else predictor.name), grids
 
 
-def predict_many(model_path, dataset_paths, out, metrics_out, compile_model: bool = False, ood_path="") -> list[dict]:
-    """One model on several preprocessed sets: prediction grids in one .npz (keyed by data set
+def predict_many(predictor: predictors.LoadedPredictor, dataset_paths, out, metrics_out) -> list[dict]:
+    """One per-pattern predictor on several preprocessed sets: prediction grids in one .npz (keyed by data set
     name; angles, out-of-distribution scores and confidence, where there are any, as <name>.angle,
     <name>.ood and <name>.confidence), metrics in one JSON."""
-    predictor = load_predictor(model_path, compile_model=compile_model, ood_path=ood_path)
     grids, results = {}, []
     for path in dataset_paths:
-        result, mine = predict_grids(predictor, model_path, path)
+        result, mine = predict_grids(predictor, path)
         grids.update({result["dataset"] + suffix: grid for suffix, grid in mine.items()})
         results.append(result)
     save_npz_atomically(out, grids)
     write_text_atomically(metrics_out, json.dumps(results, indent=2) + "\n")
     return results
-
-
-COLUMN_FIT_IMAGES = ("adf", "idpc")
-
-
-def column_fit_cells(image: np.ndarray, cells: ScanCells) -> tuple[np.ndarray, np.ndarray]:
-    """Column fitting as a per-cell predictor: the class and angle of the Nb displacement of every
-    cell of a simulated set's virtual image (-1 and NaN where its columns could not be fitted)."""
-    fit = fit_cells(image, cells.cell_px, cells.step_angstrom, periodic=True)
-    cell_class = np.full(cells.n_cells, -1, np.int8)
-    cell_angle = np.full(cells.n_cells, np.nan)
-    fitted = cells.index(np.asarray(cells.origin_angstrom) + fit.nb_px * cells.step_angstrom)
-    cell_class[fitted] = fit.classes
-    cell_angle[fitted] = np.arctan2(fit.displacement_angstrom[:, 0], fit.displacement_angstrom[:, 1])
-    return cell_class, cell_angle
-
-
-def cell_predictor(name: str):
-    """A function (virtual images, cells) -> (class, angle) per cell, for column_fit_<image> or a
-    unit-cell model.pt."""
-    if name.startswith("column_fit_"):
-        image = name.removeprefix("column_fit_")
-        if image not in COLUMN_FIT_IMAGES:
-            raise ValueError(f"column fitting works on {' or '.join(COLUMN_FIT_IMAGES)}, not {image!r}")
-        return lambda images, cells: column_fit_cells(images[image], cells)
-    from polarmap.unitcell import cell_corners_px, cell_windows, load_unit_cell_model, predict_windows
-
-    model = load_unit_cell_model(name)
-    return lambda images, cells: predict_windows(model, cell_windows(images["adf"], images["com_mrad"], cells.cell_px, cell_corners_px(cells)))
 
 
 def predict_cells_many(predictor_name: str, virtual_paths, out, metrics_out) -> list[dict]:
@@ -273,8 +138,7 @@ def predict_cells_many(predictor_name: str, virtual_paths, out, metrics_out) -> 
     model's: every pattern gets its cell's answer. A set without known unit cells (detector data)
     or sampled too coarsely to separate the columns is not applicable (accuracy NaN, the reason in
     `cell_predictor`); a cell without an answer counts as wrong."""
-    predict = cell_predictor(predictor_name)
-    label = f"column-fit ({predictor_name.removeprefix('column_fit_')})" if predictor_name.startswith("column_fit_") else str(predictor_name)
+    predictor = predictors.load(predictor_name, per_cell=True)
     grids, results = {}, []
     for path in virtual_paths:
         images = read_virtual_images(path)
@@ -284,17 +148,17 @@ def predict_cells_many(predictor_name: str, virtual_paths, out, metrics_out) -> 
         grid, angles = np.full(scan_shape, -1, np.int8), np.full(scan_shape, np.nan)
         if cells is None or cells.cell_px < MIN_CELL_PX:
             note = "no known unit cells" if cells is None else f"{cells.cell_px:.1f} scan px per unit cell, {MIN_CELL_PX} needed"
-            results.append({**grid_metrics({**attrs, "classes": []}, grid, None, label), "accepted": list(attrs["classes"]),
+            results.append({**grid_metrics({**attrs, "classes": []}, grid, None, str(predictor_name)), "accepted": list(attrs["classes"]),
                             "unknown_fraction": float("nan"), "cells_answered": 0, "cell_predictor": f"not applicable: {note}"})
         else:
             try:
-                cell_class, cell_angle = predict(images, cells)
+                cell_class, cell_angle = predictor.predict(images, cells)
                 note = "answered"
             except ValueError as err:  # e.g. no lattice of columns found: no answer
                 cell_class, cell_angle, note = np.full(cells.n_cells, -1), np.full(cells.n_cells, np.nan), f"no answer: {err}"
             ids = cells.index(cells.positions(scan_shape))
             grid, angles = np.asarray(cell_class, np.int8)[ids], np.asarray(cell_angle, np.float64)[ids]
-            results.append({**grid_metrics(attrs, grid, angles, label), "cells_answered": int((np.asarray(cell_class) >= 0).sum()),
+            results.append({**grid_metrics(attrs, grid, angles, str(predictor_name)), "cells_answered": int((np.asarray(cell_class) >= 0).sum()),
                             "cell_predictor": note})
         grids[attrs["name"]] = grid
         grids[f"{attrs['name']}.angle"] = angles.astype(np.float32)
@@ -306,8 +170,7 @@ def predict_cells_many(predictor_name: str, virtual_paths, out, metrics_out) -> 
 def predict_dataset(model_path, dataset_path, out, compile_model: bool = False, ood_path="") -> dict:
     """Per-pattern predictions on the scan grid (-1: unknown), accuracy against the set's accepted
     classes and the majority class; written to `out` (.npz, arrays only)."""
-    predictor = load_predictor(model_path, compile_model=compile_model, ood_path=ood_path)
-    result, grids = predict_grids(predictor, model_path, dataset_path)
+    result, grids = predict_grids(predictors.load(model_path, ood_path, compile_model=compile_model), dataset_path)
     names = {"": "predictions", ".angle": "angles", ".ood": "ood_scores", ".confidence": "confidence"}
     save_npz_atomically(out, {names[suffix]: grid for suffix, grid in grids.items()} | {"meta": np.array(json.dumps(result))})
     return result
@@ -315,8 +178,6 @@ def predict_dataset(model_path, dataset_path, out, compile_model: bool = False, 
 
 # ---- tables ----------------------------------------------------------------------------------
 
-ENCODER_LABELS = {"conv": "Conv", "vgg16": "VGG", "resnet50": "ResNet"}
-OBJECTIVE_LABELS = {"regression": "Reg", "classification": "Cls", "prototype": "Proto"}
 SYNTHETIC_TEST = "Synthetic test"
 COUNT_COLUMNS = [f"count_{name}" for name in CLASS_NAMES]
 
@@ -325,40 +186,6 @@ CONFIGURATION_TITLES = {
     "augmentation": "augmentation and no filtering",
     "augmentation_filter": "augmentation and filtering",
 }
-
-
-REGIME_LABELS = {"diverse": "diverse data", "domain_randomisation": "domain rand."}
-# predictors without training, a column of every table
-UNTRAINED = ("com", "column_fit")
-
-
-def describe_predictor(name: str) -> dict:
-    """Model family, column label, configuration, training regime and seed of a predictor name:
-    <encoder>-<objective>-<configuration>-<pretrained>[-diverse][-domain_randomisation]-seed<N>
-    (polarmap.config.model_name), pca_knn-<configuration>-seed<N>, unit_cell-seed<N>, com,
-    column_fit_<image>. The regime is "paper"
-    for the paper's training data and augmentation."""
-    if name == "com":
-        return {"family": "com", "label": "CoM", "encoder": "com", "objective": "", "configuration": "", "pretrained": "",
-                "regime": "paper", "seed": -1}
-    if name.startswith("unit_cell-"):
-        return {"family": "unit_cell", "label": "Unit cell (ADF+CoM)", "encoder": "unit_cell", "objective": "", "configuration": "",
-                "pretrained": "", "regime": "paper", "seed": int(name.split("-")[-1].removeprefix("seed"))}
-    if name.startswith("column_fit_"):
-        image = name.removeprefix("column_fit_")
-        return {"family": name, "label": f"Columns ({image.upper() if image == 'adf' else 'iDPC'})", "encoder": "column_fit",
-                "objective": "", "configuration": "", "pretrained": "", "regime": "paper", "seed": -1}
-    parts = name.split("-")
-    seed = int(parts[-1].removeprefix("seed"))
-    if parts[0] == "pca_knn":
-        return {"family": f"pca_knn-{parts[1]}", "label": "PCA", "encoder": "pca_knn", "objective": "", "configuration": parts[1],
-                "pretrained": "", "regime": "paper", "seed": seed}
-    encoder, objective, configuration, pretrained = parts[:4]
-    regime = parts[4:-1]
-    details = [OBJECTIVE_LABELS[objective]] + ["ImageNet"] * (pretrained == "imagenet") + [REGIME_LABELS[r] for r in regime]
-    return {"family": "-".join(parts[:-1]), "label": f"{ENCODER_LABELS[encoder]} ({', '.join(details)})", "encoder": encoder,
-            "objective": objective, "configuration": configuration, "pretrained": pretrained,
-            "regime": "+".join(regime) or "paper", "seed": seed}
 
 
 def results_frame(metrics_files, record_files=()):
@@ -370,8 +197,7 @@ def results_frame(metrics_files, record_files=()):
     records = {Path(path).parent.name: json.loads(Path(path).read_text()) for path in record_files}
     rows = []
     for path in map(Path, metrics_files):
-        info = describe_predictor(path.stem)
-        info["learned"] = bool(records.get(path.stem, {}).get("learned", True))
+        info = {**asdict(predictors.describe(path.stem)), "learned": bool(records.get(path.stem, {}).get("learned", True))}
         for r in json.loads(path.read_text()):
             rows.append({**info, "predictor": path.stem, "dataset": r["dataset"], "dataset_label": r.get("label", r["dataset"]),
                          "thickness_nm": r.get("thickness_nm", float("nan")),
@@ -380,7 +206,7 @@ def results_frame(metrics_files, record_files=()):
                          "angular_error_deg": r.get("angular_error_deg", float("nan")),
                          **{f"count_{k}": r["counts"][k] for k in CLASS_NAMES}})
     for name, record in records.items():
-        info = {**describe_predictor(name), "learned": bool(record.get("learned", True))}
+        info = {**asdict(predictors.describe(name)), "learned": bool(record.get("learned", True))}
         rows.append({**info, "predictor": name, "dataset": SYNTHETIC_TEST, "dataset_label": SYNTHETIC_TEST, "thickness_nm": float("nan"),
                      "accepted": "", "accuracy": record["synthetic_test_accuracy"], "cell_accuracy": float("nan"), "unknown_fraction": 0.0,
                      "angular_error_deg": float("nan"),
@@ -401,7 +227,7 @@ def summarize(results):
         # seeds that did not learn are no result: only the others are pooled (none: no numbers)
         group = all_seeds[all_seeds["learned"].astype(bool)]
         pooled = group[COUNT_COLUMNS].to_numpy().sum(axis=0)
-        majority = CLASS_NAMES[int(np.argmax(pooled))] if pooled.sum() else ""
+        majority = CLASS_NAMES[int(majority_class(pooled))] if pooled.sum() else ""
         first = all_seeds.iloc[0]
         rows.append({
             "family": family, "label": first["label"], "encoder": first["encoder"], "objective": first["objective"],
@@ -423,10 +249,10 @@ def _column_order(summary, configuration: str) -> list[str]:
     then the unit-cell model (which sees whole cells, not preprocessed patterns), then the
     baselines, which need no training: CoM and column fitting. Models trained otherwise
     than in the paper (diverse data, domain randomisation) are in the regime table instead."""
-    per_cell_or_untrained = summary["encoder"].isin(("unit_cell", *UNTRAINED))
-    mine = summary[((summary["configuration"] == configuration) & (summary["regime"] == "paper")) | per_cell_or_untrained]
-    encoders, objectives = list(ENCODER_LABELS) + ["pca_knn", "unit_cell", *UNTRAINED], list(OBJECTIVE_LABELS) + [""]
-    keyed = {(encoders.index(r.encoder), objectives.index(r.objective), r.pretrained, r.family): r.family for r in mine.itertuples()}
+    per_cell_or_untrained = summary["encoder"].map(lambda e: predictors.encoder_kind(e).per_cell or not predictors.encoder_kind(e).trained)
+    mine = summary[((summary["configuration"] == configuration) & (summary["regime"] == "paper")) | per_cell_or_untrained.astype(bool)]
+    objectives = list(OBJECTIVE_LABELS) + [""]
+    keyed = {(predictors.table_rank(r.encoder), objectives.index(r.objective), r.pretrained, r.family): r.family for r in mine.itertuples()}
     return [keyed[key] for key in sorted(keyed)]
 
 
@@ -442,7 +268,8 @@ def regime_families(summary) -> list[str]:
     order = sorted(mine, key=lambda r: (configurations.index(r.configuration), r.encoder, r.objective, r.pretrained, regimes.index(r.regime)))
     columns = [r.family for r in order]
     if columns:
-        columns += sorted(families.loc[families["encoder"].isin(UNTRAINED), "family"], key=lambda f: (f != "com", f))
+        untrained = [r for r in families.itertuples() if not predictors.encoder_kind(r.encoder).trained]
+        columns += [r.family for r in sorted(untrained, key=lambda r: (predictors.table_rank(r.encoder), r.family))]
     return columns
 
 
@@ -616,7 +443,7 @@ def write_tables(metrics_files, record_files, out_dir, mode: str, leakage_csv=""
     if regime_columns := regime_families(summary):
         tables["table_regimes"] = (table_rows(summary, regime_columns, with_configuration=True, dependent=dependent),
                                    caption("models trained as in the paper, on thickness-diverse data and with domain randomisation"))
-    untrained = set(summary.loc[summary["encoder"].isin(UNTRAINED), "family"])
+    untrained = {r.family for r in summary.itertuples() if not predictors.encoder_kind(r.encoder).trained}
     every_family = sorted(dict.fromkeys([f for c in CONFIGURATION_TITLES for f in _column_order(summary, c)] + regime_columns),
                           key=lambda family: family in untrained)  # stable: the baselines last
     tables["table_cells"] = (cell_table_rows(summary, every_family, dependent),
@@ -669,8 +496,7 @@ def disagreement_score(classes: np.ndarray, window: int = 3) -> np.ndarray:
     departs from its domain."""
     from scipy.ndimage import uniform_filter
 
-    known = classes[classes >= 0]
-    majority = np.bincount(known, minlength=len(CLASS_NAMES)).argmax() if known.size else UNKNOWN_LABEL
+    majority = majority_class(class_votes(classes))
     return uniform_filter((classes != majority).astype(np.float64), size=window, mode="nearest")
 
 

@@ -4,6 +4,7 @@ defect maps (Fig. 8), accuracy against a swept knob, and the CoM and accuracy ag
 thickness (issue 9). One colour per class in every figure; the
 scan grid is drawn with +row up, as the classes are defined."""
 
+from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +16,7 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from polarmap.atomic import read_npz, replace_atomically, write_text_atomically  # noqa: E402
-from polarmap.classes import CLASS_NAMES  # noqa: E402
+from polarmap.classes import CLASS_NAMES, majority_class  # noqa: E402
 
 # colour-blind-safe (Okabe-Ito plus two), neighbouring directions in distinct hues
 CLASS_COLOURS = ("#0072B2", "#56B4E9", "#009E73", "#F0E442", "#E69F00", "#D55E00", "#CC79A7", "#7F3C8D")
@@ -81,8 +82,7 @@ def majority_vote(grids: list[np.ndarray]) -> np.ndarray:
     """Per-pattern majority class over seeds; ties go to the lowest class index; -1 (unknown)
     where no seed answered."""
     stacked = np.stack(grids).astype(np.int64)
-    votes = np.stack([(stacked == k).sum(axis=0) for k in range(len(CLASS_NAMES))])
-    return np.where(votes.sum(axis=0) > 0, votes.argmax(axis=0), -1)
+    return majority_class(np.stack([(stacked == k).sum(axis=0) for k in range(len(CLASS_NAMES))], axis=-1))
 
 
 def _map_grid(maps: dict, panel_in: float, title: str, out, panel_title, decorate=None):
@@ -207,10 +207,12 @@ def distributions_from_results(results, configuration: str, out):
     """Fig. 3/4 for one configuration from results.tsv (pandas): class fractions per data set and
     model family, mean and std over the seeds that learned."""
     from polarmap.evaluation import COUNT_COLUMNS, SYNTHETIC_TEST
+    from polarmap.predictors import is_per_cell, is_trained
 
     paper_models = (results["configuration"] == configuration) & (results["regime"] == "paper")
+    baselines = results["predictor"].map(lambda name: not is_trained(name) and not is_per_cell(name)).astype(bool)  # the CoM baseline
     learned = results["learned"].astype(bool)  # a model that did not learn is no result
-    mine = results[(paper_models | (results["family"] == "com")) & (results["dataset"] != SYNTHETIC_TEST) & learned]
+    mine = results[(paper_models | baselines) & (results["dataset"] != SYNTHETIC_TEST) & learned]
     if mine.empty:
         raise ValueError(f"no predictions for configuration {configuration!r}")
     labels = _family_labels(mine)
@@ -226,16 +228,16 @@ def maps_from_predictions(prediction_files, configuration: str, out, unlearned: 
     """Fig. 5/6 for one configuration: per model family and data set, the per-pattern majority
     vote over the seeds that learned of the predictions.npz files; a family none of whose seeds
     learned (named in `unlearned`) gets a grey "did not learn" panel."""
-    from polarmap.evaluation import describe_predictor
+    from polarmap.predictors import describe
 
     grids: dict = {}
     for path in map(Path, prediction_files):
-        info = describe_predictor(path.stem)
-        if info["configuration"] not in (configuration, "") or info["regime"] != "paper":
+        info = describe(path.stem)
+        if info.configuration not in (configuration, "") or info.regime != "paper":
             continue
         for name, grid in read_predictions(path).items():
             if not name.endswith((".angle", ".ood", ".confidence")):
-                seeds = grids.setdefault(info["label"], {}).setdefault(name, [])
+                seeds = grids.setdefault(info.label, {}).setdefault(name, [])
                 if path.stem not in unlearned:
                     seeds.append(grid)
     if not grids:
@@ -253,8 +255,10 @@ def com_field_from_files(preprocessed, structure, out):
     with io.open_dataset(preprocessed) as f:
         attrs = io.read_attrs(f)
         beam_shift = f["beam_shift"][()]
+    from polarmap.dataset_kind import supercell_repeats
+
     atoms = read_structure(structure)
-    repeats = [int(c) for c in str(attrs["supercell"]).split("x")]
+    repeats = supercell_repeats(attrs)
     cell = atoms.cell.lengths()[0] / repeats[0]
     return com_field(beam_shift, float(attrs["scan_step_angstrom"]), cell, atoms,
                      f"Beam shift over one unit cell, {attrs['name']} ({'/'.join(attrs['classes'])})", out)
@@ -361,7 +365,8 @@ def defect_study(prediction_files, dataset, out_table, out_figure):
     the set's /defect_mask (a TSV, one row per predictor); the class maps (majority over seeds)
     with the defect region outlined, one row per model, one column per configuration."""
     from polarmap import io
-    from polarmap.evaluation import describe_predictor, localisation_auc
+    from polarmap.evaluation import localisation_auc
+    from polarmap.predictors import describe
 
     with io.open_dataset(dataset) as f:
         name = io.read_attrs(f)["name"]
@@ -370,7 +375,7 @@ def defect_study(prediction_files, dataset, out_table, out_figure):
         mask = f["defect_mask"][()]
     rows, grids = [], {}
     for path in map(Path, prediction_files):
-        info = describe_predictor(path.stem)
+        info = asdict(describe(path.stem))
         data = read_predictions(path)
         if name not in data:
             raise ValueError(f"{path}: no predictions for {name}; rerun the predict rule")
@@ -528,9 +533,9 @@ def cell_map(image: np.ndarray, lattice, cells, image_name: str, title: str, out
     return save(fig, out)
 
 
-def _family_title(info: dict) -> str:
+def _family_title(info) -> str:
     """A model family's label, with its configuration where it has one (as the tables title it)."""
-    return info["label"] + (f" [{info['configuration']}]" if info["configuration"] else "")
+    return info.label + (f" [{info.configuration}]" if info.configuration else "")
 
 
 def cells_from_files(virtual, prediction_files, metrics_files, dataset: str, out, unlearned: set[str] = frozenset()):
@@ -542,9 +547,8 @@ def cells_from_files(virtual, prediction_files, metrics_files, dataset: str, out
 
     from polarmap.cells import cell_majority, scan_cells
     from polarmap.classes import CLASS_ANGLES_DEG
-    from polarmap.evaluation import describe_predictor
-
     from polarmap.imaging import read_virtual_images
+    from polarmap.predictors import describe, measures_displacement
 
     images = read_virtual_images(virtual)
     adf, meta = images["adf"], images["meta"]
@@ -561,14 +565,14 @@ def cells_from_files(virtual, prediction_files, metrics_files, dataset: str, out
             continue
         for entry in json.loads(path.read_text()):
             if entry["dataset"] == dataset and "position_accuracy" in entry:
-                heats.setdefault(_family_title(describe_predictor(path.stem)), []).append(np.array(entry["position_accuracy"], dtype=float))
+                heats.setdefault(_family_title(describe(path.stem)), []).append(np.array(entry["position_accuracy"], dtype=float))
     votes: dict = {}
     for path in map(Path, prediction_files):
-        label = _family_title(describe_predictor(path.stem))
+        label = _family_title(describe(path.stem))
         data = read_predictions(path)
         if dataset not in data:
             continue
-        if path.stem.startswith("column_fit_"):
+        if measures_displacement(path.stem):
             angle = data[f"{dataset}.angle"].ravel()
             first = np.unique(ids, return_index=True)[1]  # every pattern of a cell carries its cell's angle
             votes[label] = angle[first].astype(np.float64)

@@ -9,6 +9,7 @@ import numpy as np
 
 from polarmap import io
 from polarmap.atomic import read_npz
+from polarmap.dataset_kind import dataset_kind
 from polarmap.pattern import center_of_mass, intensity_problem
 from polarmap.virtual import annular_mask, com_field, differentiated_com, integrated_com, virtual_image
 
@@ -43,7 +44,7 @@ def virtual_images(path, detectors: VirtualDetectors = VirtualDetectors()) -> di
             raise ValueError(f"{path}: no detector calibration (detector_mrad_per_px); import it with --mrad-per-px")
         blocks = range(0, patterns.shape[0], detectors.rows_per_block)
         detector_shape = patterns.shape[2:]
-        if attrs["supercell"] == "experimental" or attrs.get("experiment_like"):
+        if dataset_kind(attrs).through_a_detector:
             mean = sum(patterns[s:s + detectors.rows_per_block].sum(axis=(0, 1), dtype=np.float64) for s in blocks)
             centre = center_of_mass(mean)
         else:

@@ -24,7 +24,6 @@ The imported copy of the raw frames is a working file in a new hidden folder of 
 written only once the map is made.
 """
 
-import json
 import tempfile
 import time
 from dataclasses import asdict
@@ -32,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from polarmap import io
+from polarmap import io, predictors
 from polarmap.atomic import save_npz_atomically, write_text_atomically
-from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL
+from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL, class_votes, majority_class
+from polarmap.dataset_kind import DETECTOR_SUPERCELL
 from polarmap.imaging import virtual_images
 from polarmap.lattice import cell_vectors, find_lattice
 from polarmap.preprocessing import PreprocessSettings, preprocess_dataset
@@ -50,18 +50,13 @@ CELL_COLUMNS = ("cell_row", "cell_col", "x_px", "y_px", "x_angstrom", "y_angstro
                 "uncertainty_pm", "angle_deg", "class", "method", "residual")
 
 
-def model_sampling(model_path) -> dict:
-    """Sampling, crop, energy and semi-angle a model was trained at (model.pt or PCA+kNN model.npz)."""
-    from polarmap.models import PcaKnn
-    from polarmap.training import load_model
-
-    if Path(model_path).suffix == ".npz":
-        sampling = json.loads(str(PcaKnn.load(model_path).arrays["meta"])).get("sampling")
-    else:
-        sampling = load_model(model_path)[1]["sampling"]
-    if not sampling:
+def load_pattern_model(model_path, ood_path=""):
+    """A per-pattern predictor (model.pt or PCA+kNN model.npz), loaded once, that recorded the
+    sampling, crop, energy and semi-angle it was trained at."""
+    predictor = predictors.load(model_path, ood_path, per_cell=False)
+    if not predictor.sampling:
         raise ValueError(f"{model_path}: trained before models recorded their sampling (mrad per pixel, crop); retrain it")
-    return sampling
+    return predictor
 
 
 def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=None, lattice_a_angstrom=None, progress=True,
@@ -70,16 +65,17 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
     per-cell map alone. `job` holds the import keys of `polarmap import` (format, dataset,
     scan_shape, calibrations); `geometry` the orientation and vacuum reference of `polarmap
     preprocess`; `cell_image` the virtual image the lattice is found in."""
-    from polarmap.evaluation import load_predictor, predict_grids
+    from polarmap.evaluation import predict_grids
 
     started = time.perf_counter()
     path, out_dir = Path(path), Path(out_dir)
     if cell_image not in CELL_IMAGES:
         raise ValueError(f"the lattice is found in {' or '.join(CELL_IMAGES)}, not {cell_image!r}")
-    sampling = model_sampling(model_path) if model_path else None
+    predictor = load_pattern_model(model_path, ood_path) if model_path else None  # a bad model or --ood: before any work
+    sampling = predictor.sampling if model_path else None
     geometry = {"rotation_deg": None, "flip": None, "vacuum_reference": "", **(geometry or {})}
     job = {"name": path.stem, "format": "auto", "dataset": "", "scan_shape": None, "label": None, "accepted": [],
-           "thickness_nm": 0.0, "supercell": "experimental", "source": "detector", "path": str(path), **(job or {})}
+           "thickness_nm": 0.0, "supercell": DETECTOR_SUPERCELL, "source": "detector", "path": str(path), **(job or {})}
     acquisition = read_acquisition(path, job["format"], job["dataset"], stack_is_scan=bool(job["scan_shape"]))
     attrs = io.acquisition_attrs(job, acquisition)
     if not np.isfinite(attrs["detector_mrad_per_px"]):
@@ -88,7 +84,6 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
     step = float(attrs["scan_step_angstrom"])
     if not model_path and not np.isfinite(step):
         raise ValueError(f"{path}: no scan step in the file; give it (--scan-step-angstrom): displacements are in picometres")
-    predictor = load_predictor(model_path, ood_path=ood_path) if model_path else None  # a bad model or --ood: before any work
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".polarmap-map-", dir=out_dir) as working:
         imported, preprocessed = Path(working) / "imported.h5", Path(working) / "preprocessed.h5"
@@ -121,7 +116,7 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
             raise ValueError(f"{path}: its bright-field disc spans {semiangle:.1f} mrad at {meta['source_detector_mrad_per_px']:.4g} mrad/px, "
                              f"the model's {float(sampling['semiangle_mrad']):.1f} mrad: a different probe (or a wrong calibration); "
                              "check --mrad-per-px, or train a model at this semi-angle")
-        _, grids = predict_grids(predictor, model_path, preprocessed)
+        _, grids = predict_grids(predictor, preprocessed)
         classes = grids[""]
         field_mrad = beam_shift * float(sampling["detector_mrad_per_px"])  # crop pixels -> mrad, in the scan's axes
         step = float(meta["scan_step_angstrom"])
@@ -148,7 +143,7 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
         summary = {
             "scan_shape": list(classes.shape), "unknown_fraction": float(1 - known.mean()),
             "counts": {name: int((classes == k).sum()) for k, name in enumerate(CLASS_NAMES)},
-            "majority_class": CLASS_NAMES[int(np.bincount(classes[known], minlength=len(CLASS_NAMES)).argmax())] if known.any() else "unknown",
+            "majority_class": _class_name(majority_class(class_votes(classes))),
             "scan_rotation_deg": meta["scan_rotation_deg"], "scan_flip": meta["scan_flip"], "scan_orientation_from": meta["scan_orientation_from"],
             "measured_semiangle_mrad": semiangle, "cell_px": cell_px, "cells": cells,
         }
@@ -177,14 +172,10 @@ def cell_map(image: np.ndarray, image_name: str, step_angstrom: float, title: st
         # each scan position belongs to the cell whose Nb site is nearest in lattice coordinates
         positions = np.indices(per_pattern.shape).reshape(2, -1).T
         owner = np.round(lattice.fractional(positions)).astype(int)
-        majority = []
-        for index in cells.index:
-            answers = per_pattern.ravel()[(owner == index).all(axis=1)]
-            answers = answers[answers >= 0]
-            majority.append(int(np.bincount(answers, minlength=len(CLASS_NAMES)).argmax()) if len(answers) else -1)
-        table["per_pattern_class"] = np.array(majority)
+        table["per_pattern_class"] = np.array([majority_class(class_votes(per_pattern.ravel()[(owner == index).all(axis=1)]))
+                                               for index in cells.index], dtype=np.int64)
     rows = image.shape[0]
-    names = [CLASS_NAMES[k] if k >= 0 else "unknown" for k in shown]
+    names = [_class_name(k) for k in shown]
     header = [*CELL_COLUMNS, *(["per_pattern_class", "agree"] if per_pattern is not None else [])]
     lines = [",".join(header)]
     for n in range(len(cells.classes)):
@@ -195,7 +186,7 @@ def cell_map(image: np.ndarray, image_name: str, step_angstrom: float, title: st
                   f"{cells.uncertainty_pm[n]:.3f}", f"{cells.angle_deg[n]:.2f}", names[n], f"column fit ({image_name})", f"{cells.residual[n]:.4g}"]
         if per_pattern is not None:
             majority = table["per_pattern_class"][n]
-            values += [CLASS_NAMES[majority] if majority >= 0 else "unknown", str(bool(majority >= 0 and majority == shown[n])).lower()]
+            values += [_class_name(majority), str(bool(majority >= 0 and majority == shown[n])).lower()]
         lines.append(",".join(map(str, values)))
     write_text_atomically(out_dir / "cells.csv", "\n".join(lines) + "\n")
     draw(image, lattice, cells, image_name.upper(), f"{title}: polarization per unit cell", out_dir / "cells", per_pattern)
@@ -203,7 +194,7 @@ def cell_map(image: np.ndarray, image_name: str, step_angstrom: float, title: st
     summary = {
         "image": image_name, "cells": int(len(shown)), "unknown": int((~known).sum()), "left_out_at_edge": cells.left_out,
         "counts": {name: int((shown == k).sum()) for k, name in enumerate(CLASS_NAMES)},
-        "majority_class": CLASS_NAMES[int(np.bincount(shown[known], minlength=len(CLASS_NAMES)).argmax())] if known.any() else "unknown",
+        "majority_class": _class_name(majority_class(class_votes(shown))),
         "median_displacement_pm": float(np.median(np.hypot(*cells.crystal_pm.T))), "median_uncertainty_pm": float(np.median(cells.uncertainty_pm)),
         "lattice": {"origin_px": lattice.origin_px.tolist(), "vectors_px": lattice.vectors_px.tolist(), "cell_px": lattice.cell_px,
                     "cell_angstrom": lattice.cell_px * step_angstrom, **lattice.distortion(),
@@ -222,6 +213,10 @@ def _write_tsv(path: Path, arrays: dict) -> None:
     for (row, col), k in np.ndenumerate(classes):
         values = [f"{float(arrays[key][row, col]):.4g}" for key in columns]
         com = arrays["com_mrad"][row, col]
-        lines.append("\t".join([str(row), str(col), CLASS_NAMES[k] if k >= 0 else "unknown", *values,
+        lines.append("\t".join([str(row), str(col), _class_name(k), *values,
                                 f"{com[0]:.4g}", f"{com[1]:.4g}", f"{float(arrays['adf'][row, col]):.6g}"]))
     write_text_atomically(path, "\n".join(lines) + "\n")
+
+
+def _class_name(index) -> str:
+    return CLASS_NAMES[int(index)] if index >= 0 else "unknown"

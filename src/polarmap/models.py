@@ -7,6 +7,7 @@ is made single-channel by averaging its RGB filters (`faithful`: a new random 1-
 Feature sizes come from a dummy forward pass at the actual input size.
 """
 
+import json
 import math
 from pathlib import Path
 
@@ -21,6 +22,11 @@ from polarmap.classes import CLASS_NAMES, angle_to_class
 N_CLASSES = len(CLASS_NAMES)
 ENCODERS = {}
 OBJECTIVES = {}
+# the tables' column labels of each registered encoder and objective
+ENCODER_LABELS = {"conv": "Conv", "vgg16": "VGG", "resnet50": "ResNet"}
+OBJECTIVE_LABELS = {"regression": "Reg", "classification": "Cls", "prototype": "Proto"}
+# a model whose best validation accuracy stays below this (chance is 1/8) did not learn
+LEARNED_MIN_VALIDATION_ACCURACY = 0.25
 
 
 def register(table: dict, name: str):
@@ -95,6 +101,19 @@ def resnet50_encoder(input_px: int, pretrained: str, mode: str) -> nn.Module:
 IMAGENET_WEIGHTS = {"vgg16": "VGG16_Weights", "resnet50": "ResNet50_Weights"}
 
 
+def _imagenet_url(encoder: str) -> str:
+    import torchvision.models
+
+    if encoder not in IMAGENET_WEIGHTS:
+        raise ValueError(f"no ImageNet weights for encoder {encoder!r}; available: {', '.join(IMAGENET_WEIGHTS)}")
+    return getattr(torchvision.models, IMAGENET_WEIGHTS[encoder]).IMAGENET1K_V1.url
+
+
+def imagenet_weights_file(encoder: str) -> str:
+    """The file name torchvision gives an encoder's ImageNet weights (its SHA-256 prefix in it)."""
+    return _imagenet_url(encoder).rsplit("/", 1)[1]
+
+
 def fetch_imagenet_weights(encoder: str, torch_home, timeout_s: float = 20.0) -> Path:
     """Put torchvision's ImageNet weights for an encoder in TORCH_HOME/hub/checkpoints, checked
     against the SHA-256 prefix that torchvision publishes in the file name. Without network it
@@ -102,11 +121,7 @@ def fetch_imagenet_weights(encoder: str, torch_home, timeout_s: float = 20.0) ->
     import hashlib
     import urllib.request
 
-    import torchvision.models
-
-    if encoder not in IMAGENET_WEIGHTS:
-        raise ValueError(f"no ImageNet weights for encoder {encoder!r}; available: {', '.join(IMAGENET_WEIGHTS)}")
-    url = getattr(torchvision.models, IMAGENET_WEIGHTS[encoder]).IMAGENET1K_V1.url
+    url = _imagenet_url(encoder)
     target = Path(torch_home) / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
     expected = target.stem.rsplit("-", 1)[1]
     if not target.exists():
@@ -378,3 +393,34 @@ def refuse_non_finite(model: torch.nn.Module, path) -> None:
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ValueError(f"{path}: weight {name} holds NaN or infinite values (training diverged or the file is damaged); retrain it")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(path) -> tuple[PolarizationModel, dict]:
+    """A trained model from model.pt and its training settings; the file holds tensors and
+    plain values only."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such model; train it first") from None
+    except Exception as err:  # torch raises many types for damaged files
+        raise ValueError(f"{path}: not a readable polarmap model ({str(err).splitlines()[0]}); retrain it") from None
+    expected = {"settings", "input_px", "state_dict"}
+    if not isinstance(saved, dict) or not expected <= saved.keys():
+        held = f"keys {sorted(saved)}" if isinstance(saved, dict) else f"a {type(saved).__name__}"
+        raise ValueError(f"{path}: not a polarmap model (it holds {held}); use a model.pt written by `polarmap train`")
+    try:
+        settings = json.loads(saved["settings"])
+        settings["sampling"] = json.loads(saved.get("sampling", "null"))  # None: trained before models recorded it
+        model = PolarizationModel(settings["encoder"], settings["objective"], int(saved["input_px"]), "scratch", settings["mode"])
+        model.load_state_dict(saved["state_dict"])
+    except (TypeError, KeyError, ValueError, RuntimeError) as err:  # missing or foreign weights, unknown settings
+        reason = f"no {err}" if isinstance(err, KeyError) else " ".join(str(err).split())[:200]
+        raise ValueError(f"{path}: not a polarmap model ({reason}); use a model.pt written by `polarmap train`") from None
+    refuse_non_finite(model, path)
+    return model.eval(), settings

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from polarmap import disc, io
 from polarmap.atomic import read_npz, refuse_overwriting, save_npz_atomically, write_text_atomically
 from polarmap.classes import CLASS_NAMES
+from polarmap.dataset_kind import DatasetKind, dataset_kind, supercell_repeats
 from polarmap.orientation import detector_from_scan, find_scan_orientation, to_scan_frame
 from polarmap.pattern import center_of_mass, intensity_problem, min_max, threshold_centroid
 from polarmap.quantities import check_quantity
@@ -101,8 +102,17 @@ class SplitSettings:
     guard_px: int = 1
 
     def __post_init__(self):
-        if abs(sum(self.fractions) - 1) > 1e-6 or min(self.fractions) <= 0:
-            raise ValueError(f"split fractions must be positive and sum to 1, got {list(self.fractions)} (sum {sum(self.fractions):g})")
+        if problem := split_fractions_problem(self.fractions):
+            raise ValueError(f"split fractions {list(self.fractions)}: {problem}")
+
+
+def split_fractions_problem(fractions) -> str | None:
+    """Why `fractions` cannot split a set into parts, or None where they can."""
+    if abs(sum(fractions) - 1) > 1e-6:
+        return f"sums to {sum(fractions):g}; the parts must sum to 1"
+    if min(fractions) <= 0:
+        return "every part must be positive"
+    return None
 
 
 def crop_origin(detector_shape, crop_px: int, global_com, simulated: bool) -> tuple[int, int]:
@@ -159,7 +169,7 @@ def preprocess_dataset(source, out, settings: PreprocessSettings, is_training: b
         attrs = io.read_attrs(f)
         io.refuse_preprocessed(attrs, source, "preprocessing")
         patterns, labels = f["patterns"], f["labels"][()]
-        detector_data = attrs["supercell"] == "experimental" or bool(attrs.get("experiment_like", False))
+        detector_data = dataset_kind(attrs).through_a_detector
         if settings.mode == "faithful":
             com, beam_shift, low, high, geometry, crops = _published_crops(patterns, settings, source, detector_data)
             grids = {}
@@ -235,7 +245,7 @@ def _centred_crops(f, attrs: dict, settings: PreprocessSettings, source: Path, d
         raise ValueError(f"{source}: no detector calibration (mrad per pixel) to resample it to {settings.mrad_per_px:g} mrad/px; "
                          "import it with --mrad-per-px (or detector_mrad_per_px in the config)")
     scale = sampling / native if settings.mrad_per_px else 1.0
-    orientation = _orientation(settings, com - origins, adf, attrs["supercell"] == "experimental", source)
+    orientation = _orientation(settings, com - origins, adf, dataset_kind(attrs) is DatasetKind.DETECTOR, source)
     matrix = detector_from_scan(orientation["scan_rotation_deg"], orientation["scan_flip"])
     reach = disc.crop_reach(scale, matrix, settings.crop_px)
     low_edge, high_edge = origins.reshape(-1, 2).min(axis=0) - reach, origins.reshape(-1, 2).max(axis=0) + reach
@@ -494,7 +504,7 @@ def blocked_parts(scan_shape, block_px: int, guard_px: int, symmetries_px, fract
 
 def block_px_of(attrs: dict, scan_shape, block_cells: float) -> int:
     """Scan positions along one side of a block of `block_cells` pseudocubic cells."""
-    lateral_cells = int(str(attrs["supercell"]).split("x")[0])
+    lateral_cells = supercell_repeats(attrs)[0]
     return max(1, int(round(block_cells * scan_shape[1] / lateral_cells)))
 
 
@@ -553,10 +563,7 @@ def make_split(preprocessed, out, configuration: str, seed: int, settings: Split
 
 
 def _fractions(settings: SplitSettings) -> np.ndarray:
-    fractions = np.asarray(settings.fractions, dtype=np.float64)
-    if not np.isclose(fractions.sum(), 1.0) or (fractions <= 0).any():
-        raise ValueError(f"split fractions must be positive and sum to 1, got {list(settings.fractions)}")
-    return fractions
+    return np.asarray(settings.fractions, dtype=np.float64)  # checked when the settings were made
 
 
 def _blocked_grid(attrs: dict, scan_shape, settings: SplitSettings, rng, path) -> np.ndarray:

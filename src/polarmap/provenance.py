@@ -12,6 +12,12 @@ from pathlib import Path
 
 import polarmap
 
+
+def settings_from_json(cls, values: dict):
+    """A frozen settings dataclass from the config or a record, where ranges arrive as lists."""
+    return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
+
+
 RESULT_PACKAGES = ("polarmap", "abtem", "ase", "numpy", "h5py", "tifffile")
 # what the learning and evaluation results also depend on
 RECORD_PACKAGES = RESULT_PACKAGES + ("torch", "torchvision", "scikit-learn", "albumentations", "opencv-python-headless", "scipy", "pandas", "matplotlib")

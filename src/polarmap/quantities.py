@@ -5,6 +5,8 @@ module."""
 
 import math
 
+from ase import units
+
 # key: (lowest, highest, unit, what it is)
 RANGES = {
     "energy_kev": (1.0, 3000.0, "keV", "beam energy"),
@@ -36,3 +38,10 @@ def stored_quantity_problem(key: str, value) -> str | None:
     if isinstance(value, float) and math.isnan(value):
         return None
     return quantity_problem(key, value)
+
+
+def wavelength_angstrom(energy_kev: float) -> float:
+    """The relativistic electron wavelength, computed as abTEM computes it (from ase's units), so
+    that a detector's calibration and the simulations' sampling agree to the last bit."""
+    energy = energy_kev * 1e3
+    return float(units._hplanck * units._c / math.sqrt(energy * (2 * units._me * units._c**2 / units._e + energy)) / units._e * 1.0e10)

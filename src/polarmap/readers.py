@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from polarmap.quantities import wavelength_angstrom
+
 # the file suffixes of each reader; any other folder is a TIFF folder
 FORMATS = {
     "mib": (".mib",),
@@ -99,15 +101,6 @@ def _rsciio(module: str, path: Path, **options) -> list[dict]:
                          "(copied completely) and of that format") from None
     finally:
         rsciio_log.setLevel(level)
-
-
-WAVELENGTH_COEFFICIENT = 12.2643  # Angstrom sqrt(V): relativistic electron wavelength
-RELATIVISTIC = 0.978476e-6  # 1/V
-
-
-def wavelength_angstrom(energy_kev: float) -> float:
-    volts = energy_kev * 1e3
-    return WAVELENGTH_COEFFICIENT / np.sqrt(volts * (1 + RELATIVISTIC * volts))
 
 
 _LENGTH_ANGSTROM = {"a": 1.0, "å": 1.0, "angstrom": 1.0, "nm": 10.0, "pm": 0.01, "µm": 1e4, "um": 1e4}

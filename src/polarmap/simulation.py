@@ -23,6 +23,7 @@ from tqdm import tqdm
 from polarmap import io
 from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL, class_index
 from polarmap.provenance import config_hash, provenance_attrs
+from polarmap.quantities import wavelength_angstrom
 from polarmap.structures import lateral_symmetries
 
 
@@ -100,12 +101,6 @@ def estimated_memory_mb(settings: SimulationSettings, lateral_cells: int) -> int
     block = settings.rows_per_block * settings.scan_px * settings.detector_px**2
     configs = max(1, settings.frozen_phonon_configs)  # one S-matrix (or wave batch) per configuration
     return int(600 + 2 * configs * waves * gpts**2 * 8 / 1e6 + 2 * block * 8 / 1e6)
-
-
-def wavelength_angstrom(energy_kev: float) -> float:
-    import abtem
-
-    return float(abtem.core.energy.energy2wavelength(energy_kev * 1e3))
 
 
 def detector_mrad_per_px(a_pc: float, settings: SimulationSettings) -> float:

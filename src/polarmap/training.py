@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from polarmap import io
+from polarmap import io, predictors
 from polarmap.atomic import replace_atomically, save_npz_atomically
-from polarmap.models import N_CLASSES, PcaKnn, PolarizationModel, class_prototypes, refuse_non_finite
+from polarmap.models import LEARNED_MIN_VALIDATION_ACCURACY, N_CLASSES, PcaKnn, PolarizationModel, class_prototypes, resolve_device
 from polarmap.ood import KNOWN_QUANTILE, fit_ood
 from polarmap.preprocessing import (
     CONFIGURATIONS, AugmentationSettings, DomainRandomisationSettings, augmentation_pipeline, augmenter, derived_seed, read_split,
@@ -30,7 +30,6 @@ from polarmap.provenance import config_hash, file_sha256, write_record
 TRAIN, VALIDATION, TEST = 0, 1, 2
 # A model whose validation accuracy stays below twice chance (8 classes) did not learn: it is
 # marked so in every table and map, never reported as a result.
-LEARNED_MIN_VALIDATION_ACCURACY = 0.25
 
 
 @dataclass(frozen=True)
@@ -96,12 +95,6 @@ def load_training_data(split_path, preprocessed) -> dict:
     if missing:
         raise ValueError(f"{split_path}: needs the preprocessed set {missing[0]!r}, not given")
     return {"images": images, "labels": split["label"].astype(np.int64), "part": split["part"], "sampling": sampling}
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _batches(n: int, batch_size: int, order=None):
@@ -300,53 +293,17 @@ def _write_metrics(path: Path, history: list[dict]) -> None:
         writer.writerows(history)
 
 
-def load_model(path) -> tuple[PolarizationModel, dict]:
-    """A trained model from model.pt and its training settings; the file holds tensors and
-    plain values only."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such model; train it first") from None
-    except Exception as err:  # torch raises many types for damaged files
-        raise ValueError(f"{path}: not a readable polarmap model ({str(err).splitlines()[0]}); retrain it") from None
-    expected = {"settings", "input_px", "state_dict"}
-    if not isinstance(saved, dict) or not expected <= saved.keys():
-        held = f"keys {sorted(saved)}" if isinstance(saved, dict) else f"a {type(saved).__name__}"
-        raise ValueError(f"{path}: not a polarmap model (it holds {held}); use a model.pt written by `polarmap train`")
-    try:
-        settings = json.loads(saved["settings"])
-        settings["sampling"] = json.loads(saved.get("sampling", "null"))  # None: trained before models recorded it
-        model = PolarizationModel(settings["encoder"], settings["objective"], int(saved["input_px"]), "scratch", settings["mode"])
-        model.load_state_dict(saved["state_dict"])
-    except (TypeError, KeyError, ValueError, RuntimeError) as err:  # missing or foreign weights, unknown settings
-        reason = f"no {err}" if isinstance(err, KeyError) else " ".join(str(err).split())[:200]
-        raise ValueError(f"{path}: not a polarmap model ({reason}); use a model.pt written by `polarmap train`") from None
-    refuse_non_finite(model, path)
-    return model.eval(), settings
-
-
-def _neural_features(model: PolarizationModel, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    model.eval()
-    with torch.inference_mode():
-        return np.concatenate([model.features(torch.from_numpy(images[b])).numpy() for b in _batches(len(images), batch_size)]
-                              or [np.zeros((0, 512), np.float32)])
-
-
 def calibrate_ood(model_path, split_path, preprocessed, out, quantile: float = KNOWN_QUANTILE) -> dict:
     """The out-of-distribution score of a model.pt or PCA+kNN model.npz (`polarmap.ood`), fitted on
     the training part of its split and its threshold set on the held-out part (the validation
     part; PCA+kNN's held-out tenth), written to `out` (.npz, arrays only)."""
+    kind = predictors.kind_of(model_path, per_cell=False)
+    if not kind.split_part:
+        raise ValueError(f"{model_path}: {kind.title} has no training distribution: no out-of-distribution score")
     data = load_training_data(split_path, preprocessed)
-    if Path(model_path).suffix == ".npz":
-        pca_part = read_split(split_path)["pca_part"]
-        features = PcaKnn.load(model_path).embed(data["images"].reshape(len(data["labels"]), -1))
-        train_rows, held_out = np.flatnonzero(pca_part == 0), np.flatnonzero(pca_part == 1)
-        train_features, held_out_features = features[train_rows], features[held_out]
-    else:
-        model, _ = load_model(model_path)
-        train_rows, held_out = np.flatnonzero(data["part"] == TRAIN), np.flatnonzero(data["part"] == VALIDATION)
-        train_features = _neural_features(model, data["images"][train_rows])
-        held_out_features = _neural_features(model, data["images"][held_out])
+    parts = read_split(split_path)[kind.split_part]
+    train_rows, held_out = np.flatnonzero(parts == TRAIN), np.flatnonzero(parts == VALIDATION)
+    train_features, held_out_features = kind.ood_features(model_path, data["images"], (train_rows, held_out))
     arrays = fit_ood(train_features, data["labels"][train_rows], held_out_features, quantile)
     if not np.isfinite(arrays["threshold"]):
         raise ValueError(f"{model_path}: its features on the held-out patterns are not finite: no threshold; retrain the model")

@@ -13,7 +13,6 @@ from polarmap.config import (
     pca_knn_job_settings,
     preprocess_job_settings,
     simulated_datasets,
-    settings_from_json,
     simulation_settings,
     split_job_settings,
     sweep_points,
@@ -21,9 +20,17 @@ from polarmap.config import (
     training_set_names,
 )
 from polarmap.experiment import ExperimentSettings
+from polarmap.provenance import settings_from_json
+from polarmap.predictors import COM, column_fit_name, describe, is_trained, model_file as predictor_file, pca_knn_name, unit_cell_name
 from polarmap.experiment import estimated_memory_mb as experiment_memory_mb
 from polarmap.simulation import estimated_memory_mb
 
+# the file names of the predictors' rules, as the registry names them
+PCA_KNN_PATTERN, UNIT_CELL_PATTERN, COLUMN_FIT_PATTERN = (
+    pca_knn_name("{configuration}", "{seed}"),
+    unit_cell_name("{seed}"),
+    column_fit_name("{image}"),
+)
 PSEUDOCUBIC_ANGSTROM = 4.0  # KNN's pseudocubic cell, to size a scan step for memory requests
 
 STUDY = config["study"]
@@ -54,11 +61,11 @@ AUDITED = EVALUATED + [name for name in DATASETS if ROLES[name] == "clean_source
 DEFECT = config["datasets"]["defect"]["enabled"]
 DFT = config["datasets"]["defect"]["dft"]
 PCA_KNN = (
-    [f"pca_knn-{c}-seed{s}" for c in config["preprocessing"]["configurations"] for s in config["seeds"]]
+    [pca_knn_name(c, s) for c in config["preprocessing"]["configurations"] for s in config["seeds"]]
     if config["training"]["pca_knn"]["enabled"]
     else []
 )
-PREDICTORS = list(TRAINING_JOBS) + PCA_KNN + ["com"]
+PREDICTORS = list(TRAINING_JOBS) + PCA_KNN + [COM]
 # models whose out-of-distribution threshold is calibrated (corrected mode: the published code has none)
 OOD_MODELS = list(TRAINING_JOBS) + PCA_KNN if config["evaluation"]["ood"]["enabled"] and config["mode"] == "corrected" else []
 # the models that map the declared experimental sets (`polarmap map`)
@@ -66,7 +73,7 @@ MAP_MODELS = (config["evaluation"]["map_models"] or list(TRAINING_JOBS)[:1]) if 
 # evaluated sets whose unit cells are known (simulated, or experiment-like from a simulation):
 # their virtual images, column fitting, per-cell scores and figures
 LATTICE_SETS = [name for name in EVALUATED if ROLES[name] != "experimental"]
-COLUMN_FITS = [f"column_fit_{image}" for image in config["evaluation"]["column_fit_images"]] if LATTICE_SETS else []
+COLUMN_FITS = [column_fit_name(image) for image in config["evaluation"]["column_fit_images"]] if LATTICE_SETS else []
 # the unit-cell model: validated on the last crystal of every class (one crystal: on the variants)
 CRYSTALS = config["datasets"]["training"]["crystals"]
 UNIT_CELL_VALIDATION = (
@@ -75,9 +82,7 @@ UNIT_CELL_VALIDATION = (
     else [name for name, role in ROLES.items() if role == "training_variant"]
 )
 UNIT_CELL_TRAINING = [name for name in FILTERED if name not in UNIT_CELL_VALIDATION]
-UNIT_CELL_MODELS = (
-    [f"unit_cell-seed{seed}" for seed in config["seeds"]] if config["training"]["unit_cell"]["enabled"] and LATTICE_SETS else []
-)
+UNIT_CELL_MODELS = [unit_cell_name(seed) for seed in config["seeds"]] if config["training"]["unit_cell"]["enabled"] and LATTICE_SETS else []
 CELL_PREDICTORS = UNIT_CELL_MODELS + COLUMN_FITS
 # virtual images: every evaluated set with a calibrated detector, and the unit-cell model's sets
 VIRTUAL_SETS = list(
@@ -90,7 +95,9 @@ VIRTUAL_SETS = list(
 # Tables 1-3: one per preprocessing configuration with any trained predictor, in the paper's order
 TABLE_NUMBERS = {"none": 1, "augmentation": 2, "augmentation_filter": 3}
 TABLE_CONFIGURATIONS = [
-    c for c in TABLE_NUMBERS if any(job["configuration"] == c for job in TRAINING_JOBS.values()) or any(f"-{c}-" in p for p in PCA_KNN)
+    c
+    for c in TABLE_NUMBERS
+    if any(job["configuration"] == c for job in TRAINING_JOBS.values()) or any(describe(p).configuration == c for p in PCA_KNN)
 ]
 REGIME_TABLE = len(PAPER_MODELS) < len(TRAINING_JOBS)
 SWEEPS = sweep_points(config)
@@ -110,9 +117,9 @@ def predictors_of(configuration):
     return [
         p
         for p in PREDICTORS
-        if p == "com"
+        if not is_trained(p)
         or (p in PAPER_MODELS and TRAINING_JOBS[p]["configuration"] == configuration)
-        or p.startswith(f"pca_knn-{configuration}-")
+        or (p in PCA_KNN and describe(p).configuration == configuration)
     ] + CELL_PREDICTORS
 
 
@@ -123,7 +130,7 @@ def split_file(job):
 # every split a predictor trains on (PCA+kNN: the base split of its configuration and seed)
 AUDITED_SPLITS = sorted(
     {split_file(job) for job in TRAINING_JOBS.values()}
-    | {split_file({"training_data": "base", "configuration": p.split("-")[1], "seed": p.split("seed")[-1]}) for p in PCA_KNN}
+    | {split_file({"training_data": "base", "configuration": describe(p).configuration, "seed": describe(p).seed}) for p in PCA_KNN}
 )
 
 
@@ -160,21 +167,20 @@ def preprocess_settings(wildcards):
     return json.dumps(preprocess_job_settings(config, wildcards.dataset), sort_keys=True)
 
 
-IMAGENET_FILES = {"vgg16": "vgg16-397923af.pth", "resnet50": "resnet50-0676ba61.pth"}
-
-
 def imagenet_weights_input(wildcards):
     job = TRAINING_JOBS[wildcards.model]
     if job["pretrained"] != "imagenet":
         return []
-    return f"resources/torch/hub/checkpoints/{IMAGENET_FILES[job['encoder']]}"
+    from polarmap.models import imagenet_weights_file  # torch: only where a model starts from ImageNet
+
+    return f"resources/torch/hub/checkpoints/{imagenet_weights_file(job['encoder'])}"
 
 
 def training_inputs(predictor):
     """The split and preprocessed training sets a trained model or PCA+kNN learned from."""
-    if predictor.startswith("pca_knn-"):
-        _, configuration, seed = predictor.split("-")
-        job = {"training_data": "base", "configuration": configuration, "seed": seed.removeprefix("seed")}
+    if predictor in PCA_KNN:
+        info = describe(predictor)
+        job = {"training_data": "base", "configuration": info.configuration, "seed": info.seed}
     else:
         job = TRAINING_JOBS[predictor]
     return {
@@ -188,10 +194,8 @@ def ood_file(wildcards):
 
 
 def model_file(wildcards):
-    if wildcards.predictor == "com":
-        return []
-    suffix = "model.npz" if wildcards.predictor.startswith("pca_knn-") else "model.pt"
-    return f"{RESULTS}/models/{wildcards.predictor}/{suffix}"
+    stored = predictor_file(wildcards.predictor)
+    return [f"{RESULTS}/models/{wildcards.predictor}/{stored}"] if stored else []
 
 
 # Slurm: a job that needs a GPU asks for one and goes to the GPU partition, every other to the CPU one
@@ -229,7 +233,7 @@ def all_outputs():
         + expand(f"{RESULTS}/models/{{model}}/model.pt", model=TRAINING_JOBS)
         + (
             expand(
-                f"{RESULTS}/models/pca_knn-{{configuration}}-seed{{seed}}/model.npz",
+                f"{RESULTS}/models/{PCA_KNN_PATTERN}/model.npz",
                 configuration=config["preprocessing"]["configurations"],
                 seed=config["seeds"],
             )

@@ -79,7 +79,7 @@ rule predict:
     resources:
         slurm_partition=partition(0),
     params:
-        model=lambda wildcards, input: input.model or "com",
+        model=lambda wildcards, input: input.model or COM,
         ood=lambda wildcards, input: input.ood or "",
     shell:
         "OMP_NUM_THREADS={threads} polarmap predict-many {params.model:q} {input.datasets:q} --ood={params.ood:q} "

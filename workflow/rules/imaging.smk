@@ -33,8 +33,8 @@ rule train_unit_cell:
         training=expand(f"{RESULTS}/virtual/{{dataset}}.npz", dataset=UNIT_CELL_TRAINING),
         validation=expand(f"{RESULTS}/virtual/{{dataset}}.npz", dataset=UNIT_CELL_VALIDATION),
     output:
-        model=f"{RESULTS}/models/unit_cell-seed{{seed}}/model.pt",
-        record=f"{RESULTS}/models/unit_cell-seed{{seed}}/record.json",
+        model=f"{RESULTS}/models/{UNIT_CELL_PATTERN}/model.pt",
+        record=f"{RESULTS}/models/{UNIT_CELL_PATTERN}/record.json",
     log:
         f"{RESULTS}/logs/train_unit_cell/seed{{seed}}.log",
     benchmark:
@@ -78,9 +78,9 @@ rule column_fit:
     input:
         expand(f"{RESULTS}/virtual/{{dataset}}.npz", dataset=LATTICE_SETS),
     output:
-        grids=f"{RESULTS}/predictions/column_fit_{{image}}.npz",
-        metrics=f"{RESULTS}/predictions/column_fit_{{image}}.json",
-        record=f"{RESULTS}/predictions/column_fit_{{image}}.record.json",
+        grids=f"{RESULTS}/predictions/{COLUMN_FIT_PATTERN}.npz",
+        metrics=f"{RESULTS}/predictions/{COLUMN_FIT_PATTERN}.json",
+        record=f"{RESULTS}/predictions/{COLUMN_FIT_PATTERN}.record.json",
     log:
         f"{RESULTS}/logs/column_fit/{{image}}.log",
     benchmark:
@@ -89,8 +89,10 @@ rule column_fit:
         "../../envs/ml.yaml"
     resources:
         slurm_partition=partition(0),
+    params:
+        predictor=lambda wildcards: column_fit_name(wildcards.image),
     shell:
-        "polarmap predict-cells column_fit_{wildcards.image} {input:q} --out {output.grids:q} --metrics {output.metrics:q} > {log:q} 2>&1"
+        "polarmap predict-cells {params.predictor} {input:q} --out {output.grids:q} --metrics {output.metrics:q} > {log:q} 2>&1"
 
 
 rule figure_cells:

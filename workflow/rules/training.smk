@@ -61,8 +61,8 @@ rule train_pca_knn:
         split=f"{RESULTS}/splits/base/{{configuration}}_seed{{seed}}.npz",
         preprocessed=expand(f"{RESULTS}/preprocessed/{{dataset}}.h5", dataset=TRAINING_SETS["base"]),
     output:
-        model=f"{RESULTS}/models/pca_knn-{{configuration}}-seed{{seed}}/model.npz",
-        record=f"{RESULTS}/models/pca_knn-{{configuration}}-seed{{seed}}/record.json",
+        model=f"{RESULTS}/models/{PCA_KNN_PATTERN}/model.npz",
+        record=f"{RESULTS}/models/{PCA_KNN_PATTERN}/record.json",
     log:
         f"{RESULTS}/logs/train_pca_knn/{{configuration}}_seed{{seed}}.log",
     benchmark:
