@@ -10,9 +10,10 @@ import torch
 from polarmap import io
 from polarmap.atomic import save_npz_atomically
 from polarmap.classes import CLASS_NAMES
-from polarmap.evaluation import (
-    SYNTHETIC_TEST, angular_error_deg, compare_modes, dataset_label, localisation_auc,
-    paper_table, read_table, render_csv, render_latex, render_markdown, results_frame, summarize, write_tables,
+from polarmap.defects import localisation_auc
+from polarmap.evaluation import angular_error_deg, dataset_label
+from polarmap.tables import (
+    SYNTHETIC_TEST, compare_modes, paper_table, read_table, render_csv, render_latex, render_markdown, results_frame, summarize, write_tables,
 )
 from polarmap.models import OBJECTIVES, circular_mean
 

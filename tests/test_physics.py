@@ -102,7 +102,7 @@ def test_thickness_figure_from_a_tiny_sweep_shows_the_com_reversal_below_5_nm(tm
     import json
 
     from polarmap import figures
-    from polarmap.evaluation import results_frame
+    from polarmap.tables import results_frame
     from polarmap.preprocessing import PreprocessSettings, preprocess_dataset
     from polarmap.structures import write_structure
 

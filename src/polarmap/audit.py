@@ -25,6 +25,7 @@ import numpy as np
 
 from polarmap import io
 from polarmap.atomic import write_text_atomically
+from polarmap.blocks import scan_blocks
 from polarmap.preprocessing import name_key, read_split
 
 EXACT_RMS = 1e-5
@@ -39,8 +40,8 @@ def content_hash(path, rows_per_block: int = 8) -> str:
     with io.open_dataset(path) as f:
         patterns = f["patterns"]
         digest.update(f"{patterns.shape}{patterns.dtype}".encode())
-        for start in range(0, patterns.shape[0], rows_per_block):
-            digest.update(np.ascontiguousarray(patterns[start:start + rows_per_block]).tobytes())
+        for _, block in scan_blocks(patterns, rows_per_block):
+            digest.update(np.ascontiguousarray(block).tobytes())
     return digest.hexdigest()
 
 

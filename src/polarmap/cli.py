@@ -239,7 +239,7 @@ def _record(out, inputs, settings, started, **extra) -> None:
 
 
 def cmd_tables(args) -> None:
-    from polarmap.evaluation import write_tables
+    from polarmap.tables import write_tables
 
     started = time.perf_counter()
     write_tables(args.metrics, args.records, args.out_dir, args.mode, args.leakage)
@@ -266,35 +266,61 @@ def cmd_audit(args) -> None:
 
 
 def cmd_compare_modes(args) -> None:
-    from polarmap.evaluation import compare_modes
+    from polarmap.tables import compare_modes
 
     started = time.perf_counter()
     compare_modes(args.summary, args.other, args.out)
     _record(args.out, [args.summary, args.other], {}, started)
 
 
+def _unlearned(args) -> set[str]:
+    from polarmap.tables import read_table
+
+    return set(read_table(args.results).query("not learned")["predictor"]) if args.results else set()
+
+
+def _figure_distributions(figures, args) -> None:
+    from polarmap.tables import read_table
+
+    figures.distributions_from_results(read_table(args.inputs[0]), args.configuration, args.out)
+
+
+def _figure_maps(figures, args) -> None:
+    figures.maps_from_predictions(args.inputs, args.configuration, args.out, _unlearned(args))
+
+
+def _figure_com_field(figures, args) -> None:
+    figures.com_field_from_files(args.inputs[0], args.inputs[1], args.out)
+
+
+def _figure_sweep(figures, args) -> None:
+    from polarmap.tables import read_table
+
+    sweep = json.loads(args.sweep)
+    figures.sweep_from_results(read_table(args.inputs[0]), sweep["points"], sweep["knob"], args.out)
+
+
+def _figure_thickness(figures, args) -> None:
+    from polarmap.tables import read_table
+
+    figures.thickness_from_files(read_table(args.inputs[0]), args.preprocessed, args.structures, args.out)
+
+
+def _figure_cells(figures, args) -> None:
+    figures.cells_from_files(args.virtual, args.inputs, args.metrics, args.dataset, args.out, _unlearned(args))
+
+
+# every figure kind of `polarmap figure KIND`: what it draws from the command's arguments
+FIGURE_KINDS = {"distributions": _figure_distributions, "maps": _figure_maps, "com-field": _figure_com_field, "sweep": _figure_sweep,
+                "thickness": _figure_thickness, "cells": _figure_cells}
+
+
 def cmd_figure(args) -> None:
     from polarmap import figures
-    from polarmap.evaluation import read_table
 
     started = time.perf_counter()
-    settings = {"figure": args.kind, "configuration": args.configuration, "sweep": args.sweep}
-    if args.kind == "distributions":
-        figures.distributions_from_results(read_table(args.inputs[0]), args.configuration, args.out)
-    elif args.kind == "maps":
-        unlearned = set(read_table(args.results).query("not learned")["predictor"]) if args.results else set()
-        figures.maps_from_predictions(args.inputs, args.configuration, args.out, unlearned)
-    elif args.kind == "com-field":
-        figures.com_field_from_files(args.inputs[0], args.inputs[1], args.out)
-    elif args.kind == "thickness":
-        figures.thickness_from_files(read_table(args.inputs[0]), args.preprocessed, args.structures, args.out)
-    elif args.kind == "cells":
-        unlearned = set(read_table(args.results).query("not learned")["predictor"]) if args.results else set()
-        figures.cells_from_files(args.virtual, args.inputs, args.metrics, args.dataset, args.out, unlearned)
-        settings["dataset"] = args.dataset
-    else:
-        sweep = json.loads(args.sweep)
-        figures.sweep_from_results(read_table(args.inputs[0]), sweep["points"], sweep["knob"], args.out)
+    settings = {"figure": args.kind, "configuration": args.configuration, "sweep": args.sweep} | ({"dataset": args.dataset} if args.kind == "cells" else {})
+    FIGURE_KINDS[args.kind](figures, args)
     inputs = [*args.inputs, *args.preprocessed, *args.structures, *[args.results] * bool(args.results), *[args.virtual] * bool(args.virtual), *args.metrics]
     _record(args.out, inputs, settings, started)
 
@@ -608,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare_modes)
 
     p = sub.add_parser("figure", help="One evaluation figure as PNG and PDF.")
-    p.add_argument("kind", choices=("distributions", "maps", "com-field", "sweep", "thickness", "cells"))
+    p.add_argument("kind", choices=FIGURE_KINDS)
     p.add_argument("inputs", nargs="+", help="distributions, sweep, thickness: results.tsv; maps, cells: prediction .npz files; com-field: preprocessed .h5 and its structure .xyz")
     p.add_argument("--configuration", help="preprocessing configuration (distributions, maps)")
     p.add_argument("--sweep", help="sweep as JSON {knob, points: [{dataset, value}]} (sweep)")
@@ -722,7 +748,7 @@ def _map_outputs(args):
 
 
 def _table_outputs(args):
-    from polarmap.evaluation import CONFIGURATION_TITLES
+    from polarmap.tables import CONFIGURATION_TITLES
 
     stems = [f"table_{name}" for name in [*CONFIGURATION_TITLES, "regimes", "cells"]]
     return _in_folder("out_dir", "results.tsv", "summary.tsv", "tables.record.json",

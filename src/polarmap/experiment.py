@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from polarmap import io
 from polarmap.atomic import refuse_overwriting
+from polarmap.blocks import row_ranges
 from polarmap.provenance import provenance_attrs
 
 
@@ -98,8 +99,7 @@ def detector_effects(row_patterns: np.ndarray, scan_row: int, settings: Experime
 
 def experiment_rows(read_row, scan_shape, scan_step_angstrom: float, settings: ExperimentSettings, rows_per_block: int = 8):
     """The whole transform, block by block of scan rows: (first row, patterns)."""
-    for start in range(0, scan_shape[0], rows_per_block):
-        stop = min(start + rows_per_block, scan_shape[0])
+    for start, stop in row_ranges(scan_shape[0], rows_per_block):
         scanned = scan_effects(read_row, scan_shape, start, stop, scan_step_angstrom, settings)
         yield start, np.stack([detector_effects(scanned[row - start], row, settings) for row in range(start, stop)])
 

@@ -206,7 +206,7 @@ def _family_labels(results) -> dict[str, str]:
 def distributions_from_results(results, configuration: str, out):
     """Fig. 3/4 for one configuration from results.tsv (pandas): class fractions per data set and
     model family, mean and std over the seeds that learned."""
-    from polarmap.evaluation import COUNT_COLUMNS, SYNTHETIC_TEST
+    from polarmap.tables import COUNT_COLUMNS, SYNTHETIC_TEST
     from polarmap.predictors import is_per_cell, is_trained
 
     paper_models = (results["configuration"] == configuration) & (results["regime"] == "paper")
@@ -365,7 +365,7 @@ def defect_study(prediction_files, dataset, out_table, out_figure):
     the set's /defect_mask (a TSV, one row per predictor); the class maps (majority over seeds)
     with the defect region outlined, one row per model, one column per configuration."""
     from polarmap import io
-    from polarmap.evaluation import localisation_auc
+    from polarmap.defects import localisation_auc
     from polarmap.predictors import describe
 
     with io.open_dataset(dataset) as f:

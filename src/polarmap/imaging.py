@@ -9,6 +9,7 @@ import numpy as np
 
 from polarmap import io
 from polarmap.atomic import read_npz
+from polarmap.blocks import scan_blocks
 from polarmap.dataset_kind import dataset_kind
 from polarmap.pattern import center_of_mass, intensity_problem
 from polarmap.virtual import annular_mask, com_field, differentiated_com, integrated_com, virtual_image
@@ -42,10 +43,9 @@ def virtual_images(path, detectors: VirtualDetectors = VirtualDetectors()) -> di
         semiangle = float(attrs["semiangle_mrad"])
         if not np.isfinite(mrad) or mrad <= 0:
             raise ValueError(f"{path}: no detector calibration (detector_mrad_per_px); import it with --mrad-per-px")
-        blocks = range(0, patterns.shape[0], detectors.rows_per_block)
         detector_shape = patterns.shape[2:]
         if dataset_kind(attrs).through_a_detector:
-            mean = sum(patterns[s:s + detectors.rows_per_block].sum(axis=(0, 1), dtype=np.float64) for s in blocks)
+            mean = sum(block.sum(axis=(0, 1), dtype=np.float64) for _, block in scan_blocks(patterns, detectors.rows_per_block))
             centre = center_of_mass(mean)
         else:
             centre = np.array(detector_shape) // 2
@@ -60,8 +60,7 @@ def virtual_images(path, detectors: VirtualDetectors = VirtualDetectors()) -> di
                              f"the detector reaches {reach:.0f} mrad at {mrad:.4g} mrad/px: choose a ring within it (--adf-mrad)")
         images = {name: np.empty(patterns.shape[:2]) for name in masks}
         field = np.empty((*patterns.shape[:2], 2))
-        for start in blocks:
-            block = patterns[start:start + detectors.rows_per_block]
+        for start, block in scan_blocks(patterns, detectors.rows_per_block):
             problem = intensity_problem(block, start)
             if problem:
                 raise ValueError(f"{path}: {problem}")

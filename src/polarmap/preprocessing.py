@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from polarmap import disc, io
 from polarmap.atomic import read_npz, refuse_overwriting, save_npz_atomically, write_text_atomically
+from polarmap.blocks import scan_blocks
 from polarmap.classes import CLASS_NAMES
 from polarmap.dataset_kind import DatasetKind, dataset_kind, supercell_repeats
 from polarmap.orientation import detector_from_scan, find_scan_orientation, to_scan_frame
@@ -127,25 +128,12 @@ def crop_origin(detector_shape, crop_px: int, global_com, simulated: bool) -> tu
     return int(start[0]), int(start[1])
 
 
-def _blocks(patterns, rows_per_block: int, columns=slice(None)):
-    """Blocks of scan rows read into one reused buffer (no allocation per block)."""
-    n_rows = patterns.shape[0]
-    sample = patterns[:1, :1, columns[0], columns[1]] if isinstance(columns, tuple) else patterns[:1, :1]
-    buffer = np.empty((rows_per_block, patterns.shape[1], *sample.shape[2:]), dtype=np.float32)
-    for start in range(0, n_rows, rows_per_block):
-        stop = min(start + rows_per_block, n_rows)
-        view = buffer[: stop - start]
-        selection = np.s_[start:stop] if not isinstance(columns, tuple) else np.s_[start:stop, :, columns[0], columns[1]]
-        patterns.read_direct(view, selection)
-        yield start, view
-
-
 def _scan_statistics(patterns, rows_per_block: int, path: Path):
     """Pass 1: per-pattern CoM, the mean pattern, and the global min and max."""
     com = np.empty((*patterns.shape[:2], 2))
     pattern_sum = np.zeros(patterns.shape[2:], dtype=np.float64)
     low, high = np.inf, -np.inf
-    for start, block in _blocks(patterns, rows_per_block):
+    for start, block in scan_blocks(patterns, rows_per_block, dtype=np.float32):
         problem = intensity_problem(block, start)
         if problem:
             raise ValueError(f"{path}: {problem}")
@@ -209,12 +197,12 @@ def _published_crops(patterns, settings: PreprocessSettings, source: Path, detec
     global_com = threshold_centroid(mean_pattern, settings.threshold_percentile)
     # CoM of the uncropped pattern after min-max over the whole set: CoM of (I - min)
     shifted_com = np.empty_like(com)
-    for start, block in _blocks(patterns, settings.rows_per_block):
+    for start, block in scan_blocks(patterns, settings.rows_per_block, dtype=np.float32):
         shifted_com[start:start + len(block)] = center_of_mass(block - np.float32(low))
     origin = crop_origin(patterns.shape[2:], settings.crop_px, global_com, not detector_data)
     crop = (slice(origin[0], origin[0] + settings.crop_px), slice(origin[1], origin[1] + settings.crop_px))
     geometry = {"global_com_px": json.dumps([float(v) for v in global_com]), "crop_origin_px": json.dumps(list(origin))}
-    return com, shifted_com - global_com, low, high, geometry, _blocks(patterns, settings.rows_per_block, crop)
+    return com, shifted_com - global_com, low, high, geometry, scan_blocks(patterns, settings.rows_per_block, crop, np.float32)
 
 
 ADF_INNER_RADII = 1.5  # the ADF signal that settles the orientation's half turn: beyond 1.5 disc radii
@@ -263,7 +251,7 @@ def _centred_crops(f, attrs: dict, settings: PreprocessSettings, source: Path, d
     }
 
     def crops():
-        for start, block in _blocks(patterns, settings.rows_per_block):
+        for start, block in scan_blocks(patterns, settings.rows_per_block, dtype=np.float32):
             filled = disc.fill_bad_pixels(block, bad).reshape(-1, *block.shape[2:])
             stop = start + len(block)
             resampled = disc.resample(filled, origins[start:stop].reshape(-1, 2), scale, matrix, settings.crop_px)
@@ -274,7 +262,7 @@ def _centred_crops(f, attrs: dict, settings: PreprocessSettings, source: Path, d
 
 def _disc_setup(patterns, rows_per_block: int, known_bad, path: Path):
     """From the mean pattern of the first block of scan rows: bad pixels and the disc."""
-    first_block = next(_blocks(patterns, rows_per_block))[1]
+    first_block = next(scan_blocks(patterns, rows_per_block, dtype=np.float32))[1]
     problem = intensity_problem(first_block)
     if problem:
         raise ValueError(f"{path}: {problem}")
@@ -295,7 +283,7 @@ def _disc_statistics(patterns, rows_per_block: int, path: Path, bad, found, adf_
     adf = np.empty(patterns.shape[:2])
     low, high = np.inf, -np.inf
     weights = adf_mask.astype(np.float32).ravel()
-    for start, block in _blocks(patterns, rows_per_block):
+    for start, block in scan_blocks(patterns, rows_per_block, dtype=np.float32):
         problem = intensity_problem(block, start)
         if problem:
             raise ValueError(f"{path}: {problem}")

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from polarmap import io
+from polarmap.blocks import row_ranges
 from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL, class_index
 from polarmap.provenance import config_hash, provenance_attrs
 from polarmap.quantities import wavelength_angstrom
@@ -263,9 +264,8 @@ def simulate(
                 f.attrs["defect_radius_angstrom"] = float(atoms.info["defect_radius_angstrom"])
                 f.create_dataset("defect_mask", data=defect_mask(scan_shape, step[0], vacancy[:2], geo.extent, float(atoms.info["defect_radius_angstrom"])))
     with io.writing(partial, out_path, "r+", keep_tmp=True) as f:
-        blocks = range(rows_done, settings.scan_px, settings.rows_per_block)
-        for row_start in tqdm(blocks, desc=f"simulate {name}", unit="block", disable=not progress):
-            row_stop = min(row_start + settings.rows_per_block, settings.scan_px)
+        blocks = list(row_ranges(settings.scan_px, settings.rows_per_block, first_row=rows_done))
+        for row_start, row_stop in tqdm(blocks, desc=f"simulate {name}", unit="block", disable=not progress):
             patterns = simulator.rows(row_start, row_stop, step)
             labels = np.full(patterns.shape[:2], label, dtype=np.int8)
             io.write_rows(f, row_start, patterns, labels, source=name)
