@@ -29,7 +29,7 @@ def child(encoder: str, steps: int, device: str, compiled: bool) -> dict:
     import torch
 
     from polarmap.models import PolarizationModel
-    from polarmap.preprocessing import AugmentationSettings, augmentation_pipeline
+    from polarmap.augmentation import AugmentationSettings, augmentation_pipeline
 
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -93,7 +93,8 @@ def real_epochs(device: str, n_patterns: int) -> list[dict]:
 
     from polarmap import io
     from polarmap.classes import CLASS_NAMES
-    from polarmap.preprocessing import PreprocessSettings, SplitSettings, make_split, preprocess_dataset
+    from polarmap.preprocessing import PreprocessSettings, preprocess_dataset
+    from polarmap.splits import SplitSettings, make_split
     from polarmap.training import TrainSettings, default_workers, train
 
     import torch

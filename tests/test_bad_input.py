@@ -449,18 +449,18 @@ def argv_of(command, values: dict) -> list[str]:
 
 
 def test_every_command_declares_what_it_reads_and_writes():
-    from polarmap.cli import COMMAND_FILES
+    from polarmap.cli import COMMANDS
 
-    assert set(COMMAND_FILES) == set(subcommands())
-    for command, (reads, _) in COMMAND_FILES.items():
+    assert set(COMMANDS) == set(subcommands())
+    for command, declared in COMMANDS.items():
         dests = {action.dest for action in subcommands()[command]._actions}
-        assert set(reads) <= dests, (command, set(reads) - dests)
+        assert set(declared.reads) <= dests, (command, set(declared.reads) - dests)
 
 
 def output_input_pairs():
-    from polarmap.cli import COMMAND_FILES
+    from polarmap.cli import COMMANDS
 
-    return [(command, dest) for command, (reads, _) in COMMAND_FILES.items() for dest in reads]
+    return [(command, dest) for command, declared in COMMANDS.items() for dest in declared.reads]
 
 
 @pytest.mark.parametrize("command, input_dest", output_input_pairs())

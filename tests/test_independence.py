@@ -8,7 +8,8 @@ import pytest
 
 from polarmap import config as study_config
 from polarmap.audit import NEAR_RMS, audit_sets, audit_split, content_hash
-from polarmap.preprocessing import EXCLUDED, PreprocessSettings, SplitSettings, blocked_parts, make_split, preprocess_dataset
+from polarmap.preprocessing import PreprocessSettings, preprocess_dataset
+from polarmap.splits import EXCLUDED, SplitSettings, blocked_parts, make_split
 from polarmap.simulation import simulate
 from polarmap.structures import build_supercell
 

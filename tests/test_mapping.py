@@ -20,7 +20,8 @@ from scipy import ndimage
 from polarmap import io
 from polarmap.classes import angle_to_class
 from polarmap.pattern import center_of_mass
-from polarmap.preprocessing import PreprocessSettings, SplitSettings, make_split, preprocess_dataset
+from polarmap.preprocessing import PreprocessSettings, preprocess_dataset
+from polarmap.splits import SplitSettings, make_split
 from polarmap.training import TrainSettings, calibrate_ood, train
 from test_io import attrs
 from test_readers import REALDATA, needs_realdata

@@ -4,10 +4,10 @@ import pytest
 
 from polarmap import io
 from polarmap.classes import CLASS_NAMES, class_direction
-from polarmap.preprocessing import (
-    AugmentationSettings, PreprocessSettings, SplitSettings, augmentation_pipeline,
-    crop_origin, derived_seed, preprocess_dataset, split_indices,
-)
+from polarmap.augmentation import AugmentationSettings, augmentation_pipeline
+from polarmap.preprocessing import PreprocessSettings, crop_origin, preprocess_dataset
+from polarmap.seeds import derived_seed
+from polarmap.splits import SplitSettings, split_indices
 from polarmap.pattern import center_of_mass
 from test_io import attrs
 
@@ -169,7 +169,7 @@ def test_faithful_split_is_the_same_for_every_seed_and_unstratified():
 
 
 def test_split_file_per_configuration_and_seed(tmp_path):
-    from polarmap.preprocessing import make_split, read_split
+    from polarmap.splits import make_split, read_split
 
     rng = np.random.default_rng(7)
     paths = []
@@ -205,7 +205,7 @@ def test_split_file_per_configuration_and_seed(tmp_path):
 
 def test_diverse_split_draws_each_class_evenly_from_its_sets_and_keeps_the_base_count(tmp_path):
     """Two thicknesses of one class: half of each, so the class has as many patterns as one set."""
-    from polarmap.preprocessing import make_split, read_split
+    from polarmap.splits import make_split, read_split
 
     paths = []
     for name in ("train_RM", "train_RM_thick"):
@@ -226,7 +226,7 @@ def test_diverse_split_draws_each_class_evenly_from_its_sets_and_keeps_the_base_
 
 
 def test_domain_randomisation_counts_electrons_and_keeps_the_disc_where_it_was():
-    from polarmap.preprocessing import DomainRandomisationSettings, augmenter
+    from polarmap.augmentation import DomainRandomisationSettings, augmenter
 
     clean = disc(33, centre=(16.0, 17.0))  # shifted one pixel along +col (RM)
     low = DomainRandomisationSettings(dose_e_per_pattern=(500.0, 500.0), p=1.0)

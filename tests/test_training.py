@@ -13,7 +13,9 @@ import torch
 
 from polarmap import io
 from polarmap.classes import CLASS_NAMES, class_direction
-from polarmap.preprocessing import AugmentationSettings, PreprocessSettings, SplitSettings, make_split, preprocess_dataset
+from polarmap.augmentation import AugmentationSettings
+from polarmap.preprocessing import PreprocessSettings, preprocess_dataset
+from polarmap.splits import SplitSettings, make_split
 from polarmap.models import load_model
 from polarmap.training import TrainSettings, train, train_pca_knn
 from test_io import attrs
@@ -124,7 +126,7 @@ def test_model_files_are_tensors_only(training_data, tmp_path):
 
 def test_pca_knn_fits_on_the_training_part_only(training_data, tmp_path):
     from polarmap.models import PcaKnn
-    from polarmap.preprocessing import AugmentationSettings
+    from polarmap.augmentation import AugmentationSettings
 
     split, preprocessed = training_data
     result = train_pca_knn(split, preprocessed, tmp_path / "pk.npz", "none", 888, "corrected", 20, 5, AugmentationSettings())

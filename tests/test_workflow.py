@@ -227,6 +227,17 @@ def planned_jobs(workdir, *args):
     return result.stdout
 
 
+def test_the_reproduction_table_puts_the_paper_beside_the_study(study):
+    """Every cell of the paper's Tables 1-3 beside the tests preset's (corrected mode only: the
+    faithful column is "mode not run"), the preset's scale in the header."""
+    table = (study / "results/tests/tables/reproduction.md").read_text()
+    assert "study tests: 48 px patterns cropped to 32 px, 4x4 scans, seeds 888, at most 2 epochs" in table
+    assert "Table 1 (none): faithful: 0 of 0 comparable cells reproduced (130 not comparable)" in table
+    assert sum(line.startswith("| 1 |") for line in table.splitlines()) == 130
+    rows = (study / "results/tests/tables/reproduction.csv").read_text().splitlines()
+    assert len(rows) == 1 + 390 and all(",mode not run," in row for row in rows[1:])
+
+
 def test_nothing_reruns_when_nothing_changed(study):
     assert "Nothing to be done" in snakemake(study, "--configfile", "tests.yaml", "--dry-run").stdout
 
@@ -241,8 +252,8 @@ def test_changing_one_test_set_reruns_only_its_jobs(study):
     # reads every evaluated set, and every per-cell figure
     assert counts == {"all": 1, "audit": 1, "column_fit": 2, "dataset_summary": 1, "defect_study": 1, "figure_cells": 14,
                       "figure_distributions": 3, "figure_maps": 3, "figure_sweep": 2, "figure_thickness": 1, "predict": 9 + 2 + 3 + 3 + 1,
-                      "predict_unit_cell": 1, "preprocess": 1, "qstem_inputs": 1, "simulate": 1, "structure": 1, "tables": 1,
-                      "virtual_images": 1, "total": 5 + 18 + 1 + 1 + 3 + 3 + 2 + 1 + 1 + 1 + 2 + 14 + 1 + 1}, plan
+                      "predict_unit_cell": 1, "preprocess": 1, "qstem_inputs": 1, "reproduction": 1, "simulate": 1, "structure": 1,
+                      "tables": 1, "virtual_images": 1, "total": 5 + 18 + 1 + 1 + 3 + 3 + 2 + 1 + 1 + 1 + 2 + 14 + 1 + 1 + 1}, plan
 
 
 def job_counts(plan):

@@ -26,7 +26,8 @@ import numpy as np
 from polarmap import io
 from polarmap.atomic import write_text_atomically
 from polarmap.blocks import scan_blocks
-from polarmap.preprocessing import name_key, read_split
+from polarmap.seeds import name_key
+from polarmap.splits import read_split
 
 EXACT_RMS = 1e-5
 NEAR_RMS = 5e-3

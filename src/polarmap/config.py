@@ -11,7 +11,9 @@ import yaml
 
 from polarmap.predictors import neural_name
 from polarmap.provenance import settings_from_json
-from polarmap.preprocessing import CONFIGURATIONS, derived_seed, name_key, split_fractions_problem
+from polarmap.preprocessing import CONFIGURATIONS
+from polarmap.seeds import derived_seed, name_key
+from polarmap.splits import split_fractions_problem
 from polarmap.quantities import RANGES, check_quantity
 from polarmap.simulation import SimulationSettings
 from polarmap.structures import StructureSettings

@@ -143,7 +143,9 @@ class NeuralKind(PredictorKind):
         import torch
 
         from polarmap.models import load_model, resolve_device
-        from polarmap.preprocessing import CONFIGURATIONS, AugmentationSettings, DomainRandomisationSettings, augmenter, derived_seed, name_key
+        from polarmap.augmentation import AugmentationSettings, DomainRandomisationSettings, augmenter
+        from polarmap.preprocessing import CONFIGURATIONS
+        from polarmap.seeds import derived_seed, name_key
         from polarmap.provenance import settings_from_json
 
         network, settings = load_model(model)

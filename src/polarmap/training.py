@@ -22,9 +22,10 @@ from polarmap import io, predictors
 from polarmap.atomic import replace_atomically, save_npz_atomically
 from polarmap.models import LEARNED_MIN_VALIDATION_ACCURACY, N_CLASSES, PcaKnn, PolarizationModel, class_prototypes, resolve_device
 from polarmap.ood import KNOWN_QUANTILE, fit_ood
-from polarmap.preprocessing import (
-    CONFIGURATIONS, AugmentationSettings, DomainRandomisationSettings, augmentation_pipeline, augmenter, derived_seed, read_split,
-)
+from polarmap.augmentation import AugmentationSettings, DomainRandomisationSettings, augmentation_pipeline, augmenter
+from polarmap.preprocessing import CONFIGURATIONS
+from polarmap.seeds import derived_seed
+from polarmap.splits import read_split
 from polarmap.provenance import config_hash, file_sha256, write_record
 
 TRAIN, VALIDATION, TEST = 0, 1, 2

@@ -1,5 +1,6 @@
 import json
 import re
+import shlex
 from pathlib import Path
 
 from polarmap.config import (
@@ -220,6 +221,22 @@ def simulation_mem_mb(wildcards):
     return estimated_memory_mb(simulation_settings(config), SIMULATED[wildcards.dataset]["supercell"][0])
 
 
+# how this study's scale differs from the paper's (256 px patterns cropped to 64, 128x128 scans),
+# in the header of the reproduction table
+REPRODUCTION_SCALE = (
+    f"study {STUDY}: {simulation_settings(config).detector_px} px patterns cropped to {config['preprocessing']['crop_px']} px, "
+    f"{simulation_settings(config).scan_px}x{simulation_settings(config).scan_px} scans, seeds {', '.join(map(str, config['seeds']))}, "
+    f"at most {max(run.get('max_epochs', config['training']['max_epochs']) for run in config['training']['runs'])} epochs"
+)
+
+
+def reproduction_modes(input):
+    """--faithful and --corrected: this study's summary in its mode, the other study's in the other."""
+    other_mode = "corrected" if config["mode"] == "faithful" else "faithful"
+    modes = {config["mode"]: input.summary} | ({other_mode: input.other[0]} if input.other else {})
+    return " ".join(f"--{mode} {shlex.quote(str(path))}" for mode, path in modes.items())
+
+
 def all_outputs():
     return (
         expand(f"{RESULTS}/structures/{{dataset}}.xyz", dataset=STRUCTURES)
@@ -254,5 +271,6 @@ def all_outputs():
         + [f"{RESULTS}/figures/com_field.png"]
         + expand(f"{RESULTS}/maps/{{dataset}}/{{predictor}}/map.png", dataset=EXPERIMENTAL, predictor=MAP_MODELS)
         + ([f"{RESULTS}/tables/modes.md"] if config["evaluation"]["compare_with"] else [])
+        + [f"{RESULTS}/tables/reproduction.md"]
         + ([f"{RESULTS}/tables/defect_localisation.tsv", f"{RESULTS}/dft/displacements.tsv"] if DEFECT else [])
     )

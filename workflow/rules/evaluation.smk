@@ -191,6 +191,30 @@ rule compare_modes:
         "polarmap compare-modes {input.summary:q} {input.other:q} --out {output.table:q} > {log:q} 2>&1"
 
 
+rule reproduction:
+    """The paper's Tables 1-3 beside this study's numbers and, with evaluation.compare_with, the
+    other mode's: a verdict per cell."""
+    input:
+        paper="resources/paper_tables.csv",
+        summary=f"{RESULTS}/tables/summary.tsv",
+        other=[f"{config['evaluation']['compare_with']}/tables/summary.tsv"] if config["evaluation"]["compare_with"] else [],
+    output:
+        table=report(f"{RESULTS}/tables/reproduction.md", caption="../report/reproduction.rst", category="Evaluation", subcategory="Tables"),
+        csv=f"{RESULTS}/tables/reproduction.csv",
+        tex=f"{RESULTS}/tables/reproduction.tex",
+        record=f"{RESULTS}/tables/reproduction.record.json",
+    log:
+        f"{RESULTS}/logs/reproduction.log",
+    conda:
+        "../../envs/ml.yaml"
+    params:
+        modes=lambda wildcards, input: reproduction_modes(input),
+        scale=REPRODUCTION_SCALE,
+        out_dir=lambda wildcards, output: Path(output.table).parent,
+    shell:
+        "polarmap reproduction --paper {input.paper:q} {params.modes} --scale {params.scale:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
 rule figure_distributions:
     """Fig. 3/4: predicted class fractions per data set and model, mean and std over seeds."""
     input:
