@@ -63,6 +63,7 @@ localrules:
     tables,
     audit,
     compare_modes,
+    reproduction,
     figure_distributions,
     figure_maps,
     figure_com_field,
