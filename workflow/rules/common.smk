@@ -221,6 +221,8 @@ def simulation_mem_mb(wildcards):
     return estimated_memory_mb(simulation_settings(config), SIMULATED[wildcards.dataset]["supercell"][0])
 
 
+# the paper's Tables 1-3, beside the workflow whatever folder the study runs in
+PAPER_TABLES = str(Path(workflow.basedir) / "resources" / "paper_tables.csv")
 # how this study's scale differs from the paper's (256 px patterns cropped to 64, 128x128 scans),
 # in the header of the reproduction table
 REPRODUCTION_SCALE = (

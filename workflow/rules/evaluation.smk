@@ -195,7 +195,7 @@ rule reproduction:
     """The paper's Tables 1-3 beside this study's numbers and, with evaluation.compare_with, the
     other mode's: a verdict per cell."""
     input:
-        paper="resources/paper_tables.csv",
+        paper=PAPER_TABLES,
         summary=f"{RESULTS}/tables/summary.tsv",
         other=[f"{config['evaluation']['compare_with']}/tables/summary.tsv"] if config["evaluation"]["compare_with"] else [],
     output:
