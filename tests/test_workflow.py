@@ -35,7 +35,7 @@ def run_study(workdir):
     shutil.copy(ROOT / "config.yaml", workdir)
     config = (ROOT / "workflow/presets/tests.yaml").read_text()
     config = config.replace("  reference:", "  experimental:\n    5E: {path: scan.tif, format: tiff_stack, scan_shape: [4, 4], accepted: [RM, RD], "
-                            "detector_mrad_per_px: 3.147897918850153, scan_rotation_deg: 0, scan_flip: false}\n  reference:")
+                            "detector_mrad_per_px: 3.1478876558706337, scan_rotation_deg: 0, scan_flip: false}\n  reference:")
     (workdir / "tests.yaml").write_text(config)
     discs = [disc(48, centre=(25 + 0.3 * (i % 4), 22 - 0.2 * (i // 4)), radius=7.6) * 500 + 3 for i in range(16)]  # 24 mrad
     tifffile.imwrite(workdir / "scan.tif", np.stack(discs).astype(np.uint16))
@@ -100,7 +100,7 @@ def test_every_data_set_is_made_valid_and_logged(study):
         assert meta["classes"] == ["RM", "RD"] and (f["labels"][()] == -1).all()
         # the discs' mean centre, as displayed (row 25.45, col 21.7), with +row up: 47 - 25.45
         assert meta["global_com_px"] == pytest.approx([47 - 25.45, 21.7], abs=0.02)
-        assert meta["scan_orientation_from"] == "given" and meta["crop_mrad"] == pytest.approx(32 * 3.147897918850153)
+        assert meta["scan_orientation_from"] == "given" and meta["crop_mrad"] == pytest.approx(32 * 3.1478876558706337)
     (mapped,) = (results / "maps/5E").iterdir()  # by the first trained model (evaluation.map_models empty)
     assert (results / "models" / mapped.name / "model.pt").exists()
     assert {p.name for p in mapped.iterdir()} >= {"map.png", "map.pdf", "predictions.npz", "predictions.tsv", "provenance.json"}
