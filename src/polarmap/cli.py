@@ -308,8 +308,7 @@ def cmd_split(args) -> None:
 
 
 def _arguments_train(p) -> None:
-    p.add_argument("preprocessed", nargs="+", help="preprocessed training sets")
-    p.add_argument("--split", required=True, help="split .npz of the configuration and seed")
+    add_training_data_arguments(p)
     p.add_argument("--settings", required=True, help="JSON of polarmap.training.TrainSettings fields")
     p.add_argument("--out-dir", required=True, help="folder for model.pt, metrics.csv, record.json (and checkpoint.pt while running)")
     p.add_argument("--workers", type=int, help="processes that augment batches (default: none on the CPU, all but one core on a GPU; results do not depend on it)")
@@ -330,8 +329,7 @@ def cmd_train(args) -> None:
 
 
 def _arguments_train_pca_knn(p) -> None:
-    p.add_argument("preprocessed", nargs="+", help="preprocessed training sets")
-    p.add_argument("--split", required=True, help="split .npz of the configuration and seed")
+    add_training_data_arguments(p)
     p.add_argument("--settings", required=True, help="JSON: configuration, seed, mode, components, neighbors, augmentation")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--record", required=True, help="output .json with the synthetic test accuracy")
@@ -840,6 +838,12 @@ def cmd_check_config(args) -> None:
 
 
 OOD_HELP = "the model's ood.npz (polarmap calibrate-ood): patterns beyond its threshold are unknown (-1)"
+
+
+def add_training_data_arguments(p) -> None:
+    """What a learner trains on: the preprocessed training sets and the split of its configuration and seed."""
+    p.add_argument("preprocessed", nargs="+", help="preprocessed training sets")
+    p.add_argument("--split", required=True, help="split .npz of the configuration and seed")
 
 
 def add_acquisition_arguments(p) -> None:

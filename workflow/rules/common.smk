@@ -225,9 +225,10 @@ def simulation_mem_mb(wildcards):
 PAPER_TABLES = str(Path(workflow.basedir) / "resources" / "paper_tables.csv")
 # how this study's scale differs from the paper's (256 px patterns cropped to 64, 128x128 scans),
 # in the header of the reproduction table
+SIMULATION = simulation_settings(config)
 REPRODUCTION_SCALE = (
-    f"study {STUDY}: {simulation_settings(config).detector_px} px patterns cropped to {config['preprocessing']['crop_px']} px, "
-    f"{simulation_settings(config).scan_px}x{simulation_settings(config).scan_px} scans, seeds {', '.join(map(str, config['seeds']))}, "
+    f"study {STUDY}: {SIMULATION.detector_px} px patterns cropped to {config['preprocessing']['crop_px']} px, "
+    f"{SIMULATION.scan_px}x{SIMULATION.scan_px} scans, seeds {', '.join(map(str, config['seeds']))}, "
     f"at most {max(run.get('max_epochs', config['training']['max_epochs']) for run in config['training']['runs'])} epochs"
 )
 
