@@ -70,6 +70,7 @@ localrules:
     figure_sweep,
     figure_thickness,
     figure_cells,
+    figure_training,
     column_fit,
     defect_study,
 

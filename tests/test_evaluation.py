@@ -170,6 +170,31 @@ def test_figures_have_the_expected_axes(study, tmp_path):
     assert {t.get_text() for t in fig.axes[0].get_legend().get_texts()} >= {"CoM", "Conv (Cls) [none]", "PCA [none]", "chance"}
 
 
+def test_training_curves_show_each_family_and_name_the_capped_ones(tmp_path):
+    """Two seeds of a converged classifier (3 and 5 epochs) and a capped regressor: one panel per
+    objective, the family's line the mean over the seeds still training, each kept epoch a dot."""
+    from polarmap import figures
+
+    runs = {"conv-classification-none-scratch-seed1": ([0.2, 0.6, 0.5], 2, True),
+            "conv-classification-none-scratch-seed2": ([0.4, 0.8, 0.9, 0.85, 0.8], 3, True),
+            "conv-regression-none-scratch-seed1": ([0.1, 0.3], 2, False)}
+    files = []
+    for name, (accuracies, best, converged) in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.csv").write_text("epoch,val_accuracy\n" + "".join(f"{i + 1},{a}\n" for i, a in enumerate(accuracies)))
+        (tmp_path / name / "record.json").write_text(json.dumps({"best_epoch": best, "converged": converged}))
+        files.append(tmp_path / name / "metrics.csv")
+    fig = figures.training_curves_from_files(files, tmp_path / "curves")
+    assert (tmp_path / "curves.pdf").read_bytes()[:4] == b"%PDF"
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    assert sorted(panels) == ["classification", "regression"]
+    (mean,) = [line for line in panels["classification"].lines if line.get_label() == "Conv (Cls) none"]
+    assert np.allclose(mean.get_ydata(), [30, 70, 70, 85, 80]) and mean.get_linestyle() == "-"
+    assert sorted(line.get_xdata()[0] for line in panels["classification"].lines if line.get_marker() == "o") == [2, 3]
+    (capped,) = [line for line in panels["regression"].lines if line.get_label().endswith("(capped)")]
+    assert capped.get_linestyle() == "--"
+
+
 def test_archive_packs_results_without_large_files(study, tmp_path):
     from polarmap.provenance import archive, write_record
 
@@ -221,6 +246,23 @@ def test_models_that_did_not_learn_are_no_result_and_dependent_sets_are_marked(s
     assert "$^\\dagger$" in (tmp_path / "tables/table_none.tex").read_text()
     synthetic = next(line for line in table if line.startswith(f"| {SYNTHETIC_TEST}"))
     assert "100.0 ± 0.0 (1 of 2 seeds learned)" in synthetic
+
+
+def test_a_model_stopped_at_its_epoch_cap_is_marked_not_converged(study, tmp_path):
+    """Seed 2 of the classifier ran out of epochs still improving: its family's numbers stand,
+    marked with the double dagger and its note, in Markdown and LaTeX; the summary counts it."""
+    files, records = study
+    records[1].write_text(json.dumps({"synthetic_test_accuracy": 0.98, "learned": True, "converged": False}))
+    records[0].write_text(json.dumps({"synthetic_test_accuracy": 1.0, "learned": True, "converged": True}))
+    write_tables(files, records, tmp_path / "tables", "corrected")
+    table = (tmp_path / "tables/table_none.md").read_text().splitlines()
+    three_s = next(line for line in table if line.startswith("| 3S"))
+    assert "| 80.0 ± 10.0 ‡ |" in three_s and "| 90.0 ± 0.0 |" in three_s  # the regressor has no record: nothing to cap
+    assert table[-1].startswith("‡ not converged: a seed stopped at its epoch cap")
+    assert "$^\\ddagger$" in (tmp_path / "tables/table_none.tex").read_text()
+    summary = read_table(tmp_path / "tables/summary.tsv").set_index(["family", "dataset"])
+    assert summary.loc[("conv-classification-none-scratch", "3S"), "seeds_capped"] == 1
+    assert summary.loc[("conv-regression-none-scratch", "3S"), "seeds_capped"] == 0
 
 
 def test_a_sets_faithful_test_time_augmentation_does_not_depend_on_the_other_sets(tmp_path):

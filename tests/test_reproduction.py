@@ -38,7 +38,7 @@ def test_the_verdict_rule():
 
 
 def summary(rows):
-    base = {"regime": "paper", "configuration": "none", "seeds_learned": 2, "accuracy_std": 0.01}
+    base = {"regime": "paper", "configuration": "none", "seeds_learned": 2, "seeds_capped": 0, "accuracy_std": 0.01}
     return pd.DataFrame([{**base, **row} for row in rows])
 
 
@@ -52,6 +52,8 @@ def test_our_cells_beside_the_papers():
         {"encoder": "conv", "objective": "classification", "pretrained": "scratch", "dataset": "1E", "accuracy_mean": 0.11, "majority_class": "LD"},
         {"encoder": "vgg16", "objective": "classification", "pretrained": "scratch", "dataset": "3S", "accuracy_mean": 0.70, "majority_class": "RM"},
         {"encoder": "pca_knn", "objective": "", "pretrained": "", "dataset": "3S", "accuracy_mean": 0.2, "majority_class": "RM", "seeds_learned": 0},
+        {"encoder": "conv", "objective": "regression", "pretrained": "scratch", "dataset": "3S", "accuracy_mean": 0.5, "majority_class": "RM",
+         "seeds_capped": 1},
     ])
     rows = {(r["dataset"], r["model"]): r for r in reproduction_rows(paper, faithful, None)}
     conv_3s = rows[("3S-RM-2x2-20nm", "Conv (Cls)")]
@@ -63,6 +65,8 @@ def test_our_cells_beside_the_papers():
     assert "imagenet" in rows[("3S-RM-2x2-20nm", "VGG (Cls)")]["faithful_reason"]
     assert rows[("3S-RM-2x2-20nm", "PCA")]["faithful_reason"] == "did not learn"
     assert rows[("5S-RU-6x6-20nm", "Conv (Cls)")]["faithful_reason"] == "not in our study"
+    assert rows[("3S-RM-2x2-20nm", "Conv (Reg)")]["faithful_verdict"] == NOT_COMPARABLE
+    assert rows[("3S-RM-2x2-20nm", "Conv (Reg)")]["faithful_reason"] == "not converged (1 of 2 seeds stopped at the epoch cap)"
     line, = summary_lines(list(rows.values()))
     assert line.startswith("Table 1 (none): faithful: 1 of 2 comparable cells reproduced (128 not comparable), majority class 1 of 2")
 

@@ -124,6 +124,18 @@ def test_model_files_are_tensors_only(training_data, tmp_path):
         load_model(tmp_path / "broken.pt")
 
 
+def test_training_says_whether_it_converged_on_a_plateau_or_was_capped(training_data, tmp_path):
+    """One epoch of five patience: capped, still improving. A patience of one: it stops at the
+    first epoch without a better validation loss, long before its cap, and says it converged."""
+    split, preprocessed = training_data
+    capped = train(split, preprocessed, tmp_path / "capped", TrainSettings(configuration="none", max_epochs=1, patience=5), progress=False)
+    assert capped["converged"] is False and capped["epochs_run"] == 1
+    plateau = train(split, preprocessed, tmp_path / "plateau", TrainSettings(configuration="none", max_epochs=40, patience=1, lr=1e-3), progress=False)
+    assert plateau["converged"] is True and plateau["epochs_run"] < 40
+    history = np.genfromtxt(tmp_path / "plateau/metrics.csv", delimiter=",", names=True)
+    assert history["val_loss"][-1] >= history["val_loss"][:-1].min() and plateau["best_epoch"] == plateau["epochs_run"] - 1
+
+
 def test_pca_knn_fits_on_the_training_part_only(training_data, tmp_path):
     from polarmap.models import PcaKnn
     from polarmap.augmentation import AugmentationSettings

@@ -602,14 +602,19 @@ def _figure_cells(figures, args) -> None:
     figures.cells_from_files(args.virtual, args.inputs, args.metrics, args.dataset, args.out, _unlearned(args))
 
 
+def _figure_training(figures, args) -> None:
+    figures.training_curves_from_files(args.inputs, args.out)
+
+
 # every figure kind of `polarmap figure KIND`: what it draws from the command's arguments
 FIGURE_KINDS = {"distributions": _figure_distributions, "maps": _figure_maps, "com-field": _figure_com_field, "sweep": _figure_sweep,
-                "thickness": _figure_thickness, "cells": _figure_cells}
+                "thickness": _figure_thickness, "cells": _figure_cells, "training": _figure_training}
 
 
 def _arguments_figure(p) -> None:
     p.add_argument("kind", choices=list(FIGURE_KINDS))
-    p.add_argument("inputs", nargs="+", help="distributions, sweep, thickness: results.tsv; maps, cells: prediction .npz files; com-field: preprocessed .h5 and its structure .xyz")
+    p.add_argument("inputs", nargs="+", help="distributions, sweep, thickness: results.tsv; maps, cells: prediction .npz files; com-field: preprocessed .h5 "
+                   "and its structure .xyz; training: the models' metrics.csv (each with its record.json beside it)")
     p.add_argument("--configuration", help="preprocessing configuration (distributions, maps)")
     p.add_argument("--sweep", help="sweep as JSON {knob, points: [{dataset, value}]} (sweep)")
     p.add_argument("--preprocessed", nargs="+", default=[], help="the thickness sweep's preprocessed .h5 sets (thickness)")

@@ -592,3 +592,50 @@ def cells_from_files(virtual, prediction_files, metrics_files, dataset: str, out
     heat_means = {label: np.nanmean(np.stack(h), axis=0) for label, h in heats.items()}
     return cell_panels(adf, centres_px, arrows, heat_means, f"{dataset}: polarization per unit cell (top) and accuracy "
                        "against the probe position in the cell (bottom)", out)
+
+
+def training_curves(curves: dict, out):
+    """Validation accuracy against epoch, one panel per objective and one line per model family:
+    `curves[objective][family label] = [(accuracies per epoch, best epoch (1-based), converged)]`,
+    one entry per seed. The family's line is the mean over the seeds still training at an epoch,
+    each seed's kept epoch a dot; a family with a seed stopped at its cap, still improving, is
+    named "capped" and dashed."""
+    from polarmap.models import LEARNED_MIN_VALIDATION_ACCURACY
+
+    fig, axes = _panel_grid(len(curves), 3, 4.2, 3.4)
+    for ax, (objective, families) in zip(axes, curves.items()):
+        for colour, (label, seeds) in zip(plt.cm.tab10.colors * 3, families.items()):
+            longest = max(len(accuracies) for accuracies, _, _ in seeds)
+            padded = np.full((len(seeds), longest), np.nan)
+            for row, (accuracies, best_epoch, _) in zip(padded, seeds):
+                row[:len(accuracies)] = accuracies
+                ax.plot(best_epoch, 100 * accuracies[best_epoch - 1], "o", color=colour, markersize=3)
+            capped = not all(converged for _, _, converged in seeds)
+            ax.plot(np.arange(1, longest + 1), 100 * np.nanmean(padded, axis=0), "--" if capped else "-", color=colour,
+                    label=label + (" (capped)" if capped else ""))
+        ax.axhline(100 / len(CLASS_NAMES), color="0.5", linestyle=":", linewidth=1)
+        ax.axhline(100 * LEARNED_MIN_VALIDATION_ACCURACY, color="0.3", linestyle=":", linewidth=1)
+        ax.set(title=objective, xlabel="epoch", ylabel="validation accuracy (%)", ylim=(0, 100))
+        ax.legend(fontsize=6, loc="lower right")
+    fig.suptitle("Validation accuracy per epoch (dots: each seed's kept epoch; dotted: chance and the learned threshold)", fontsize=9)
+    return save(fig, out)
+
+
+def training_curves_from_files(metrics_files, out):
+    """`training_curves` from the models' metrics.csv, each with the record.json beside it."""
+    import csv
+    import json
+
+    from polarmap.predictors import describe
+
+    curves = {}
+    for path in map(Path, metrics_files):
+        info = describe(path.parent.name)
+        with open(path, newline="") as f:
+            accuracies = np.array([float(row["val_accuracy"]) for row in csv.DictReader(f)])
+        record = json.loads((path.parent / "record.json").read_text())
+        label = " ".join([info.label, info.configuration] + [info.regime] * (info.regime != "paper"))
+        curves.setdefault(info.objective, {}).setdefault(label, []).append((accuracies, int(record["best_epoch"]), bool(record.get("converged", True))))
+    if not curves:
+        raise ValueError("no training curves to draw: give the models' metrics.csv files")
+    return training_curves(curves, out)

@@ -4,7 +4,8 @@ and in `corrected`, and a verdict, with the same for the majority class.
 A cell is reproduced when our mean lies within the larger of twice the paper's standard deviation
 and 5 points of the paper's mean; not comparable when the set or the model is not in our study
 (the experimental sets 1E-5E are unpublished: ours of those names are simulated stand-ins; VGG and
-ResNet started from ImageNet in the paper), or when none of its seeds learned.
+ResNet started from ImageNet in the paper), when none of its seeds learned, or when a seed
+stopped at its epoch cap still improving (not converged).
 """
 
 import csv
@@ -100,6 +101,9 @@ def our_cell(summary, table: int, paper_dataset: str, model: str) -> Ours:
     row = matching.iloc[0]
     if int(row["seeds_learned"]) == 0:
         return Ours(reason="did not learn")
+    if capped := int(row.get("seeds_capped", 0)):
+        # still improving when its epochs ran out: no number to hold against the paper's
+        return Ours(reason=f"not converged ({capped} of {int(row['seeds_learned'])} seeds stopped at the epoch cap)")
     return Ours(100 * float(row["accuracy_mean"]), 100 * float(row["accuracy_std"]), str(row["majority_class"] or ""))
 
 

@@ -23,16 +23,23 @@ CONFIGURATION_TITLES = {
 }
 
 
+def _training_outcome(record: dict) -> dict:
+    """Whether a predictor learned and whether its training converged (stopped on a plateau, not
+    at its epoch cap), from its record.json; what needs no training (the CoM baseline, column
+    fitting) or trains in closed form (PCA+kNN) has no record or no epochs: both true."""
+    return {"learned": bool(record.get("learned", True)), "converged": bool(record.get("converged", True))}
+
+
 def results_frame(metrics_files, record_files=()):
     """One row per predictor x data set (pandas): accuracy, angular error, pooled counts, whether
-    the predictor learned (from its record.json; the CoM baseline needs no learning), plus the
-    synthetic test accuracy of each trained model."""
+    the predictor learned and converged (from its record.json), plus the synthetic test accuracy
+    of each trained model."""
     import pandas as pd
 
     records = {Path(path).parent.name: json.loads(Path(path).read_text()) for path in record_files}
     rows = []
     for path in map(Path, metrics_files):
-        info = {**asdict(predictors.describe(path.stem)), "learned": bool(records.get(path.stem, {}).get("learned", True))}
+        info = {**asdict(predictors.describe(path.stem)), **_training_outcome(records.get(path.stem, {}))}
         for r in json.loads(path.read_text()):
             rows.append({**info, "predictor": path.stem, "dataset": r["dataset"], "dataset_label": r.get("label", r["dataset"]),
                          "thickness_nm": r.get("thickness_nm", float("nan")),
@@ -41,7 +48,7 @@ def results_frame(metrics_files, record_files=()):
                          "angular_error_deg": r.get("angular_error_deg", float("nan")),
                          **{f"count_{k}": r["counts"][k] for k in CLASS_NAMES}})
     for name, record in records.items():
-        info = {**asdict(predictors.describe(name)), "learned": bool(record.get("learned", True))}
+        info = {**asdict(predictors.describe(name)), **_training_outcome(record)}
         rows.append({**info, "predictor": name, "dataset": SYNTHETIC_TEST, "dataset_label": SYNTHETIC_TEST, "thickness_nm": float("nan"),
                      "accepted": "", "accuracy": record["synthetic_test_accuracy"], "cell_accuracy": float("nan"), "unknown_fraction": 0.0,
                      "angular_error_deg": float("nan"),
@@ -68,7 +75,8 @@ def summarize(results):
             "family": family, "label": first["label"], "encoder": first["encoder"], "objective": first["objective"],
             "configuration": first["configuration"], "pretrained": first["pretrained"], "regime": first["regime"], "dataset": dataset,
             "dataset_label": first["dataset_label"], "thickness_nm": first["thickness_nm"], "seeds": len(all_seeds),
-            "seeds_learned": len(group), "accuracy_mean": group["accuracy"].mean() if len(group) else float("nan"),
+            "seeds_learned": len(group), "seeds_capped": int((~group["converged"].astype(bool)).sum()),
+            "accuracy_mean": group["accuracy"].mean() if len(group) else float("nan"),
             "accuracy_std": group["accuracy"].std(ddof=0) if len(group) else float("nan"),
             "cell_accuracy_mean": group["cell_accuracy"].mean() if len(group) else float("nan"),
             "unknown_fraction_mean": group["unknown_fraction"].mean() if len(group) else float("nan"),
@@ -116,6 +124,9 @@ def paper_table(summary, configuration: str, dependent: set[str] = frozenset()) 
 DEPENDENT_MARK = " †"
 DEPENDENT_NOTE = "† not independent of the training data: a copy or near copy of training patterns (tables/leakage.md)."
 DID_NOT_LEARN = "did not learn"
+CAPPED_MARK = " ‡"
+CAPPED_NOTE = ("‡ not converged: a seed stopped at its epoch cap while its validation score was still improving "
+               "(raise training.max_epochs for a converged number).")
 NOT_APPLICABLE = "n/a"  # e.g. column fitting on a scan too coarse to separate the columns
 
 
@@ -124,7 +135,7 @@ def _accuracy_text(entry) -> str:
         return DID_NOT_LEARN
     if not np.isfinite(entry.accuracy_mean):
         return NOT_APPLICABLE
-    text = f"{100 * entry.accuracy_mean:.1f} ± {100 * entry.accuracy_std:.1f}"
+    text = f"{100 * entry.accuracy_mean:.1f} ± {100 * entry.accuracy_std:.1f}" + CAPPED_MARK * bool(entry.seeds_capped)
     return text + (f" ({entry.seeds_learned} of {entry.seeds} seeds learned)" if entry.seeds_learned < entry.seeds else "")
 
 
@@ -194,7 +205,8 @@ def cell_table_rows(summary, families: list[str], dependent: set[str] = frozense
         label = next(e for e in entries if e is not None).dataset_label + DEPENDENT_MARK * (dataset in dependent)
         rows.append({"kind": "accuracy", "cells": [{"text": label}] + [
             {"text": ""} if e is None else {"text": DID_NOT_LEARN} if not e.seeds_learned else {"text": NOT_APPLICABLE} if v is None else
-            {"text": f"{100 * e.accuracy_mean:.1f} / {v:.1f}", "best": v == best} for e, v in zip(entries, shown)]})
+            {"text": f"{100 * e.accuracy_mean:.1f} / {v:.1f}" + CAPPED_MARK * bool(e.seeds_capped), "best": v == best}
+            for e, v in zip(entries, shown)]})
     return rows
 
 
@@ -211,9 +223,13 @@ def render_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _latex_marks(text: str) -> str:
+    return text.replace("†", "$^\\dagger$").replace("‡", "$^\\ddagger$")
+
+
 def render_latex(rows: list[dict], caption: str) -> str:
     def cell(c):
-        text = c["text"].replace("±", "$\\pm$").replace("†", "$^\\dagger$")
+        text = _latex_marks(c["text"].replace("±", "$\\pm$"))
         if c.get("best"):
             return f"\\textbf{{{text}}}"
         if "correct" in c and text:
@@ -223,7 +239,7 @@ def render_latex(rows: list[dict], caption: str) -> str:
     n = len(rows[0]["cells"])
     lines = [
         "% needs \\usepackage[table]{xcolor}", "\\begin{table}", "\\centering", "\\footnotesize",
-        f"\\caption{{{caption}}}", f"\\begin{{tabular}}{{l{'c' * (n - 1)}}}", "\\hline",
+        f"\\caption{{{_latex_marks(caption)}}}", f"\\begin{{tabular}}{{l{'c' * (n - 1)}}}", "\\hline",
         " & ".join(cell(c) for c in rows[0]["cells"]) + " \\\\", "\\hline",
     ]
     lines += [" & ".join(cell(c) for c in row["cells"]) + " \\\\" for row in rows[1:]]
@@ -266,12 +282,11 @@ def write_tables(metrics_files, record_files, out_dir, mode: str, leakage_csv=""
     write_text_atomically(written[0], results.to_csv(sep="\t", index=False, na_rep="nan"))
     write_text_atomically(written[1], summary.to_csv(sep="\t", index=False, na_rep="nan"))
     seeds = ", ".join(str(seed) for seed in sorted(set(results["seed"])) if seed >= 0)
-    dagger = f" {DEPENDENT_NOTE}".replace("†", "$^\\dagger$") if dependent else ""
 
     def caption(subject):
         return (f"Accuracy (top row, percent, mean $\\pm$ std over seeds {seeds}; seeds that did not learn left out; best in bold; "
                 f"\\emph{{{DID_NOT_LEARN}}}: validation accuracy below {100 * LEARNED_MIN_VALIDATION_ACCURACY:.0f} \\%) and majority class "
-                f"(green right, red wrong) for {subject} ({mode} mode).{dagger}")
+                f"(green right, red wrong) for {subject} ({mode} mode).")
 
     tables = {f"table_{c}": (paper_table(summary, c, dependent), caption(f"the {CONFIGURATION_TITLES[c]} configuration"))
               for c in CONFIGURATION_TITLES if c in set(summary[summary["regime"] == "paper"]["configuration"])}
@@ -283,10 +298,13 @@ def write_tables(metrics_files, record_files, out_dir, mode: str, leakage_csv=""
                           key=lambda family: family in untrained)  # stable: the baselines last
     tables["table_cells"] = (cell_table_rows(summary, every_family, dependent),
                              f"Per-pattern and per-unit-cell accuracy (percent, means over seeds {seeds}; seeds that did not learn left out; "
-                             f"best per-cell accuracy in bold) of every predictor, on the sets whose unit cells are known ({mode} mode).{dagger}")
+                             f"best per-cell accuracy in bold) of every predictor, on the sets whose unit cells are known ({mode} mode).")
     for stem, (rows, caption_text) in tables.items():
-        markdown = render_markdown(rows) + (f"\n{DEPENDENT_NOTE}\n" if dependent else "")
-        for suffix, text in ((".md", markdown), (".csv", render_csv(rows)), (".tex", render_latex(rows, caption_text))):
+        notes = [note for mark, note in ((DEPENDENT_MARK, DEPENDENT_NOTE), (CAPPED_MARK, CAPPED_NOTE))
+                 if any(mark in cell["text"] for row in rows for cell in row["cells"])]
+        markdown = render_markdown(rows) + "".join(f"\n{note}\n" for note in notes)
+        latex = render_latex(rows, " ".join([caption_text, *notes]))
+        for suffix, text in ((".md", markdown), (".csv", render_csv(rows)), (".tex", latex)):
             written.append(out_dir / f"{stem}{suffix}")
             write_text_atomically(written[-1], text)
     return written

@@ -260,6 +260,9 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
         out_dir / "record.json", [split_path, *preprocessed], asdict(settings), started,
         seed=settings.seed, device=str(device), epochs_run=len(state["history"]), best_epoch=best["epoch"], best_val_loss=best["val_loss"],
         validation_accuracy=best["val_accuracy"], learned=best["val_accuracy"] >= LEARNED_MIN_VALIDATION_ACCURACY,
+        # converged: stopped on a plateau (`patience` epochs without a better validation score);
+        # otherwise capped: the epochs ran out while it was still improving
+        converged=state["wait"] >= settings.patience,
         synthetic_test_accuracy=test_accuracy, patterns={"train": len(train_y), "validation": len(val_y), "test": len(test_y)},
     )
     checkpoint_path.unlink(missing_ok=True)

@@ -272,6 +272,7 @@ def all_outputs():
         + expand(f"{RESULTS}/figures/sweep_{{sweep}}.png", sweep=SWEEPS)
         + expand(f"{RESULTS}/figures/com_and_accuracy_{{sweep}}.png", sweep=THICKNESS_SWEEPS)
         + [f"{RESULTS}/figures/com_field.png"]
+        + ([f"{RESULTS}/figures/training_curves.png"] if TRAINING_JOBS else [])
         + expand(f"{RESULTS}/maps/{{dataset}}/{{predictor}}/map.png", dataset=EXPERIMENTAL, predictor=MAP_MODELS)
         + ([f"{RESULTS}/tables/modes.md"] if config["evaluation"]["compare_with"] else [])
         + [f"{RESULTS}/tables/reproduction.md"]

@@ -39,6 +39,30 @@ rule train:
         "--settings {params.job:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
+rule figure_training:
+    """Validation accuracy against epoch of every trained model, one line per family: which
+    converged on a plateau and which were stopped at their epoch cap."""
+    input:
+        metrics=expand(f"{RESULTS}/models/{{model}}/metrics.csv", model=TRAINING_JOBS),
+        records=expand(f"{RESULTS}/models/{{model}}/record.json", model=TRAINING_JOBS),
+    output:
+        png=report(
+            f"{RESULTS}/figures/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Training",
+        ),
+        pdf=f"{RESULTS}/figures/training_curves.pdf",
+        record=f"{RESULTS}/figures/training_curves.record.json",
+    log:
+        f"{RESULTS}/logs/figures/training_curves.log",
+    conda:
+        "../../envs/ml.yaml"
+    params:
+        out=lambda wildcards, output: output.png.removesuffix(".png"),
+    shell:
+        "polarmap figure training {input.metrics:q} --out {params.out:q} > {log:q} 2>&1"
+
+
 rule imagenet_weights:
     """torchvision's ImageNet weights, fetched once and checked (offline: place the file by hand)."""
     output:
