@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-import yaml
 
 from polarmap import io
 from polarmap.cli import main

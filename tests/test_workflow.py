@@ -12,12 +12,10 @@ import pytest
 import numpy as np
 import pandas as pd
 import tifffile
-import torch
 
 from polarmap import io
 from polarmap.tables import SYNTHETIC_TEST, read_table
 from polarmap.models import ENCODER_LABELS, OBJECTIVE_LABELS
-from polarmap.pattern import center_of_mass
 from test_preprocessing import disc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,24 +66,21 @@ RERUN = ["datasets/1E.h5", "datasets/5E.h5", "preprocessed/3S.h5", "preprocessed
 
 def same_content(a: Path, b: Path) -> bool:
     """Equal data: HDF5 and .npz containers record times, so their arrays are compared (NaN, no
-    answer, equal to NaN), model weights as tensors, anything else byte for byte."""
+    answer, equal to NaN); anything else, model files included, byte for byte."""
     if a.suffix == ".h5":
         with io.open_dataset(a) as x, io.open_dataset(b) as y:
             return np.array_equal(x["patterns"][()], y["patterns"][()]) and np.array_equal(x["labels"][()], y["labels"][()])
     if a.suffix == ".npz":
         with np.load(a) as x, np.load(b) as y:
             return sorted(x.files) == sorted(y.files) and all(np.array_equal(x[k], y[k], equal_nan=x[k].dtype.kind == "f") for k in x.files)
-    if a.suffix == ".pt":
-        x, y = (torch.load(path, weights_only=True)["state_dict"] for path in (a, b))
-        return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
     return a.read_bytes() == b.read_bytes()
 
 
 def test_a_second_run_gives_identical_data_sets_models_predictions_and_tables(study, tmp_path):
     """Determinism: one job of each kind after the simulations (RERUN) run again, elsewhere, from
     the same simulated sets, and then the tables from every prediction, give the same data sets,
-    weights, out-of-distribution thresholds and predictions to the last bit and byte-identical
-    tables. That a simulation repeats bit for bit is tested where it is cheaper
+    out-of-distribution thresholds and predictions to the last bit, and byte-identical model
+    files and tables. That a simulation repeats bit for bit is tested where it is cheaper
     (test_independence: two processes, one set)."""
     again = tmp_path / "again"
     shutil.copytree(study, again, symlinks=True)
@@ -94,7 +89,7 @@ def test_a_second_run_gives_identical_data_sets_models_predictions_and_tables(st
     rerun = snakemake(again, "--configfile", "tests.yaml", "--force", *targets)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     # the tables again from every prediction, the others kept as they are (no rerun for their age)
-    tables = snakemake(again, "--configfile", "tests.yaml", "--force", "--rerun-triggers", "input", "params", "results/tests/tables/results.tsv")
+    tables = snakemake(again, "results/tests/tables/results.tsv", "--force", "--configfile", "tests.yaml", "--rerun-triggers", "input", "params")
     assert tables.returncode == 0, tables.stderr[-3000:]
     assert (second / "datasets/3S.h5").stat().st_mtime == (first / "datasets/3S.h5").stat().st_mtime
     made_again = [path for path in sorted(second.rglob("*")) if path.is_file() and (first / path.relative_to(second)).exists()
@@ -211,7 +206,8 @@ def assert_per_cell_and_unknown(results, models, evaluated):
     assert {m["dataset"] for m in fitted} == set(lattice_sets) and all(m["cell_predictor"].startswith("not applicable") for m in fitted)
     cells = (results / "tables/table_cells.md").read_text().splitlines()
     assert cells[0].startswith("| Dataset (pattern / cell %) | Conv (Reg) [none] |") and cells[0].endswith("| CoM | Columns (ADF) | Columns (iDPC) |")
-    assert {line.split(" | ")[0].strip("| ").split("-")[0] for line in cells[2:]} == set(lattice_sets)
+    assert {line.split(" | ")[0].strip("| ").split("-")[0] for line in cells[2:] if line.startswith("|")} == set(lattice_sets)
+    assert cells[-1].startswith("‡ not converged")  # the preset's models run 1-2 epochs of a patience of 5
     trained = {m for m in models if not m.startswith("unit_cell")}
     assert {p.parent.name for p in results.glob("models/*/ood.npz")} == trained
     for model in trained:

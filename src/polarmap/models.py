@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polarmap.atomic import read_npz, save_npz_atomically
+from polarmap.atomic import read_npz, replace_atomically, save_npz_atomically
 from polarmap.classes import CLASS_NAMES, angle_to_class
 
 N_CLASSES = len(CLASS_NAMES)
@@ -386,6 +386,17 @@ class PcaKnn:
         if not all(np.isfinite(a).all() for a in arrays.values() if a.dtype.kind == "f"):
             raise ValueError(f"{path}: its PCA+kNN arrays hold NaN or infinite values; refit it (polarmap train-pca-knn)")
         return cls(arrays)
+
+
+def save_model_file(path, payload: dict) -> None:
+    """torch.save of tensors and plain values, whole or not at all, and the same bytes for the same
+    payload: written through an open file, whose archive torch names "archive" (given a path it
+    names the archive after the file: here a random temporary name, and the bytes would differ)."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+
+    replace_atomically(path, write)
 
 
 def refuse_non_finite(model: torch.nn.Module, path) -> None:

@@ -19,8 +19,8 @@ import torch
 from tqdm import tqdm
 
 from polarmap import io, predictors
-from polarmap.atomic import replace_atomically, save_npz_atomically
-from polarmap.models import LEARNED_MIN_VALIDATION_ACCURACY, N_CLASSES, PcaKnn, PolarizationModel, class_prototypes, resolve_device
+from polarmap.atomic import save_npz_atomically
+from polarmap.models import LEARNED_MIN_VALIDATION_ACCURACY, N_CLASSES, PcaKnn, PolarizationModel, class_prototypes, resolve_device, save_model_file
 from polarmap.ood import KNOWN_QUANTILE, fit_ood
 from polarmap.augmentation import AugmentationSettings, DomainRandomisationSettings, augmentation_pipeline, augmenter
 from polarmap.preprocessing import CONFIGURATIONS
@@ -239,7 +239,7 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
         else:
             state["wait"] += 1
         state["epoch"] = epoch
-        _save(checkpoint_path, {
+        save_model_file(checkpoint_path, {
             **state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "settings": settings_json, "inputs_hash": inputs_hash,
         })
@@ -252,7 +252,7 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
     _, test_out = _evaluate(model, test_x, test_y, settings.batch_size, device)
     test_accuracy = float((model.predict(test_out.to(device)).cpu().numpy() == test_y).mean()) if len(test_y) else float("nan")
 
-    _save(out_dir / "model.pt", {"state_dict": model.state_dict(), "settings": settings_json, "input_px": int(train_x.shape[-1]),
+    save_model_file(out_dir / "model.pt", {"state_dict": model.state_dict(), "settings": settings_json, "input_px": int(train_x.shape[-1]),
                                  "sampling": json.dumps(data["sampling"], sort_keys=True)})
     _write_metrics(out_dir / "metrics.csv", state["history"])
     best = state["history"][state["best_epoch"]]  # the epoch whose weights were kept
@@ -284,10 +284,6 @@ def _resumable_checkpoint(path: Path, device, settings_json: str, inputs_hash: s
         print(f"{path}: made with other settings or data; training starts afresh", flush=True)
         return None
     return saved
-
-
-def _save(path: Path, payload: dict) -> None:
-    replace_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _write_metrics(path: Path, history: list[dict]) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from polarmap.cells import ScanCells
 from polarmap.classes import CLASS_NAMES
-from polarmap.models import refuse_non_finite
+from polarmap.models import refuse_non_finite, save_model_file
 
 CELL_GRID = 8
 CHANNELS = ("adf", "com_row", "com_col")
@@ -143,8 +143,6 @@ def train_unit_cell_model(training: list[dict], validation: list[dict], out: Pat
     """Train on cells of the `training` sets and validate on the cells of the `validation` sets
     (other crystals), each a dict of adf, com, cell_px, corners and label. Writes model.pt (tensors
     and plain values only) and returns the record: validation accuracy and whether it learned."""
-    from polarmap.atomic import replace_atomically
-
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     model = UnitCellNet()
@@ -166,7 +164,7 @@ def train_unit_cell_model(training: list[dict], validation: list[dict], out: Pat
         accuracy = float((predict_windows(model, held_out)[0] == held_out_labels).mean())
         history.append({"epoch": epoch + 1, "loss": float(value.detach()), "validation_accuracy": accuracy})
     payload = {"kind": "unit_cell", "settings": json.dumps(asdict(settings)), "state_dict": model.state_dict()}
-    replace_atomically(out, lambda tmp: torch.save(payload, tmp))
+    save_model_file(out, payload)
     final = history[-1]["validation_accuracy"]
     return {"settings": asdict(settings), "history": history, "validation_cells": int(len(held_out_labels)),
             "training_cells": int(sum(len(t["corners"]) for t in training)),
