@@ -17,7 +17,8 @@ within a quarter cell; near the A sites: the 4 corner bins; between: the rest).
 
 If accuracy rises with n while the patterns stay as many, the crystals (the budget) limit it; if
 it stays flat, and the positions near the columns are right while those between stay near chance
-(12.5 %), the physics does. Writes benchmarks/<name>.md, .json and .png.
+(12.5 %), the physics does. Writes benchmarks/<name>.md and .json, and the figure
+benchmarks/out/<name>.png.
 """
 
 import argparse
@@ -103,6 +104,7 @@ def figure(rows: list[dict], objective: str, out: Path) -> None:
     left.set(xscale="log", xticks=crystals, xticklabels=[str(n) for n in crystals], ylim=(0, 100),
              xlabel="training crystals per class (as many patterns per class)", ylabel="accuracy on independent 20 nm crystals (%)",
              title=f"Conv ({objective}), mean and std over seeds")
+    left.minorticks_off()
     left.legend(fontsize=7)
     largest = [r for r in rows if r["crystals"] == crystals[-1]]
     shown = right.imshow(100 * np.nanmean([r["heat"] for r in largest], axis=0), origin="lower", extent=(0, 1, 0, 1), vmin=0, vmax=100)
@@ -143,20 +145,23 @@ def main() -> None:
             record = trained["record"]
             row = {"crystals": crystals, "seed": seed, "epochs_run": record["epochs_run"], "best_epoch": record["best_epoch"],
                    "converged": record["converged"], "validation_accuracy": record["validation_accuracy"],
-                   "training_patterns": record["patterns"]["train"], **evaluate(trained["folder"], args.results, args.tests),
+                   "training_patterns": record["patterns"]["train"],
+                   "patterns_seen": record["patterns"]["train"] * record["best_epoch"],  # up to the kept epoch
+                   **evaluate(trained["folder"], args.results, args.tests),
                    "seconds": round(time.perf_counter() - started, 1)}
             rows.append(row)
             print(f"{crystals} crystals, seed {seed}: {100 * row['accuracy']:.1f} % ({row['epochs_run']} epochs, "
                   f"{'converged' if row['converged'] else 'capped'})", flush=True)
 
-    figure(rows, args.objective, HERE / f"{args.name}.png")
+    (HERE / "out").mkdir(exist_ok=True)  # figures are made, not kept in git
+    figure(rows, args.objective, HERE / f"out/{args.name}.png")
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     (HERE / f"{args.name}.json").write_text(json.dumps({"machine": machine, "results": str(args.results), "objective": args.objective,
                                                         "tests": args.tests, "rows": rows}, indent=1) + "\n")
     lines = [f"Learning curve ({machine}; {args.results}, Conv {args.objective}, up to {args.max_epochs} epochs, patience {args.patience}; "
              f"independent 20 nm tests {', '.join(args.tests)}). Accuracy in percent, mean ± std over seeds {', '.join(map(str, args.seeds))}.",
-             "", "| crystals per class | training patterns | epochs (kept) | converged | validation | tests, all positions | near Nb | near A | between |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "", "| crystals per class | training patterns | epochs (kept) | patterns seen to the kept epoch | converged | validation | "
+             "tests, all positions | near Nb | near A | between |", "|---|---|---|---|---|---|---|---|---|---|"]
     def cell(values):
         return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
 
@@ -164,9 +169,10 @@ def main() -> None:
         mine = [r for r in rows if r["crystals"] == crystals]
         epochs = ", ".join(f"{r['epochs_run']} ({r['best_epoch']})" for r in mine)
         regions = " | ".join(cell([r["regions"][region] for r in mine]) for region in ("near Nb", "near A", "between"))
-        lines.append(f"| {crystals} | {mine[0]['training_patterns']} | {epochs} | {sum(r['converged'] for r in mine)} of {len(mine)} | "
+        seen = np.mean([r["patterns_seen"] for r in mine])
+        lines.append(f"| {crystals} | {mine[0]['training_patterns']} | {epochs} | {seen:.0f} | {sum(r['converged'] for r in mine)} of {len(mine)} | "
                      f"{cell([r['validation_accuracy'] for r in mine])} | {cell([r['accuracy'] for r in mine])} | {regions} |")
-    lines += ["", f"![learning curve]({args.name}.png)"]
+    lines += ["", f"Figure (accuracy against crystals; accuracy by probe position at the largest): benchmarks/out/{args.name}.png."]
     (HERE / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
