@@ -48,10 +48,8 @@ def position_regions(bins: int) -> dict[str, np.ndarray]:
 
 
 def train_one(results: Path, out: Path, config: dict, crystals: int, seed: int, objective: str, max_epochs: int, patience: int) -> dict:
-    from polarmap.augmentation import AugmentationSettings, DomainRandomisationSettings
     from polarmap.config import training_jobs, training_set_names
     from polarmap.predictors import neural_name
-    from polarmap.provenance import settings_from_json
     from polarmap.splits import SplitSettings, make_split
     from polarmap.training import TrainSettings, train
 
@@ -64,10 +62,8 @@ def train_one(results: Path, out: Path, config: dict, crystals: int, seed: int, 
     split = folder / "split.npz"
     if not (folder / "record.json").exists():
         make_split(preprocessed, split, "none", seed, SplitSettings(), SplitSettings(fractions=(0.9, 0.1)), sets_per_class=crystals)
-        job = dict(next(job for job in training_jobs(config).values() if job["encoder"] == "conv" and job["configuration"] == "none"))
-        job["augmentation"] = settings_from_json(AugmentationSettings, job["augmentation"])
-        job["domain_randomisation"] = settings_from_json(DomainRandomisationSettings, job["domain_randomisation"])
-        settings = replace(TrainSettings(**job), objective=objective, seed=seed, max_epochs=max_epochs, patience=patience)
+        job = next(job for job in training_jobs(config).values() if job["encoder"] == "conv" and job["configuration"] == "none")
+        settings = replace(TrainSettings.from_job(job), objective=objective, seed=seed, max_epochs=max_epochs, patience=patience)
         train(split, preprocessed, folder, settings, progress=False)
     return {"folder": folder, "record": json.loads((folder / "record.json").read_text())}
 

@@ -318,13 +318,10 @@ def _arguments_train(p) -> None:
 @command("train", "Train one model (encoder x objective x configuration x pretraining x seed).", _arguments_train,
          reads=("preprocessed", "split"), writes=(_in_folder("out_dir", "model.pt", "metrics.csv", "record.json"),))
 def cmd_train(args) -> None:
-    from polarmap.augmentation import AugmentationSettings, DomainRandomisationSettings
     from polarmap.training import TrainSettings, train
 
-    job = json.loads(args.settings)
-    job["augmentation"] = settings_from_json(AugmentationSettings, job["augmentation"])
-    job["domain_randomisation"] = settings_from_json(DomainRandomisationSettings, job["domain_randomisation"])
-    record = train(args.split, args.preprocessed, args.out_dir, TrainSettings(**job), progress=not args.quiet, workers=args.workers)
+    settings = TrainSettings.from_job(json.loads(args.settings))
+    record = train(args.split, args.preprocessed, args.out_dir, settings, progress=not args.quiet, workers=args.workers)
     print(json.dumps({k: record[k] for k in ("epochs_run", "best_val_loss", "synthetic_test_accuracy", "device")}))
 
 

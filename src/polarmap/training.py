@@ -26,7 +26,7 @@ from polarmap.augmentation import AugmentationSettings, DomainRandomisationSetti
 from polarmap.preprocessing import CONFIGURATIONS
 from polarmap.seeds import derived_seed
 from polarmap.splits import read_split
-from polarmap.provenance import config_hash, file_sha256, write_record
+from polarmap.provenance import config_hash, file_sha256, settings_from_json, write_record
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
 # A model whose validation accuracy stays below twice chance (8 classes) did not learn: it is
@@ -65,6 +65,12 @@ class TrainSettings:
             raise ValueError(f"early_stopping must be 'val_loss' or 'val_accuracy', got {self.early_stopping!r}")
         if self.configuration not in CONFIGURATIONS:
             raise ValueError(f"unknown configuration {self.configuration!r}; use one of {', '.join(CONFIGURATIONS)}")
+
+    @classmethod
+    def from_job(cls, job: dict) -> "TrainSettings":
+        """The settings of a training job as `config.training_jobs` makes them (plain JSON values)."""
+        return cls(**{**job, "augmentation": settings_from_json(AugmentationSettings, job["augmentation"]),
+                      "domain_randomisation": settings_from_json(DomainRandomisationSettings, job["domain_randomisation"])})
 
 
 SAMPLING_KEYS = ("detector_mrad_per_px", "energy_kev", "semiangle_mrad")
