@@ -124,6 +124,45 @@ def test_a_map_never_touches_its_input_even_one_named_like_its_working_copy(trai
                                                                            "provenance.json", "preprocessed.h5"])
 
 
+def test_the_map_streams_the_file_and_preprocesses_it_as_an_import_would(trained, simulated_scan, tmp_path, monkeypatch):  # noqa: F811
+    """A turned and mirrored detector with hot pixels (and its own mask of one of them): the map
+    reads the file a few scan rows at a time and writes no copy of its raw frames (every data set
+    it creates holds crops), and the patterns the model sees, their beam shift, ADF and origins,
+    are bit for bit those of `polarmap import` then `polarmap preprocess`."""
+    from polarmap import mapping
+    from polarmap.readers import Acquisition, read_acquisition
+
+    _, patterns, step, mrad = simulated_scan
+    flat = patterns[..., :, ::-1].reshape(-1, *patterns.shape[-2:])
+    turned = np.stack([ndimage.rotate(p, 30, reshape=False, order=3) for p in flat]).clip(0).reshape(patterns.shape) * 1e4
+    turned[:, :, 40, 20] = turned[:, :, 100, 7] = 50 * turned.max()
+    write_file(tmp_path / "scan.h5", turned.astype(np.float32))
+    mask = np.zeros(patterns.shape[2:], bool)
+    mask[127 - 100, 7] = True  # the file's own mask, as displayed
+    acquisition = read_acquisition(tmp_path / "scan.h5")
+    acquisition = Acquisition(acquisition.path, acquisition.frames, acquisition.scan_shape_from, acquisition.calibration, mask)
+    monkeypatch.setattr(mapping, "read_acquisition", lambda *args, **kwargs: acquisition)
+    created = []
+    create = io.create_dataset_file
+    monkeypatch.setattr(io, "create_dataset_file", lambda path, scan, detector, *rest: created.append(tuple(detector)) or create(path, scan, detector, *rest))
+    model, ood, _, _ = trained
+    mapping.map_acquisition(tmp_path / "scan.h5", model, tmp_path / "map", ood, job={"detector_mrad_per_px": mrad, "scan_step_angstrom": step},
+                            progress=False)
+    assert created == [(CROP_PX, CROP_PX)]
+    job = {**{key: None for key in ("scan_shape", "label")}, "name": "scan", "format": "auto", "dataset": "", "accepted": [], "thickness_nm": 0.0,
+           "supercell": "experimental", "source": "detector", "path": str(tmp_path / "scan.h5"), "detector_mrad_per_px": mrad, "scan_step_angstrom": step}
+    io.import_acquisition(acquisition, tmp_path / "imported.h5", io.acquisition_attrs(job, acquisition), progress=False)
+    provenance = json.loads((tmp_path / "map" / "provenance.json").read_text())
+    settings = PreprocessSettings(crop_px=CROP_PX, mrad_per_px=provenance["settings"]["model_sampling"]["detector_mrad_per_px"])
+    preprocess_dataset(tmp_path / "imported.h5", tmp_path / "preprocessed.h5", settings, False, progress=False)
+    with h5py.File(tmp_path / "map" / "preprocessed.h5") as streamed, h5py.File(tmp_path / "preprocessed.h5") as imported:
+        assert streamed.attrs["scan_flip"] and streamed.attrs["bad_pixel_count"] >= 2
+        for key in ("bad_pixel_count", "scan_rotation_deg", "descan_plane_px", "disc_radius_px"):
+            assert streamed.attrs[key] == imported.attrs[key], key
+        for key in ("patterns", "beam_shift", "adf", "origin", "com"):
+            assert np.array_equal(streamed[key][()], imported[key][()]), key
+
+
 def tiled(patterns, times=3):
     """The simulated supercell scan repeated: one period of a periodic crystal is exact, so a
     3x3 tiling is a 6x6-cell scan of the same crystal."""

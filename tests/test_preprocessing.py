@@ -247,3 +247,18 @@ def test_domain_randomisation_counts_electrons_and_keeps_the_disc_where_it_was()
     assert augmenter("domain_randomisation", AugmentationSettings(), untouched, 5)(clean) is clean
     with pytest.raises(ValueError, match="unknown augmentation 'cutout'"):
         augmenter("cutout", AugmentationSettings(), untouched, 5)
+
+
+def test_resampling_threads_give_the_same_numbers():
+    """Patterns shared among threads are resampled exactly as one thread does them, turned and
+    rescaled, whatever the number of threads."""
+    from polarmap import disc
+    from polarmap.orientation import detector_from_scan
+
+    rng = np.random.default_rng(3)
+    patterns = rng.poisson(50, (7, 96, 96)).astype(np.float32)
+    origins = 48 + rng.normal(0, 2, (7, 2))
+    matrix = detector_from_scan(23.0, True)
+    one = disc.resample(patterns, origins, 1.7, matrix, 24)
+    for workers in (2, 3, 8):
+        assert np.array_equal(disc.resample(patterns, origins, 1.7, matrix, 24, workers), one)

@@ -23,6 +23,7 @@ arrays in, arrays out, no files.
 LiberTEM's centre-of-mass analysis and py4DSTEM's origin fitting are the references read.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,12 +54,12 @@ def bad_pixels(mean_pattern: np.ndarray, known=None) -> np.ndarray:
     return mask | np.asarray(known, dtype=bool) if known is not None else mask
 
 
-def fill_bad_pixels(patterns: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def fill_bad_pixels(patterns: np.ndarray, mask: np.ndarray, in_place: bool = False) -> np.ndarray:
     """Patterns (..., rows, cols) with every masked pixel set to the mean of its good neighbours
-    (a copy; none left out when the mask is empty)."""
+    (a copy, unless `in_place` and the patterns are float32; none left out when the mask is empty)."""
     if not mask.any():
         return patterns
-    filled = np.array(patterns, dtype=np.float32, copy=True)
+    filled = patterns if in_place and patterns.dtype == np.float32 else np.array(patterns, dtype=np.float32, copy=True)
     flat = filled.reshape(-1, *mask.shape)
     rows, cols = np.nonzero(mask)
     total, count = np.zeros((len(flat), rows.size), np.float64), np.zeros(rows.size)
@@ -103,26 +104,41 @@ def find_disc(mean_pattern: np.ndarray) -> Disc:
 def disc_centres(patterns: np.ndarray, found: Disc) -> tuple[np.ndarray, np.ndarray]:
     """Centroid (..., 2) = (row, col) and equivalent radius (...) of each pattern's disc weights
     (0 at the background, 1 at the disc's level) within DISC_WINDOW_RADII radii of the mean
-    pattern's disc; NaN where nothing rises above the background."""
+    pattern's disc; NaN where nothing rises above the background. Only the window's bounding box
+    is read past the patterns' totals."""
     patterns = np.asarray(patterns, dtype=np.float32)
     totals = patterns.sum(axis=(-2, -1), dtype=np.float64)[..., None, None]
-    rows, cols = np.indices(patterns.shape[-2:])
-    window = np.hypot(rows - found.centre[0], cols - found.centre[1]) <= DISC_WINDOW_RADII * found.radius
-    above = np.clip((patterns - found.background * totals) / ((found.level - found.background) * totals), 0.0, 1.0) * window
+    reach = DISC_WINDOW_RADII * found.radius
+    (r0, r1), (c0, c1) = (_span(centre, reach, size) for centre, size in zip(found.centre, patterns.shape[-2:]))
+    rows, cols = np.ogrid[r0:r1, c0:c1]
+    window = np.hypot(rows - found.centre[0], cols - found.centre[1]) <= reach
+    box = patterns[..., r0:r1, c0:c1]
+    above = np.clip((box - found.background * totals) / ((found.level - found.background) * totals), 0.0, 1.0) * window
     count = above.sum(axis=(-2, -1), dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        row = (above.sum(axis=-1, dtype=np.float64) @ np.arange(patterns.shape[-2])) / count
-        col = (above.sum(axis=-2, dtype=np.float64) @ np.arange(patterns.shape[-1])) / count
+        row = (above.sum(axis=-1, dtype=np.float64) @ np.arange(r0, r1)) / count
+        col = (above.sum(axis=-2, dtype=np.float64) @ np.arange(c0, c1)) / count
     return np.stack([row, col], axis=-1), np.sqrt(count / np.pi)
 
 
 def masked_centres(patterns: np.ndarray, centres: np.ndarray, radius: float) -> np.ndarray:
     """Centre of mass (..., 2) of each pattern within `radius` pixels of its own `centres` (...,
-    2); NaN where nothing is inside."""
-    rows, cols = np.indices(patterns.shape[-2:], dtype=np.float32)
+    2); NaN where nothing is inside. Only the bounding box of every pattern's mask is read."""
     centres = np.asarray(centres, dtype=np.float32)
+    finite = centres[np.isfinite(centres).all(axis=-1)]
+    if finite.size == 0:
+        return np.full(centres.shape, np.nan)
+    (r0, r1), (c0, c1) = (_span((low + high) / 2, (high - low) / 2 + radius, size)
+                          for low, high, size in zip(finite.min(axis=0), finite.max(axis=0), patterns.shape[-2:]))
+    rows, cols = np.ogrid[r0:r1, c0:c1]
+    rows, cols = rows.astype(np.float32), cols.astype(np.float32)
     inside = (rows - centres[..., 0, None, None]) ** 2 + (cols - centres[..., 1, None, None]) ** 2 <= np.float32(radius) ** 2
-    return center_of_mass(np.where(inside, patterns, np.float32(0)))
+    return center_of_mass(np.where(inside, np.asarray(patterns, dtype=np.float32)[..., r0:r1, c0:c1], np.float32(0))) + np.array([r0, c0])
+
+
+def _span(centre: float, reach: float, size: int) -> tuple[int, int]:
+    """The pixels [start, stop) within `reach` of `centre` along an axis of `size` pixels."""
+    return max(int(np.floor(centre - reach)), 0), min(int(np.ceil(centre + reach)) + 1, size)
 
 
 def fit_plane(centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +168,7 @@ def crop_reach(scale: float, detector_from_scan: np.ndarray, crop_px: int) -> np
     return np.abs(scale * corners @ np.asarray(detector_from_scan, dtype=np.float64).T).max(axis=0)
 
 
-def resample(patterns: np.ndarray, origins: np.ndarray, scale: float, detector_from_scan: np.ndarray, crop_px: int) -> np.ndarray:
+def resample(patterns: np.ndarray, origins: np.ndarray, scale: float, detector_from_scan: np.ndarray, crop_px: int, workers: int = 1) -> np.ndarray:
     """Each pattern (n, rows, cols) on the model's crop_px x crop_px grid: output pixel (i, j) is the
     pattern at detector position origin + scale * detector_from_scan @ (i - c, j - c), c =
     crop_px // 2 (the centre pixel, as in an unresampled crop); `scale` is detector pixels per
@@ -164,7 +180,8 @@ def resample(patterns: np.ndarray, origins: np.ndarray, scale: float, detector_f
     test_mapping.py); the counts between the samples go unused, which costs signal at low dose.
     Linear interpolation would blur a turned pattern by half a pixel. The splines overshoot at the
     disc's edge: what falls below zero is cut at zero, as no detector counts below it (a varying
-    negative minimum would become a varying pedestal after min-max, which moves an even crop's CoM)."""
+    negative minimum would become a varying pedestal after min-max, which moves an even crop's CoM).
+    `workers` threads share the patterns (scipy's splines release the GIL): the same numbers."""
     origins = np.asarray(origins, dtype=np.float64)
     if scale == 1 and np.array_equal(detector_from_scan, np.eye(2)) and np.array_equal(origins, np.round(origins)):
         # whole pixels, unturned (a simulation at its own sampling): the spline would return them
@@ -176,11 +193,20 @@ def resample(patterns: np.ndarray, origins: np.ndarray, scale: float, detector_f
     positions = np.asarray(origins, dtype=np.float64)[:, None, None, :] + detector[None]
     patterns = np.asarray(patterns, dtype=np.float32)
     out = np.empty((len(patterns), crop_px, crop_px), np.float32)
-    for i, pattern in enumerate(patterns):  # one spline per pattern: one over the stack would mix neighbours
-        # the spline of a window around the crop only: a spline's reach decays by 0.27 a pixel, so
-        # SPLINE_MARGIN pixels leave the samples as the whole pattern's spline gives them
-        low = np.maximum(np.floor(positions[i].min(axis=(0, 1))).astype(int) - SPLINE_MARGIN, 0)
-        high = np.minimum(np.ceil(positions[i].max(axis=(0, 1))).astype(int) + SPLINE_MARGIN + 1, pattern.shape)
-        window = pattern[low[0]:high[0], low[1]:high[1]]
-        out[i] = ndimage.map_coordinates(window, np.moveaxis(positions[i] - low, -1, 0), order=3, mode="nearest")
+
+    def resample_each(indices):
+        for i in indices:  # one spline per pattern: one over the stack would mix neighbours
+            # the spline of a window around the crop only: a spline's reach decays by 0.27 a pixel, so
+            # SPLINE_MARGIN pixels leave the samples as the whole pattern's spline gives them
+            low = np.maximum(np.floor(positions[i].min(axis=(0, 1))).astype(int) - SPLINE_MARGIN, 0)
+            high = np.minimum(np.ceil(positions[i].max(axis=(0, 1))).astype(int) + SPLINE_MARGIN + 1, patterns.shape[1:])
+            window = patterns[i, low[0]:high[0], low[1]:high[1]]
+            out[i] = ndimage.map_coordinates(window, np.moveaxis(positions[i] - low, -1, 0), order=3, mode="nearest")
+
+    shares = np.array_split(np.arange(len(patterns)), max(min(workers, len(patterns)), 1))
+    if len(shares) == 1:
+        resample_each(shares[0])
+    else:
+        with ThreadPoolExecutor(len(shares)) as pool:
+            list(pool.map(resample_each, shares))
     return np.maximum(out, 0)

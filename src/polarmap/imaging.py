@@ -32,48 +32,54 @@ class VirtualDetectors:
 
 
 def virtual_images(path, detectors: VirtualDetectors = VirtualDetectors()) -> dict[str, np.ndarray]:
-    """The images of one data set, each (scan_rows, scan_cols), and its CoM field (..., 2) in mrad
-    from the optical axis. The axis is the detector's centre for simulated sets, the centre of mass
-    of the scan-mean pattern for detector data (its bright-field disc)."""
+    """The virtual images of one data set file (`scan_virtual_images`)."""
     with io.open_dataset(path) as f:
         attrs = io.read_attrs(f)
         io.refuse_preprocessed(attrs, path, "virtual imaging")
-        patterns = f["patterns"]
-        mrad = float(attrs["detector_mrad_per_px"])
-        semiangle = float(attrs["semiangle_mrad"])
-        if not np.isfinite(mrad) or mrad <= 0:
-            raise ValueError(f"{path}: no detector calibration (detector_mrad_per_px); import it with --mrad-per-px")
-        detector_shape = patterns.shape[2:]
-        if dataset_kind(attrs).through_a_detector:
-            mean = sum(block.sum(axis=(0, 1), dtype=np.float64) for _, block in scan_blocks(patterns, detectors.rows_per_block))
-            centre = center_of_mass(mean)
-        else:
-            centre = np.array(detector_shape) // 2
-        masks = {
-            "adf": annular_mask(detector_shape, centre, mrad, *detectors.adf_mrad),
-            "bf": annular_mask(detector_shape, centre, mrad, 0.0, semiangle),
-            "abf": annular_mask(detector_shape, centre, mrad, detectors.abf_inner_fraction * semiangle, semiangle),
-        }
-        if not masks["adf"].any():
-            reach = float(np.hypot(*np.maximum(centre, np.array(detector_shape) - 1 - centre))) * mrad
-            raise ValueError(f"{path}: no detector pixel lies in the ADF ring {detectors.adf_mrad[0]:g}-{detectors.adf_mrad[1]:g} mrad; "
-                             f"the detector reaches {reach:.0f} mrad at {mrad:.4g} mrad/px: choose a ring within it (--adf-mrad)")
-        images = {name: np.empty(patterns.shape[:2]) for name in masks}
-        field = np.empty((*patterns.shape[:2], 2))
-        for start, block in scan_blocks(patterns, detectors.rows_per_block):
-            problem = intensity_problem(block, start)
-            if problem:
-                raise ValueError(f"{path}: {problem}")
-            rows = slice(start, start + len(block))
-            for name, mask in masks.items():
-                images[name][rows] = virtual_image(block, mask)
-            field[rows] = com_field(block, centre, mrad)
+        return scan_virtual_images(f["patterns"], attrs, path, detectors)
+
+
+def scan_virtual_images(patterns, attrs: dict, source, detectors: VirtualDetectors = VirtualDetectors()) -> dict[str, np.ndarray]:
+    """The images of one scan, each (scan_rows, scan_cols), and its CoM field (..., 2) in mrad from
+    the optical axis: `patterns` a data set's /patterns or anything indexed like it (an
+    acquisition's `io.ScanFrames`), read a few scan rows at a time; `source` names it in errors.
+    The axis is the detector's centre for simulated sets, the centre of mass of the scan-mean
+    pattern for detector data (its bright-field disc)."""
+    mrad = float(attrs["detector_mrad_per_px"])
+    semiangle = float(attrs["semiangle_mrad"])
+    if not np.isfinite(mrad) or mrad <= 0:
+        raise ValueError(f"{source}: no detector calibration (detector_mrad_per_px); import it with --mrad-per-px")
+    detector_shape = patterns.shape[2:]
+    if dataset_kind(attrs).through_a_detector:
+        mean = sum(block.sum(axis=(0, 1), dtype=np.float64) for _, block in scan_blocks(patterns, detectors.rows_per_block, dtype=np.float32))
+        centre = center_of_mass(mean)
+    else:
+        centre = np.array(detector_shape) // 2
+    masks = {
+        "adf": annular_mask(detector_shape, centre, mrad, *detectors.adf_mrad),
+        "bf": annular_mask(detector_shape, centre, mrad, 0.0, semiangle),
+        "abf": annular_mask(detector_shape, centre, mrad, detectors.abf_inner_fraction * semiangle, semiangle),
+    }
+    if not masks["adf"].any():
+        reach = float(np.hypot(*np.maximum(centre, np.array(detector_shape) - 1 - centre))) * mrad
+        raise ValueError(f"{source}: no detector pixel lies in the ADF ring {detectors.adf_mrad[0]:g}-{detectors.adf_mrad[1]:g} mrad; "
+                         f"the detector reaches {reach:.0f} mrad at {mrad:.4g} mrad/px: choose a ring within it (--adf-mrad)")
+    images = {name: np.empty(patterns.shape[:2]) for name in masks}
+    field = np.empty((*patterns.shape[:2], 2))
+    for start, block in scan_blocks(patterns, detectors.rows_per_block, dtype=np.float32):
+        problem = intensity_problem(block, start)
+        if problem:
+            raise ValueError(f"{source}: {problem}")
+        rows = slice(start, start + len(block))
+        for name, mask in masks.items():
+            images[name][rows] = virtual_image(block, mask)
+        field[rows] = com_field(block, centre, mrad)
     # a global descan offset is not the specimen's: the field's scan mean is removed
     field -= field.reshape(-1, 2).mean(axis=0)
     settings = {**asdict(detectors), "centre_px": [float(v) for v in centre], "mrad_per_px": mrad, "semiangle_mrad": semiangle}
     # what column fitting and per-cell scoring need of the set, so that they read the images only
     described = {key: attrs[key] for key in DESCRIBING_ATTRS if key in attrs}
-    meta = {"dataset": attrs["name"], "source": str(path), **settings, "dataset_attrs": described}
+    meta = {"dataset": attrs["name"], "source": str(source), **settings, "dataset_attrs": described}
     return {**images, "com_mrad": field, "idpc": integrated_com(field), "ddpc": differentiated_com(field),
             "meta": np.array(json.dumps(meta, default=lambda value: value.tolist()))}
 

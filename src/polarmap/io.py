@@ -149,6 +149,12 @@ def read_attrs(f: h5py.File) -> dict:
     return {key: _decode(value) for key, value in f.attrs.items()}
 
 
+def stored_attrs(attrs: dict) -> dict:
+    """Attributes as a data set file gives them back (`read_attrs`): tuples become lists, numpy
+    scalars Python numbers; for a scan streamed without being written."""
+    return {key: _decode(_encode(value)) for key, value in attrs.items()}
+
+
 @contextmanager
 def open_dataset(path, check_values: bool = False):
     """Open and validate a data set; every problem is one clear error naming the file."""
@@ -222,64 +228,107 @@ def info(path, check_values: bool = True) -> str:
     return "\n".join(lines)
 
 
-def import_acquisition(acquisition, out, attrs, scan_shape=None, label=None, compression=None, progress=True) -> None:
-    """Write an acquisition (`polarmap.readers`) into a data set, scan row by scan row.
-
-    Orientation: a reader gives the frames as the microscope displays them (scan row 0 and detector
-    row 0 at the top); both row axes are reversed here, so the data set's +row is up for the scan
-    and the detector alike, as in every simulated set, and a map drawn with +row up shows the scan
-    as the microscope does. The same for every reader, so a .mib, a TIFF stack and an HDF5 export
-    of one scan give one data set.
+class ScanFrames:
+    """An acquisition's frames as a data set holds them, read lazily a block of scan rows at a time:
+    float32, with the scan's and the detector's rows reversed so that +row is up for both, as in
+    every simulated set (a reader gives them as the microscope displays them, row 0 on top). The
+    same for every reader, so a .mib, a TIFF stack and an HDF5 export of one scan give one data set.
+    Indexed like a data set's /patterns: [scan rows, scan cols(, detector rows, detector cols)],
+    slices with step 1; what `import_acquisition` writes, and what `polarmap map` streams without
+    writing it.
 
     The scan shape is the file's where it has one (a different `scan_shape` is refused); frames
     without one need `scan_shape`. An acquisition that stopped early (fewer frames than the scan
-    given) is kept up to its last full row, with a warning."""
-    frames, source = acquisition.frames, acquisition.path
-    if frames.ndim == 4:
-        file_shape = tuple(int(n) for n in frames.shape[:2])
-        if scan_shape and tuple(scan_shape) != file_shape:
-            transposed = " (transposed)" if tuple(scan_shape) == file_shape[::-1] else ""
-            raise ValueError(f"{source}: the file's scan is {file_shape[0]}x{file_shape[1]} (rows x cols); the scan shape given, "
-                             f"{scan_shape[0]}x{scan_shape[1]}, disagrees{transposed}: leave it out")
-        rows, cols = file_shape
+    given) is kept up to its last full row, with a warning. An all-zero acquisition is refused."""
 
-        def frames_of(row):
-            return frames[row]
-    else:
-        n_frames = int(frames.shape[0])
-        if not scan_shape:
-            raise ValueError(f"{source}: {n_frames} frames and no scan shape in the file; give it (--scan-shape ROWS COLS, or scan_shape in the config)")
-        rows, cols = (int(n) for n in scan_shape)
-        if n_frames > rows * cols:
-            raise ValueError(f"{source}: {n_frames} frames for a {rows}x{cols} scan; give the scan shape the acquisition used")
-        if n_frames < rows * cols:
-            if n_frames < cols:
-                raise ValueError(f"{source}: {n_frames} frames do not fill one scan row of {cols}; check the scan shape")
-            warnings.warn(f"{source}: {n_frames} frames for a {rows}x{cols} scan (acquisition stopped early?); keeping the first {n_frames // cols} full rows")
-            rows = n_frames // cols
+    dtype = np.dtype(np.float32)
+    ndim = 4
 
-        def frames_of(row):
-            return frames[row * cols:(row + 1) * cols]
+    def __init__(self, acquisition, scan_shape=None):
+        self.frames, self.source = acquisition.frames, acquisition.path
+        frames, source = self.frames, self.source
+        if frames.ndim == 4:
+            file_shape = tuple(int(n) for n in frames.shape[:2])
+            if scan_shape and tuple(scan_shape) != file_shape:
+                transposed = " (transposed)" if tuple(scan_shape) == file_shape[::-1] else ""
+                raise ValueError(f"{source}: the file's scan is {file_shape[0]}x{file_shape[1]} (rows x cols); the scan shape given, "
+                                 f"{scan_shape[0]}x{scan_shape[1]}, disagrees{transposed}: leave it out")
+            rows, cols = file_shape
+        else:
+            n_frames = int(frames.shape[0])
+            if not scan_shape:
+                raise ValueError(f"{source}: {n_frames} frames and no scan shape in the file; give it (--scan-shape ROWS COLS, or scan_shape in the config)")
+            rows, cols = (int(n) for n in scan_shape)
+            if n_frames > rows * cols:
+                raise ValueError(f"{source}: {n_frames} frames for a {rows}x{cols} scan; give the scan shape the acquisition used")
+            if n_frames < rows * cols:
+                if n_frames < cols:
+                    raise ValueError(f"{source}: {n_frames} frames do not fill one scan row of {cols}; check the scan shape")
+                warnings.warn(f"{source}: {n_frames} frames for a {rows}x{cols} scan (acquisition stopped early?); keeping the first {n_frames // cols} full rows")
+                rows = n_frames // cols
+        self.shape = (rows, cols, *(int(n) for n in frames.shape[-2:]))
+        self.bad_pixels = None if acquisition.bad_pixels is None else np.asarray(acquisition.bad_pixels, dtype=bool)[::-1].copy()
+        self._refuse_all_zero()
 
-    def read_row(row):
+    def file_rows(self, start: int, stop: int) -> np.ndarray:
+        """Scan rows start..stop - 1 as the file holds them (row 0 the first scanned, frames as
+        displayed), (rows, cols, det_rows, det_cols) in the file's dtype."""
+        cols = self.shape[1]
         try:
-            return np.asarray(frames_of(row))
+            block = np.asarray(self.frames[start:stop] if self.frames.ndim == 4 else self.frames[start * cols:stop * cols])
         except ValueError:
             raise
         except Exception as err:  # a lazy reader meets a truncated or damaged file only now
-            raise ValueError(f"{source}: scan row {row} cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
-                             "the file is truncated or damaged: copy it again") from None
-    detector_shape = tuple(int(n) for n in frames.shape[-2:])
-    _refuse_all_zero(read_row, rows, cols, source)
+            raise ValueError(f"{self.source}: scan rows {start}-{stop - 1} cannot be read ({type(err).__name__}: "
+                             f"{' '.join(str(err).split())[:200]}); the file is truncated or damaged: copy it again") from None
+        expected = (cols, *self.shape[2:])
+        if block.shape[-3:] != expected or block.size != (stop - start) * np.prod(expected):
+            raise ValueError(f"{self.source}: scan rows {start}-{stop - 1} have frames of shape {block.shape[-2:]}, expected {self.shape[2:]}")
+        return block.reshape(stop - start, *expected)
+
+    def __getitem__(self, selection):
+        return self._flipped(selection).astype(self.dtype)
+
+    def read_direct(self, out: np.ndarray, selection) -> None:
+        """`self[selection]` converted straight into `out`, as h5py's `read_direct`: one pass over
+        the frames (`polarmap.blocks.scan_blocks` reads through it)."""
+        np.copyto(out, self._flipped(selection), casting="unsafe")
+
+    def _flipped(self, selection) -> np.ndarray:
+        selection = selection if isinstance(selection, tuple) else (selection,)
+        rows, cols, *detector = (*selection, *[slice(None)] * (4 - len(selection)))
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise IndexError("scan rows are read in blocks of consecutive rows (step 1)")
+        if stop <= start:
+            return np.empty((0, *self.shape[1:]), self.dtype)[:, cols, detector[0], detector[1]]
+        # data set row r is the file's row (rows - 1 - r); detector rows likewise
+        return self.file_rows(self.shape[0] - stop, self.shape[0] - start)[::-1, cols, ::-1][:, :, detector[0], detector[1]]
+
+    def _refuse_all_zero(self) -> None:
+        """An unexposed (all-zero) acquisition is refused before anything is written."""
+        looked = 0
+        for row in range(self.shape[0]):
+            if self.file_rows(row, row + 1).any():
+                return
+            looked += self.shape[1]
+            if looked >= ZERO_CHECK_FRAMES:
+                break
+        which = f"all {looked} frames are" if looked == self.shape[0] * self.shape[1] else f"the first {looked} frames are all"
+        raise ValueError(f"{self.source}: {which} zero: not usable diffraction (an unexposed or blanked acquisition?)")
+
+
+def import_acquisition(acquisition, out, attrs, scan_shape=None, label=None, compression=None, progress=True) -> None:
+    """Write an acquisition (`polarmap.readers`) into a data set, scan row by scan row, as
+    `ScanFrames` gives it."""
+    frames = ScanFrames(acquisition, scan_shape)
+    rows, cols = frames.shape[:2]
     labels = np.full((1, cols), UNKNOWN_LABEL if label is None else class_index(label), dtype=np.int8)
-    with create_dataset_file(out, (rows, cols), detector_shape, attrs, compression) as f:
-        if acquisition.bad_pixels is not None:
-            f.create_dataset("bad_pixels", data=np.asarray(acquisition.bad_pixels, dtype=bool)[::-1])
-        for row in tqdm(range(rows), desc=f"import {Path(str(source)).name}", unit="row", disable=not progress):
-            block = np.asarray(read_row(row), dtype=np.float32)
-            if block.shape != (cols, *detector_shape):
-                raise ValueError(f"{source}: scan row {row} has frames of shape {block.shape[1:]}, expected {detector_shape}")
-            write_rows(f, rows - 1 - row, block[None, :, ::-1, :], labels, source=str(source))
+    with create_dataset_file(out, (rows, cols), frames.shape[2:], attrs, compression) as f:
+        if frames.bad_pixels is not None:
+            f.create_dataset("bad_pixels", data=frames.bad_pixels)
+        for row in tqdm(range(rows), desc=f"import {Path(str(frames.source)).name}", unit="row", disable=not progress):
+            write_rows(f, row, frames[row:row + 1], labels, source=str(frames.source))
 
 
 # each calibration: a value given here (0 = not given) wins over the file's; what neither has is
@@ -310,19 +359,6 @@ def acquisition_attrs(job: dict, acquisition) -> dict:
         **calibration, "calibration_sources": sources, "scan_shape_from": acquisition.scan_shape_from or "given",
         **provenance_attrs({key: job[key] for key in ("path", "format", "dataset", "scan_shape", "label")}),
     }
-
-
-def _refuse_all_zero(read_row, rows: int, cols: int, source) -> None:
-    """An unexposed (all-zero) acquisition is refused before anything is written."""
-    looked = 0
-    for row in range(rows):
-        if np.asarray(read_row(row)).any():
-            return
-        looked += cols
-        if looked >= ZERO_CHECK_FRAMES:
-            break
-    which = f"all {looked} frames are" if looked == rows * cols else f"the first {looked} frames are all"
-    raise ValueError(f"{source}: {which} zero: not usable diffraction (an unexposed or blanked acquisition?)")
 
 
 SUMMARY_COLUMNS = (

@@ -19,11 +19,13 @@ answers in it beside its own (agreement). Also written:
   predictions.tsv     the same, one line per position
   provenance.json     inputs and their hashes, versions, sampling, orientation, calibrations
   preprocessed.h5     the patterns the model saw
-The imported copy of the raw frames is a working file in a new hidden folder of the output folder
-(never a name the user could have given an input), removed once preprocessed; the outputs are
-written only once the map is made.
+The acquisition is streamed from the detector file a few scan rows at a time (`io.ScanFrames`):
+no copy of the raw frames is written. The preprocessed patterns are written in a new hidden
+folder of the output folder (never a name the user could have given an input) and moved into
+place once the map is made; the other outputs are written only then too.
 """
 
+import os
 import tempfile
 import time
 from dataclasses import asdict
@@ -35,9 +37,9 @@ from polarmap import io, predictors
 from polarmap.atomic import save_npz_atomically, write_text_atomically
 from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL, class_votes, majority_class
 from polarmap.dataset_kind import DETECTOR_SUPERCELL
-from polarmap.imaging import virtual_images
+from polarmap.imaging import scan_virtual_images
 from polarmap.lattice import cell_vectors, find_lattice
-from polarmap.preprocessing import PreprocessSettings, preprocess_dataset
+from polarmap.preprocessing import PreprocessSettings, preprocess_scan
 from polarmap.provenance import write_record
 from polarmap.readers import read_acquisition
 
@@ -84,23 +86,22 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
     step = float(attrs["scan_step_angstrom"])
     if not model_path and not np.isfinite(step):
         raise ValueError(f"{path}: no scan step in the file; give it (--scan-step-angstrom): displacements are in picometres")
+    frames = io.ScanFrames(acquisition, job["scan_shape"])
+    attrs = io.stored_attrs(attrs)  # as a data set file would give them back
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".polarmap-map-", dir=out_dir) as working:
-        imported, preprocessed = Path(working) / "imported.h5", Path(working) / "preprocessed.h5"
+        preprocessed = Path(working) / "preprocessed.h5"
         try:
-            io.import_acquisition(acquisition, imported, attrs, scan_shape=job["scan_shape"], progress=progress)
-            try:
-                image, image_problem = virtual_images(imported)[cell_image], ""
-            except ValueError as err:  # with a model, the per-pattern map stands without the per-cell one
-                if not model_path:
-                    raise
-                image, image_problem = None, str(err).replace(str(imported), str(path))
-            if model_path:
-                settings = PreprocessSettings(crop_px=int(sampling["crop_px"]), mrad_per_px=float(sampling["detector_mrad_per_px"]), **geometry)
-                preprocess_dataset(imported, preprocessed, settings, is_training=False, progress=progress)
-        except ValueError as err:  # named by the user's file, not the working copy
-            raise ValueError(str(err).replace(str(imported), str(path))) from None
-        imported.unlink()
+            image, image_problem = scan_virtual_images(frames, attrs, path)[cell_image], ""
+        except ValueError as err:  # with a model, the per-pattern map stands without the per-cell one
+            if not model_path:
+                raise
+            image, image_problem = None, str(err)
+        if model_path:
+            settings = PreprocessSettings(crop_px=int(sampling["crop_px"]), mrad_per_px=float(sampling["detector_mrad_per_px"]), **geometry)
+            labels = np.full(frames.shape[:2], UNKNOWN_LABEL, dtype=np.int8)
+            preprocess_scan(frames, labels, attrs, path, preprocessed, settings, is_training=False, progress=progress, bad_pixels=frames.bad_pixels,
+                            workers=len(os.sched_getaffinity(0)))
         title = f"{path.name}: {Path(model_path).parent.name or Path(model_path).name}" if model_path else path.name
         if not model_path:
             cells = cell_map(image, cell_image, step, path.name, out_dir)

@@ -95,7 +95,23 @@ def _scan_statistics(patterns, rows_per_block: int, path: Path):
 
 
 def preprocess_dataset(source, out, settings: PreprocessSettings, is_training: bool, provenance_settings=None, progress=True) -> dict:
-    """Crop, normalise and measure the beam shift of every pattern of a data set.
+    """Crop, normalise and measure the beam shift of every pattern of a data set file
+    (`preprocess_scan`)."""
+    source, out = Path(source), Path(out)
+    refuse_overwriting(source, out)
+    with io.open_dataset(source) as f:
+        attrs = io.read_attrs(f)
+        io.refuse_preprocessed(attrs, source, "preprocessing")
+        extras = {key: f[key][()] for key in ("bad_pixels", "defect_mask") if key in f}
+        return preprocess_scan(f["patterns"], f["labels"][()], attrs, source, out, settings, is_training, provenance_settings, progress, **extras)
+
+
+def preprocess_scan(patterns, labels, attrs: dict, source, out, settings: PreprocessSettings, is_training: bool, provenance_settings=None,
+                    progress=True, bad_pixels=None, defect_mask=None, workers: int = 1) -> dict:
+    """Crop, normalise and measure the beam shift of every pattern of a scan: `patterns` a data
+    set's /patterns or anything indexed like it (an acquisition's `io.ScanFrames`, streamed from
+    the detector file), read a block of scan rows at a time; `source` names it in errors;
+    `workers` threads resample each block (the same numbers for any number).
 
     Writes a data set in the same format (cropped, [0, 1] patterns) plus /com, /beam_shift (corrected:
     /adf and /origin too),
@@ -103,40 +119,35 @@ def preprocess_dataset(source, out, settings: PreprocessSettings, is_training: b
     sets that are not training sets). Returns a summary with the filter counts.
     """
     source, out = Path(source), Path(out)
-    refuse_overwriting(source, out)
-    with io.open_dataset(source) as f:
-        attrs = io.read_attrs(f)
-        io.refuse_preprocessed(attrs, source, "preprocessing")
-        patterns, labels = f["patterns"], f["labels"][()]
-        detector_data = dataset_kind(attrs).through_a_detector
-        if settings.mode == "faithful":
-            com, beam_shift, low, high, geometry, crops = _published_crops(patterns, settings, source, detector_data)
-            grids = {}
-        else:
-            com, beam_shift, low, high, geometry, crops, grids = _centred_crops(f, attrs, settings, source, detector_data)
-        magnitude = np.hypot(beam_shift[..., 0], beam_shift[..., 1])
-        keep = magnitude > magnitude.mean() if is_training else np.ones_like(magnitude, dtype=bool)
-        new_attrs = {key: value for key, value in attrs.items() if key not in ("format", "format_version", "convention")}
-        new_attrs.update(
-            preprocessing=json.dumps(asdict(settings), sort_keys=True),
-            raw_intensity_range=json.dumps([low, high]),
-            source_file=str(source),
-            **geometry,
-            **{f"source_{k}": v for k, v in provenance_attrs(provenance_settings or asdict(settings)).items()},
-        )
-        crop_shape = (settings.crop_px, settings.crop_px)
-        with io.create_dataset_file(out, patterns.shape[:2], crop_shape, new_attrs) as g:
-            g.create_dataset("com", data=com.astype(np.float32))
-            g.create_dataset("beam_shift", data=beam_shift.astype(np.float32))
-            g.create_dataset("beam_shift_magnitude", data=magnitude.astype(np.float32))
-            g.create_dataset("keep", data=keep)
-            for key, grid in grids.items():
-                g.create_dataset(key, data=grid.astype(np.float32))
-            if "defect_mask" in f:
-                g.create_dataset("defect_mask", data=f["defect_mask"][()])
-            total = -(-patterns.shape[0] // settings.rows_per_block)
-            for start, block in tqdm(crops, total=total, desc=f"preprocess {source.stem}", unit="block", disable=not progress):
-                io.write_rows(g, start, min_max(block, str(source), (start, 0)), labels[start:start + len(block)], str(source))
+    detector_data = dataset_kind(attrs).through_a_detector
+    if settings.mode == "faithful":
+        com, beam_shift, low, high, geometry, crops = _published_crops(patterns, settings, source, detector_data)
+        grids = {}
+    else:
+        com, beam_shift, low, high, geometry, crops, grids = _centred_crops(patterns, bad_pixels, attrs, settings, source, detector_data, workers)
+    magnitude = np.hypot(beam_shift[..., 0], beam_shift[..., 1])
+    keep = magnitude > magnitude.mean() if is_training else np.ones_like(magnitude, dtype=bool)
+    new_attrs = {key: value for key, value in attrs.items() if key not in ("format", "format_version", "convention")}
+    new_attrs.update(
+        preprocessing=json.dumps(asdict(settings), sort_keys=True),
+        raw_intensity_range=json.dumps([low, high]),
+        source_file=str(source),
+        **geometry,
+        **{f"source_{k}": v for k, v in provenance_attrs(provenance_settings or asdict(settings)).items()},
+    )
+    crop_shape = (settings.crop_px, settings.crop_px)
+    with io.create_dataset_file(out, patterns.shape[:2], crop_shape, new_attrs) as g:
+        g.create_dataset("com", data=com.astype(np.float32))
+        g.create_dataset("beam_shift", data=beam_shift.astype(np.float32))
+        g.create_dataset("beam_shift_magnitude", data=magnitude.astype(np.float32))
+        g.create_dataset("keep", data=keep)
+        for key, grid in grids.items():
+            g.create_dataset(key, data=grid.astype(np.float32))
+        if defect_mask is not None:
+            g.create_dataset("defect_mask", data=defect_mask)
+        total = -(-patterns.shape[0] // settings.rows_per_block)
+        for start, block in tqdm(crops, total=total, desc=f"preprocess {source.stem}", unit="block", disable=not progress):
+            io.write_rows(g, start, min_max(block, str(source), (start, 0)), labels[start:start + len(block)], str(source))
     counts = {CLASS_NAMES[k] if k >= 0 else "unknown": int(keep[labels == k].sum()) for k in np.unique(labels)}
     return {"name": attrs["name"], "kept": counts, "total": int(labels.size), "mean_beam_shift_px": float(magnitude.mean())}
 
@@ -159,12 +170,11 @@ def _published_crops(patterns, settings: PreprocessSettings, source: Path, detec
 ADF_INNER_RADII = 1.5  # the ADF signal that settles the orientation's half turn: beyond 1.5 disc radii
 
 
-def _centred_crops(f, attrs: dict, settings: PreprocessSettings, source: Path, detector_data: bool):
+def _centred_crops(patterns, known_bad, attrs: dict, settings: PreprocessSettings, source: Path, detector_data: bool, workers: int = 1):
     """Corrected mode: bad pixels filled, disc plane, orientation and sampling, then the resampled
     crops block by block (polarmap.disc). Also the ADF signal and disc centres of every position
     (/adf, /origin: a map's background and what the descan plane was fitted to)."""
-    patterns = f["patterns"]
-    bad, found = _disc_setup(patterns, settings.rows_per_block, f["bad_pixels"][()] if "bad_pixels" in f else None, source)
+    bad, found = _disc_setup(patterns, settings.rows_per_block, known_bad, source)
     rows, cols = np.indices(patterns.shape[2:])
     adf_mask = np.hypot(rows - found.centre[0], cols - found.centre[1]) > ADF_INNER_RADII * found.radius
     com, centres, adf, low, high = _disc_statistics(patterns, settings.rows_per_block, source, bad, found, adf_mask, measure_origins=detector_data)
@@ -203,9 +213,9 @@ def _centred_crops(f, attrs: dict, settings: PreprocessSettings, source: Path, d
 
     def crops():
         for start, block in scan_blocks(patterns, settings.rows_per_block, dtype=np.float32):
-            filled = disc.fill_bad_pixels(block, bad).reshape(-1, *block.shape[2:])
+            filled = disc.fill_bad_pixels(block, bad, in_place=True).reshape(-1, *block.shape[2:])
             stop = start + len(block)
-            resampled = disc.resample(filled, origins[start:stop].reshape(-1, 2), scale, matrix, settings.crop_px)
+            resampled = disc.resample(filled, origins[start:stop].reshape(-1, 2), scale, matrix, settings.crop_px, workers)
             yield start, resampled.reshape(len(block), block.shape[1], settings.crop_px, settings.crop_px)
 
     return com, beam_shift, low, high, geometry, crops(), {"adf": adf, "origin": centres}
@@ -238,14 +248,14 @@ def _disc_statistics(patterns, rows_per_block: int, path: Path, bad, found, adf_
         problem = intensity_problem(block, start)
         if problem:
             raise ValueError(f"{path}: {problem}")
-        filled = disc.fill_bad_pixels(block, bad)
+        low, high = min(low, float(block.min())), max(high, float(block.max()))  # the raw range, before filling
+        filled = disc.fill_bad_pixels(block, bad, in_place=True)
         stop = start + len(block)
         com[start:stop] = center_of_mass(filled)
         for row in range(len(block) if measure_origins else 0):  # a scan row at a time: the masks are one per pattern
             discs = disc.disc_centres(filled[row], found)[0]
             centres[start + row] = disc.masked_centres(filled[row], discs, disc.ORIGIN_MASK_RADII * found.radius)
         adf[start:stop] = filled.reshape(*filled.shape[:2], -1) @ weights
-        low, high = min(low, float(block.min())), max(high, float(block.max()))
     return com, centres, adf, low, high
 
 
