@@ -18,6 +18,8 @@ same Merlin files, in one run (issue 25).
      environment (`--libertem-python`, default: a virtual environment made with it from PyPI
      under benchmarks/out/), its "threads" executor on every core; numba compiled on a one-row
      region first, the cold and warm passes timed inside its process;
+   - the virtual images (ADF, BF, ABF) and the CoM field (`scan_virtual_images` of the streamed
+     frames, timed in its process: what LiberTEM's pass computes, and a BF and ABF besides);
    - `polarmap map` per cell (no model: the virtual images, the lattice, a vector per cell);
    - `polarmap map` per pattern: the same with a stand-in PCA+kNN model trained at the study's
      sampling (3.148 mrad/px, 32 px crop) on a 16x16 corner of the file; its answers are not
@@ -48,6 +50,7 @@ HOT_PIXELS = ((150, 110), (40, 200), (140, 118))
 STUDY_MRAD_PER_PX, CROP_PX = 3.147897918850153, 32
 STEP_ANGSTROM, CELL_STEPS, NB_SHIFT_STEPS, COLUMN_SIGMA_STEPS = 0.5, 8, 0.4, 1.2
 ADF_MRAD = (60.0, 150.0)
+INNER_TIMES = ("float32_seconds", "touch_seconds", "virtual_seconds", "to_model_input_seconds")  # timed inside a script's process
 LIBERTEM = "libertem==0.16.0"
 MAP_ARGUMENTS = ["--mrad-per-px", str(MRAD_PER_PX), "--semiangle-mrad", str(SEMIANGLE), "--scan-step-angstrom", str(STEP_ANGSTROM),
                  "--rotation-deg", "0", "--no-flip"]
@@ -181,6 +184,20 @@ field = result[0]["field"].data
 print(json.dumps({"cold_seconds": round(times[0], 2), "warm_seconds": round(times[1], 2), "field_shape": list(np.shape(field))}))
 """
 
+VIRTUAL_SCRIPT = """
+import json, sys, time
+from polarmap import io
+from polarmap.imaging import scan_virtual_images
+from polarmap.readers import read_acquisition
+acquisition = read_acquisition(sys.argv[1])
+attrs = {"detector_mrad_per_px": float(sys.argv[2]), "semiangle_mrad": float(sys.argv[3]), "supercell": "experimental", "source": "detector",
+         "name": "scan"}
+frames = io.ScanFrames(acquisition)
+start = time.perf_counter()
+scan_virtual_images(frames, attrs, sys.argv[1])
+print(json.dumps({"virtual_seconds": round(time.perf_counter() - start, 2)}))
+"""
+
 PREPROCESS_SCRIPT = """
 import json, os, sys, time
 import numpy as np
@@ -253,6 +270,7 @@ def measure_file(mib: Path, scan: int, model: Path, folder: Path, libertem: str)
     runs = {  # a script's text, or a module; then its arguments
         "read (polarmap.io.ScanFrames, float32)": (READ_SCRIPT, str(mib)),
         "touch every page (numpy memmap)": (TOUCH_SCRIPT, str(mib)),
+        "virtual images and CoM field (scan_virtual_images)": (VIRTUAL_SCRIPT, str(mib), str(MRAD_PER_PX), str(SEMIANGLE)),
         "map per cell": ("polarmap.cli", "map", str(mib), "--out", str(folder / "cells"), *MAP_ARGUMENTS),
         "map per pattern": ("polarmap.cli", "map", str(mib), "--model", str(model), "--out", str(folder / "patterns"), *MAP_ARGUMENTS),
         "preprocess to the model's input (streamed)": (PREPROCESS_SCRIPT, str(mib), str(folder / "pre.h5"), str(MRAD_PER_PX),
@@ -269,7 +287,7 @@ def measure_file(mib: Path, scan: int, model: Path, folder: Path, libertem: str)
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
             entry = _run(*command)
             key = "seconds"
-            for inner in ("float32_seconds", "touch_seconds", "to_model_input_seconds"):
+            for inner in INNER_TIMES:
                 if inner in entry:
                     key = inner
             results[name][cache] = {**entry, **rates(entry, frames, gigabytes, key)}
@@ -348,7 +366,7 @@ def report(results: dict) -> str:
         f"LiberTEM {results['libertem']} (its \"threads\" executor, every core). Merlin files of 256x256 frames (uint16); each "
         "measurement its own process, cold (the file's pages dropped first) then warm. LiberTEM's times are its passes inside a "
         "process that has compiled its kernels; polarmap's are whole commands (start-up and outputs included), but for the read, "
-        "the page touch and the preprocessing, timed inside their processes. Peak memory is what a process allocates; peak resident "
+        "the page touch, the virtual images and the preprocessing, timed inside their processes. Peak memory is what a process allocates; peak resident "
         "adds the file's pages it has mapped (page cache, given back under pressure).",
         "",
     ]
@@ -361,7 +379,7 @@ def report(results: dict) -> str:
                 continue
             for cache in ("cold", "warm"):
                 run = runs[cache]
-                seconds = next(run[key] for key in ("float32_seconds", "touch_seconds", "to_model_input_seconds", "seconds") if key in run)
+                seconds = next(run[key] for key in (*INNER_TIMES, "seconds") if key in run)
                 process = runs.get("process", run)
                 lines.append(f"| {name} | {cache} | {seconds} | {run['frames_per_s']} | {run['gb_per_s']} | {process['peak_gb']} | "
                              f"{process['peak_resident_gb']} | {process['written_mb']} |")

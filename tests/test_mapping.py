@@ -99,7 +99,7 @@ def test_map_of_a_scan_file(trained, simulated_scan, tmp_path):  # noqa: F811
     assert summary["cell_px"] == pytest.approx(8, rel=0.05)  # a_pc over the 0.5 A step
     for name in ("map.png", "map.pdf", "predictions.npz", "predictions.tsv", "provenance.json", "preprocessed.h5"):
         assert (tmp_path / "map" / name).is_file(), name
-    assert not (tmp_path / "map" / "imported.h5").exists()  # the raw copy is removed
+    assert not (tmp_path / "map" / "imported.h5").exists()  # no raw copy
     lines = (tmp_path / "map" / "predictions.tsv").read_text().splitlines()
     assert lines[0].split("\t")[:6] == ["row", "col", "class", "angle_deg", "confidence", "ood_score"] and len(lines) == 1 + 256
     with np.load(tmp_path / "map" / "predictions.npz") as data:
@@ -121,7 +121,7 @@ def test_a_map_never_touches_its_input_even_one_named_like_its_working_copy(trai
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "map" / "imported.h5").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "map").iterdir()) == sorted(["imported.h5", "map.png", "map.pdf", "predictions.npz", "predictions.tsv",
-                                                                           "provenance.json", "preprocessed.h5"])
+                                                                           "provenance.json", "preprocessed.h5", "cells.csv"])
 
 
 def test_the_map_streams_the_file_and_preprocesses_it_as_an_import_would(trained, simulated_scan, tmp_path, monkeypatch):  # noqa: F811

@@ -60,7 +60,8 @@ def test_every_kind_round_trips_from_its_name_through_its_file_to_its_answers(tm
     unit_cell_path = _stored(tmp_path, unit_cell, lambda p: torch.save({"kind": "unit_cell", "state_dict": UnitCellNet().state_dict()}, p))
 
     expected = {neural: ("neural", neural_path, 3), pca_knn: ("pca_knn", pca_path, 2), unit_cell: ("unit_cell", unit_cell_path, 1),
-                predictors.COM: ("com", None, -1), predictors.column_fit_name("adf"): ("column_fit", None, -1)}
+                predictors.COM: ("com", None, -1), predictors.column_fit_name("adf"): ("column_fit", None, -1),
+                predictors.found_lattice_name("idpc"): ("found_lattice", None, -1)}
     for name, (kind, path, seed) in expected.items():
         assert predictors.kind_of(name).key == kind and predictors.describe(name).seed == seed
         assert bool(predictors.model_file(name)) == (path is not None)
@@ -69,7 +70,7 @@ def test_every_kind_round_trips_from_its_name_through_its_file_to_its_answers(tm
             assert predictors.model_inputs(path) == [str(path)]
         loaded = predictors.load(path or name)
         assert loaded.kind.key == kind and loaded.name == name and loaded.device == "cpu"
-        assert loaded.kind.per_cell == (kind in ("unit_cell", "column_fit"))
+        assert loaded.kind.per_cell == (kind in ("unit_cell", "column_fit", "found_lattice"))
         if kind in ("neural", "pca_knn"):
             assert loaded.sampling == SAMPLING
             classes, angles, _, confidence = loaded.predict(patterns, None)
@@ -95,7 +96,7 @@ def test_untrained_predictors_refuse_an_out_of_distribution_file_and_unknown_ima
 
 def test_only_the_registry_parses_predictor_names():
     """The string tests that decide what a predictor is appear in predictors.py alone."""
-    tests = re.compile(r'(pca_knn-|unit_cell-|column_fit_)(?!name\b|images\b)|(==|or|return) "com"|suffix == "\.(npz|pt)"')
+    tests = re.compile(r'(pca_knn-|unit_cell-|column_fit_|found_lattice_)(?!name\b|images\b)|(==|or|return) "com"|suffix == "\.(npz|pt)"')
     sources = [*(ROOT / "src/polarmap").glob("*.py"), *(ROOT / "workflow/rules").glob("*.smk"), ROOT / "Snakefile"]
     found = [f"{path.name}:{n}" for path in sources if path.name != "predictors.py"
              for n, line in enumerate(path.read_text().splitlines(), 1) if tests.search(line)]

@@ -128,6 +128,36 @@ def test_column_fitting_on_the_virtual_adf_finds_the_class_of_every_cell(simulat
     assert angles == pytest.approx(45, abs=3) and fit.magnitude_angstrom == pytest.approx(0.106, abs=0.01)
 
 
+def test_column_fitting_on_the_lattice_found_answers_the_cells_a_real_scan_would(tmp_path, simulated_scan):
+    """The RU supercell tiled 3x3 (6x6 cells, 48x48 positions): on the known supercell every cell is
+    answered and right; on the lattice found in the image, as `polarmap map` finds it, every cell
+    whose Nb column and four A-site neighbours lie in the scan is answered and right, and the cells
+    at the scan's far edge (their A sites beyond the last position) are unanswered, not guessed."""
+    import json
+
+    from polarmap import io
+    from polarmap.cli import main
+    from test_io import attrs
+
+    atoms, patterns, step, mrad = simulated_scan
+    tiled = np.tile(patterns, (3, 3, 1, 1))
+    io.write_dataset(tmp_path / "ru.h5", tiled, np.full(tiled.shape[:2], 1, np.int8),
+                     attrs(name="ru", classes=["RU"], detector_mrad_per_px=mrad, scan_step_angstrom=step, supercell="6x6x25",
+                           scan_origin_angstrom="[0.0, 0.0]"))
+    assert main(["virtual-images", str(tmp_path / "ru.h5"), "--out", str(tmp_path / "ru.npz")]) == 0
+    answers = {}
+    for predictor in ("column_fit_adf", "found_lattice_adf"):
+        assert main(["predict-cells", predictor, str(tmp_path / "ru.npz"), "--out", str(tmp_path / f"{predictor}.npz"),
+                     "--metrics", str(tmp_path / f"{predictor}.json")]) == 0
+        answers[predictor] = json.loads((tmp_path / f"{predictor}.json").read_text())[0]
+    known, found = answers["column_fit_adf"], answers["found_lattice_adf"]
+    assert known["cells_answered"] == 36 and known["cell_accuracy"] == 1.0
+    assert 16 <= found["cells_answered"] < 36 and found["majority_class"] == "RU"
+    assert found["cell_accuracy"] == pytest.approx(found["cells_answered"] / 36)  # every answer right; the rest unanswered
+    with np.load(tmp_path / "found_lattice_adf.npz") as grids:
+        assert set(np.unique(grids["ru"])) == {-1, 1} and (grids["ru"][-1] == -1).all()  # the far edge's cells: no answer
+
+
 def test_column_fitting_is_a_predictor_on_stored_virtual_images(tmp_path, simulated_scan, monkeypatch):
     """`polarmap column-fit` on the virtual images of a simulated set: every cell and pattern
     right; a scan too coarse for its columns is not applicable, not wrong."""

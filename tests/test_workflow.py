@@ -19,6 +19,8 @@ from polarmap.models import ENCODER_LABELS, OBJECTIVE_LABELS
 from test_preprocessing import disc
 
 ROOT = Path(__file__).resolve().parents[1]
+# the tables' last columns: column fitting on the known supercell, then on the lattice found
+COLUMN_FIT_COLUMNS = "Columns (ADF) | Columns (iDPC) | Columns (ADF, lattice found) | Columns (iDPC, lattice found) |"
 
 
 def snakemake(workdir, *args):
@@ -124,7 +126,10 @@ def test_every_data_set_is_made_valid_and_logged(study):
         assert meta["scan_orientation_from"] == "given" and meta["crop_mrad"] == pytest.approx(32 * 3.1478876558706337)
     (mapped,) = (results / "maps/5E").iterdir()  # by the first trained model (evaluation.map_models empty)
     assert (results / "models" / mapped.name / "model.pt").exists()
-    assert {p.name for p in mapped.iterdir()} >= {"map.png", "map.pdf", "predictions.npz", "predictions.tsv", "provenance.json"}
+    assert {p.name for p in mapped.iterdir()} >= {"map.png", "map.pdf", "predictions.npz", "predictions.tsv", "provenance.json", "cells.csv"}
+    # 4x4 positions hold no lattice of columns: no cells, and why, not a guess
+    assert (mapped / "cells.csv").read_text().count("\n") == 1
+    assert "not mapped" in json.loads((mapped / "provenance.json").read_text())["cells"]
     counts = (results / "preprocessed/filter_counts.tsv").read_text().splitlines()
     assert counts[0].split() == ["class", "kept", "total", "fraction"] and len(counts) == 1 + 16 + 1
     assert sorted(str(p.relative_to(results / "splits")) for p in (results / "splits").glob("*/*.npz")) == [
@@ -136,12 +141,12 @@ def test_every_data_set_is_made_valid_and_logged(study):
         assert "synthetic_test_accuracy" in record
         assert (results / "models" / model / ("model.npz" if model.startswith("pca_knn") else "model.pt")).exists()
     results_table = read_table(results / "tables/results.tsv")
-    assert set(results_table["predictor"]) == models | {"com", "column_fit_adf", "column_fit_idpc"}
+    assert set(results_table["predictor"]) == models | {"com", "column_fit_adf", "column_fit_idpc", "found_lattice_adf", "found_lattice_idpc"}
     evaluated = ["1S", "2S", "3S", "4S", "5S", "6S", "7S", "thickness_2", "thickness_8", "1E", "3E", "4E", "dose_1000", "5E", "defect"]
     assert sorted(set(results_table["dataset"])) == sorted(evaluated + [SYNTHETIC_TEST])
     table = (results / "tables/table_none.md").read_text().splitlines()
     assert table[0] == ("| Dataset | Conv (Reg) | Conv (Cls) | Conv (Proto) | VGG (Cls) | ResNet (Cls) | PCA | Unit cell (ADF+CoM) | CoM | "
-                        "Columns (ADF) | Columns (iDPC) |")
+                        f"{COLUMN_FIT_COLUMNS}")
     assert table[2].startswith(f"| {SYNTHETIC_TEST}") and any(line.startswith("| 1S-LU-4x4-") for line in table)
     for configuration in ("none", "augmentation", "augmentation_filter"):
         for suffix in ("md", "csv", "tex"):
@@ -205,7 +210,7 @@ def assert_per_cell_and_unknown(results, models, evaluated):
     fitted = json.loads((results / "predictions/column_fit_adf.json").read_text())
     assert {m["dataset"] for m in fitted} == set(lattice_sets) and all(m["cell_predictor"].startswith("not applicable") for m in fitted)
     cells = (results / "tables/table_cells.md").read_text().splitlines()
-    assert cells[0].startswith("| Dataset (pattern / cell %) | Conv (Reg) [none] |") and cells[0].endswith("| CoM | Columns (ADF) | Columns (iDPC) |")
+    assert cells[0].startswith("| Dataset (pattern / cell %) | Conv (Reg) [none] |") and cells[0].endswith(f"| CoM | {COLUMN_FIT_COLUMNS}")
     assert {line.split(" | ")[0].strip("| ").split("-")[0] for line in cells[2:] if line.startswith("|")} == set(lattice_sets)
     assert cells[-1].startswith("‡ not converged")  # the preset's models run 1-2 epochs of a patience of 5
     trained = {m for m in models if not m.startswith("unit_cell")}
@@ -228,7 +233,7 @@ def assert_thickness_study(results):
     regimes = (results / "tables/table_regimes.md").read_text().splitlines()
     assert regimes[0] == ("| Dataset | Conv (Cls) [augmentation_filter] | Conv (Cls, diverse data) [augmentation_filter] | "
                           "Conv (Cls, domain rand.) [augmentation_filter] | Conv (Cls, diverse data, domain rand.) [augmentation_filter] | CoM | "
-                          "Columns (ADF) | Columns (iDPC) |")
+                          f"{COLUMN_FIT_COLUMNS}")
     assert any(line.startswith("| thickness_8-RM-2x2-") for line in regimes)
     assert "diverse" not in (results / "tables/table_augmentation_filter.md").read_text()
     assert (results / "figures/com_and_accuracy_thickness.pdf").exists() and (results / "figures/sweep_thickness.png").exists()
@@ -276,10 +281,10 @@ def test_changing_one_test_set_reruns_only_its_jobs(study):
     # its own chain, then every predictor re-evaluated (17 models + the CoM baseline, on all sets;
     # the unit-cell model and column fitting from its new virtual images), the leakage audit, which
     # reads every evaluated set, and every per-cell figure
-    assert counts == {"all": 1, "audit": 1, "column_fit": 2, "dataset_summary": 1, "defect_study": 1, "figure_cells": 14,
+    assert counts == {"all": 1, "audit": 1, "column_fit": 4, "dataset_summary": 1, "defect_study": 1, "figure_cells": 14,
                       "figure_distributions": 3, "figure_maps": 3, "figure_sweep": 2, "figure_thickness": 1, "predict": 9 + 2 + 3 + 3 + 1,
                       "predict_unit_cell": 1, "preprocess": 1, "qstem_inputs": 1, "reproduction": 1, "simulate": 1, "structure": 1,
-                      "tables": 1, "virtual_images": 1, "total": 5 + 18 + 1 + 1 + 3 + 3 + 2 + 1 + 1 + 1 + 2 + 14 + 1 + 1 + 1}, plan
+                      "tables": 1, "virtual_images": 1, "total": 5 + 18 + 1 + 1 + 3 + 3 + 2 + 1 + 1 + 1 + 4 + 14 + 1 + 1 + 1}, plan
 
 
 def job_counts(plan):

@@ -415,7 +415,8 @@ def cmd_calibrate_ood(args) -> None:
 
 
 def _arguments_predict_cells(p) -> None:
-    p.add_argument("predictor", help=f"{' or '.join(map(predictors.column_fit_name, predictors.COLUMN_FIT_IMAGES))}, or a unit-cell model.pt")
+    names = [name(image) for name in (predictors.column_fit_name, predictors.found_lattice_name) for image in predictors.COLUMN_FIT_IMAGES]
+    p.add_argument("predictor", help=f"{', '.join(names)}, or a unit-cell model.pt")
     p.add_argument("virtual", nargs="+", help="virtual-images .npz files of simulated data sets")
     p.add_argument("--out", required=True, help="output .npz: per data set, every pattern given its cell's class (-1: no answer)")
     p.add_argument("--metrics", required=True, help="output .json: accuracy per pattern and per unit cell, per data set")

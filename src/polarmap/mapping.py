@@ -4,7 +4,8 @@ Per unit cell, always and without a model: the lattice found in the scan's own v
 iDPC) image, and every cell's Nb displacement from its four A-site neighbours in picometres with
 its uncertainty (polarmap.lattice). Written to the output folder:
   cells.csv           one row per cell (see CELL_COLUMNS), positions and vectors in the Atomap/TEMUL
-                      convention: x right, y down, as the image is displayed
+                      convention: x right, y down, as the image is displayed (with a model, and no
+                      lattice found: the header alone, the reason in provenance.json)
   cells.png/.pdf      the arrows over the image, the lattice found, a colour wheel
   provenance.json     inputs and their hashes, versions, the lattice, its distortion, calibrations
 
@@ -50,6 +51,7 @@ MAP_OUTPUTS = ("map.png", "map.pdf", "predictions.npz", "predictions.tsv", "prov
 CELL_IMAGES = ("adf", "idpc")
 CELL_COLUMNS = ("cell_row", "cell_col", "x_px", "y_px", "x_angstrom", "y_angstrom", "u_pm", "v_pm", "crystal_u_pm", "crystal_v_pm",
                 "uncertainty_pm", "angle_deg", "class", "method", "residual")
+PER_PATTERN_COLUMNS = ("per_pattern_class", "agree")  # with a model: the majority of its answers in the cell
 
 
 def load_pattern_model(model_path, ood_path=""):
@@ -138,8 +140,9 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
             if image is None:
                 raise ValueError(image_problem)
             cells = cell_map(image, cell_image, float(meta["scan_step_angstrom"]), title, out_dir, classes)
-        except ValueError as err:  # the per-pattern map stands without it
+        except ValueError as err:  # the per-pattern map stands without it: no cells, the reason in the provenance
             cells = {"not mapped": str(err)}
+            write_text_atomically(out_dir / "cells.csv", ",".join([*CELL_COLUMNS, *PER_PATTERN_COLUMNS]) + "\n")
         known = classes != UNKNOWN_LABEL
         summary = {
             "scan_shape": list(classes.shape), "unknown_fraction": float(1 - known.mean()),
@@ -177,7 +180,7 @@ def cell_map(image: np.ndarray, image_name: str, step_angstrom: float, title: st
                                                for index in cells.index], dtype=np.int64)
     rows = image.shape[0]
     names = [_class_name(k) for k in shown]
-    header = [*CELL_COLUMNS, *(["per_pattern_class", "agree"] if per_pattern is not None else [])]
+    header = [*CELL_COLUMNS, *(PER_PATTERN_COLUMNS if per_pattern is not None else [])]
     lines = [",".join(header)]
     for n in range(len(cells.classes)):
         # displayed image coordinates (x right, y down): row 0 of the data set is the bottom line

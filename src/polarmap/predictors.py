@@ -10,7 +10,8 @@ kind is a subclass of `PredictorKind` registered with `@register_kind` (docs/ext
 Kinds, in the order of the tables' columns: per-pattern neural models
 (`<encoder>-<objective>-<configuration>-<pretrained>[-diverse][-domain_randomisation]-seed<N>`),
 PCA+kNN (`pca_knn-<configuration>-seed<N>`), the unit-cell model (`unit_cell-seed<N>`), the CoM
-baseline (`com`) and column fitting (`column_fit_<image>`).
+baseline (`com`), column fitting on the known supercell (`column_fit_<image>`) and on the lattice
+found in the image, as `polarmap map` does for a real scan (`found_lattice_<image>`).
 """
 
 import json
@@ -112,6 +113,10 @@ def unit_cell_name(seed: int) -> str:
 
 def column_fit_name(image: str) -> str:
     return f"column_fit_{image}"
+
+
+def found_lattice_name(image: str) -> str:
+    return f"found_lattice_{image}"
 
 
 COM = "com"
@@ -307,25 +312,54 @@ def column_fit_cells(image: np.ndarray, cells) -> tuple[np.ndarray, np.ndarray]:
 
 @register_kind
 class ColumnFitKind(PredictorKind):
-    """Column fitting on a virtual image (polarmap.columns), no learning."""
+    """Column fitting on a virtual image (polarmap.columns) of the known supercell, no learning."""
     key = "column_fit"
     title = "column fitting"
     per_cell = True
     trained = False
     measures_displacement = True
+    prefix, label = "column_fit_", "Columns ({})"
+    cells_of = staticmethod(column_fit_cells)  # (image, ScanCells) -> class and angle per cell
 
     def recognises(self, name):
-        return name.startswith("column_fit_") and "/" not in name and not Path(name).suffix
+        return name.startswith(self.prefix) and "/" not in name and not Path(name).suffix
 
     def describe(self, name):
-        image = name.removeprefix("column_fit_")
-        return PredictorInfo(name, f"Columns ({image.upper() if image == 'adf' else 'iDPC'})", "column_fit")
+        image = name.removeprefix(self.prefix)
+        return PredictorInfo(name, self.label.format(image.upper() if image == "adf" else "iDPC"), self.key)
 
     def load(self, model, ood_path, device, batch_size, external, compile_model):
-        image = model.removeprefix("column_fit_")
+        image = model.removeprefix(self.prefix)
         if image not in COLUMN_FIT_IMAGES:
             raise ValueError(f"column fitting works on {' or '.join(COLUMN_FIT_IMAGES)}, not {image!r}")
-        return LoadedPredictor(model, self, lambda images, cells: column_fit_cells(images[image], cells), None, "cpu", ())
+        return LoadedPredictor(model, self, lambda images, cells: self.cells_of(images[image], cells), None, "cpu", ())
+
+
+def found_lattice_cells(image: np.ndarray, cells) -> tuple[np.ndarray, np.ndarray]:
+    """Column fitting on the lattice found in the image, as `polarmap map` does for a real scan
+    (polarmap.lattice: no supercell, no scan origin, no periodic wrap): the class and angle of every
+    cell of the known supercell whose Nb column and four A-site neighbours lie in the scan; -1 and
+    NaN where not (at the scan's edge) and where the 2-sigma rule leaves a cell unknown. Where no
+    lattice is found (a scan too small or coarse for one), the ValueError says why."""
+    from polarmap.lattice import cell_vectors, find_lattice
+
+    found = cell_vectors(image, find_lattice(image), cells.step_angstrom)
+    cell_class = np.full(cells.n_cells, -1, np.int8)
+    cell_angle = np.full(cells.n_cells, np.nan)
+    owner = cells.index(np.asarray(cells.origin_angstrom) + found.nb_px * cells.step_angstrom)
+    cell_class[owner] = found.shown_classes
+    cell_angle[owner] = np.radians(found.angle_deg)
+    return cell_class, cell_angle
+
+
+@register_kind
+class FoundLatticeKind(ColumnFitKind):
+    """Column fitting on the lattice found in a virtual image (`found_lattice_cells`): the cost
+    of not knowing the lattice, beside column fitting on the known one."""
+    key = "found_lattice"
+    title = "column fitting on the lattice found"
+    prefix, label = "found_lattice_", "Columns ({}, lattice found)"
+    cells_of = staticmethod(found_lattice_cells)
 
 
 def predictor_name(model) -> str:
@@ -346,7 +380,8 @@ def kind_of(model, per_cell: bool | None = None) -> PredictorKind:
     for kind in candidates:
         if suffix and suffix == Path(kind.model_file).suffix:
             return kind
-    named = ", ".join(name for name in (COM, column_fit_name("adf"), column_fit_name("idpc")) if any(k.recognises(name) for k in candidates))
+    named = ", ".join(name for name in (COM, *(f(image) for f in (column_fit_name, found_lattice_name) for image in COLUMN_FIT_IMAGES))
+                      if any(k.recognises(name) for k in candidates))
     raise ValueError(f"{text}: not a predictor; give a model file ({', '.join(sorted({k.model_file for k in candidates if k.model_file}))})"
                      + (f" or one of {named}" if named else ""))
 

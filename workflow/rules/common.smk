@@ -22,15 +22,23 @@ from polarmap.config import (
 )
 from polarmap.experiment import ExperimentSettings
 from polarmap.provenance import settings_from_json
-from polarmap.predictors import COM, column_fit_name, describe, is_trained, model_file as predictor_file, pca_knn_name, unit_cell_name
+from polarmap.predictors import (
+    COM,
+    column_fit_name,
+    describe,
+    found_lattice_name,
+    is_trained,
+    model_file as predictor_file,
+    pca_knn_name,
+    unit_cell_name,
+)
 from polarmap.experiment import estimated_memory_mb as experiment_memory_mb
 from polarmap.simulation import estimated_memory_mb
 
 # the file names of the predictors' rules, as the registry names them
-PCA_KNN_PATTERN, UNIT_CELL_PATTERN, COLUMN_FIT_PATTERN = (
+PCA_KNN_PATTERN, UNIT_CELL_PATTERN = (
     pca_knn_name("{configuration}", "{seed}"),
     unit_cell_name("{seed}"),
-    column_fit_name("{image}"),
 )
 PSEUDOCUBIC_ANGSTROM = 4.0  # KNN's pseudocubic cell, to size a scan step for memory requests
 
@@ -74,7 +82,12 @@ MAP_MODELS = (config["evaluation"]["map_models"] or list(TRAINING_JOBS)[:1]) if 
 # evaluated sets whose unit cells are known (simulated, or experiment-like from a simulation):
 # their virtual images, column fitting, per-cell scores and figures
 LATTICE_SETS = [name for name in EVALUATED if ROLES[name] != "experimental"]
-COLUMN_FITS = [column_fit_name(image) for image in config["evaluation"]["column_fit_images"]] if LATTICE_SETS else []
+# column fitting on the known supercell, and on the lattice found in the image as for a real scan
+COLUMN_FITS = (
+    [name(image) for name in (column_fit_name, found_lattice_name) for image in config["evaluation"]["column_fit_images"]]
+    if LATTICE_SETS
+    else []
+)
 # the unit-cell model: validated on the last crystal of every class (one crystal: on the variants)
 CRYSTALS = config["datasets"]["training"]["crystals"]
 UNIT_CELL_VALIDATION = (
@@ -147,7 +160,7 @@ wildcard_constraints:
     seed=r"\d+",
     model=one_of(TRAINING_JOBS),
     predictor=one_of(PREDICTORS),
-    image="adf|idpc",
+    column_fit=one_of(COLUMN_FITS),
     unit_cell_model=one_of(UNIT_CELL_MODELS),
 
 

@@ -24,7 +24,8 @@ rule calibrate_ood:
 rule map_experimental:
     """A declared experimental set mapped as `polarmap map` maps a file: read at its own
     calibration, resampled to the model's sampling, oriented, predicted with the model's
-    out-of-distribution threshold; classes and arrows per cell over the ADF, CoM field."""
+    out-of-distribution threshold; classes and arrows per cell over the ADF, CoM field; and the
+    per-cell map of the lattice found in the scan, a vector in pm per cell (cells.csv)."""
     input:
         acquisition=lambda wildcards: EXPERIMENTAL[wildcards.dataset]["path"],
         model=model_file,
@@ -39,6 +40,8 @@ rule map_experimental:
         predictions=f"{RESULTS}/maps/{{dataset}}/{{predictor}}/predictions.npz",
         table=f"{RESULTS}/maps/{{dataset}}/{{predictor}}/predictions.tsv",
         provenance=f"{RESULTS}/maps/{{dataset}}/{{predictor}}/provenance.json",
+        # one row per unit cell of the lattice found in the scan (the header alone where none is)
+        cells=f"{RESULTS}/maps/{{dataset}}/{{predictor}}/cells.csv",
     log:
         f"{RESULTS}/logs/map_experimental/{{dataset}}/{{predictor}}.log",
     benchmark:

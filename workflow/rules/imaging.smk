@@ -74,25 +74,24 @@ rule predict_unit_cell:
 
 rule column_fit:
     """Column fitting as a predictor: the Nb displacement of every unit cell in one kind of
-    virtual image, on every evaluated set whose lattice is known."""
+    virtual image, on every evaluated set whose lattice is known; on the known supercell, or on
+    the lattice found in the image as `polarmap map` finds it in a real scan."""
     input:
         expand(f"{RESULTS}/virtual/{{dataset}}.npz", dataset=LATTICE_SETS),
     output:
-        grids=f"{RESULTS}/predictions/{COLUMN_FIT_PATTERN}.npz",
-        metrics=f"{RESULTS}/predictions/{COLUMN_FIT_PATTERN}.json",
-        record=f"{RESULTS}/predictions/{COLUMN_FIT_PATTERN}.record.json",
+        grids=f"{RESULTS}/predictions/{{column_fit}}.npz",
+        metrics=f"{RESULTS}/predictions/{{column_fit}}.json",
+        record=f"{RESULTS}/predictions/{{column_fit}}.record.json",
     log:
-        f"{RESULTS}/logs/column_fit/{{image}}.log",
+        f"{RESULTS}/logs/column_fit/{{column_fit}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/column_fit/{{image}}.tsv"
+        f"{RESULTS}/benchmarks/column_fit/{{column_fit}}.tsv"
     conda:
         "../../envs/ml.yaml"
     resources:
         slurm_partition=partition(0),
-    params:
-        predictor=lambda wildcards: column_fit_name(wildcards.image),
     shell:
-        "polarmap predict-cells {params.predictor} {input:q} --out {output.grids:q} --metrics {output.metrics:q} > {log:q} 2>&1"
+        "polarmap predict-cells {wildcards.column_fit} {input:q} --out {output.grids:q} --metrics {output.metrics:q} > {log:q} 2>&1"
 
 
 rule figure_cells:
