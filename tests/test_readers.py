@@ -95,6 +95,13 @@ def test_merlin_mib_same_data_set_as_tiff_and_hdf5(tmp_path, scan):
     assert np.array_equal(from_mib, imported(tmp_path / "scan.tif", tmp_path / "t.h5", scan_shape=(3, 4))[0])
     assert np.array_equal(from_mib, imported(tmp_path / "scan.h5", tmp_path / "h.h5")[0])
     assert np.array_equal(from_mib, displayed(shown))
+    # streamed as `polarmap map` reads them: blocks of several scan rows, a stack's frames included
+    for name in ("scan.mib", "scan.tif", "scan.h5"):
+        frames = io.ScanFrames(read_acquisition(tmp_path / name), (3, 4))
+        assert np.array_equal(frames[0:3], from_mib) and np.array_equal(frames[1:3, 1:, 2:5], from_mib[1:3, 1:, 2:5])
+        block = np.empty((2, 4, 16, 16), np.float32)
+        frames.read_direct(block, (slice(1, 3),))
+        assert np.array_equal(block, from_mib[1:3])
 
 
 def test_merlin_mib_truncated_mid_frame(tmp_path, scan):

@@ -281,10 +281,12 @@ class ScanFrames:
         except Exception as err:  # a lazy reader meets a truncated or damaged file only now
             raise ValueError(f"{self.source}: scan rows {start}-{stop - 1} cannot be read ({type(err).__name__}: "
                              f"{' '.join(str(err).split())[:200]}); the file is truncated or damaged: copy it again") from None
-        expected = (cols, *self.shape[2:])
-        if block.shape[-3:] != expected or block.size != (stop - start) * np.prod(expected):
+        if block.shape[-2:] != self.shape[2:]:
             raise ValueError(f"{self.source}: scan rows {start}-{stop - 1} have frames of shape {block.shape[-2:]}, expected {self.shape[2:]}")
-        return block.reshape(stop - start, *expected)
+        if block.size != (stop - start) * np.prod(self.shape[1:]):
+            raise ValueError(f"{self.source}: scan rows {start}-{stop - 1} hold {block.size // np.prod(self.shape[2:])} frames, "
+                             f"expected {(stop - start) * cols}; the file is truncated or damaged: copy it again")
+        return block.reshape(stop - start, *self.shape[1:])
 
     def __getitem__(self, selection):
         return self._flipped(selection).astype(self.dtype)
