@@ -268,12 +268,13 @@ def test_another_detector_gives_the_same_predictions(trained, simulated_scan, tm
 
 
 def test_what_a_map_refuses_in_one_line(trained, simulated_scan, tmp_path):  # noqa: F811
-    """No calibration, a probe of another size, a dark scan: one line each, nothing written."""
+    """No calibration, a probe of another size, no workers, a dark scan: one line each, nothing written."""
     _, patterns, step, mrad = simulated_scan
     write_file(tmp_path / "scan.h5", patterns)
     cases = {
         (): "no detector calibration (mrad per pixel) in the file; give it (--mrad-per-px)",
         ("--mrad-per-px", 2 * mrad): "its bright-field disc spans 4",  # 48 mrad, twice the model's
+        ("--mrad-per-px", mrad, "--workers", 0): "--workers 0: give at least 1",
     }
     for extra, message in cases.items():
         result = run_map(tmp_path / "scan.h5", trained, tmp_path / "out", *extra)

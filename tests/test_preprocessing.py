@@ -249,16 +249,24 @@ def test_domain_randomisation_counts_electrons_and_keeps_the_disc_where_it_was()
         augmenter("cutout", AugmentationSettings(), untouched, 5)
 
 
-def test_resampling_threads_give_the_same_numbers():
-    """Patterns shared among threads are resampled exactly as one thread does them, turned and
-    rescaled, whatever the number of threads."""
-    from polarmap import disc
-    from polarmap.orientation import detector_from_scan
+def test_blocks_in_threads_give_the_numbers_of_one_worker(tmp_path):
+    """Preprocessing and virtual images of a 6x6 detector scan (a descan plane, a hot pixel, turned
+    and rescaled crops), its scan rows two at a time in 1, 2 or 4 threads: the same numbers."""
+    from polarmap.imaging import scan_virtual_images
+    from polarmap.preprocessing import preprocess_scan
 
-    rng = np.random.default_rng(3)
-    patterns = rng.poisson(50, (7, 96, 96)).astype(np.float32)
-    origins = 48 + rng.normal(0, 2, (7, 2))
-    matrix = detector_from_scan(23.0, True)
-    one = disc.resample(patterns, origins, 1.7, matrix, 24)
-    for workers in (2, 3, 8):
-        assert np.array_equal(disc.resample(patterns, origins, 1.7, matrix, 24, workers), one)
+    rng = np.random.default_rng(5)
+    rows, cols = np.indices((6, 6))
+    patterns = write_descanned_set(tmp_path / "d.h5", np.stack([5 + 0.3 * rows, -7 - 0.2 * cols], axis=-1), rng.normal(0, 0.5, (6, 6, 2)))
+    patterns = (patterns * 1000 + rng.poisson(2.0, patterns.shape)).astype(np.float32)
+    patterns[:, :, 10, 80] = 5e4
+    settings = PreprocessSettings(crop_px=24, mrad_per_px=3.9, rotation_deg=23.0, flip=True, rows_per_block=2)
+    meta = attrs(supercell="experimental", detector_mrad_per_px=3.0)
+    made = {}
+    for workers in (1, 2, 4):
+        out = tmp_path / f"p{workers}.h5"
+        preprocess_scan(patterns, np.zeros((6, 6), np.int8), meta, "d", out, settings, False, progress=False, workers=workers)
+        images = scan_virtual_images(patterns, meta, "d", workers=workers)
+        with h5py.File(out) as f:
+            made[workers] = [f[key][()] for key in ("patterns", "beam_shift", "origin", "adf")] + [images[key] for key in ("adf", "bf", "com_mrad")]
+    assert all(np.array_equal(a, b) for workers in (2, 4) for a, b in zip(made[1], made[workers]))

@@ -1,9 +1,13 @@
 """One way to walk a scan: blocks of scan rows, a few at a time, so that memory stays bounded
 whatever the scan's size (LiberTEM's UDFs walk a data set's partitions in the same manner). The
 stages that read every pattern (preprocessing, virtual images, the audit's content hash, the
-experiment-like transform, the simulation's output) go through here. A leaf module."""
+experiment-like transform, the simulation's output) go through here; `map_blocks` runs a
+function of a block on several blocks at once. A leaf module."""
 
-from typing import Iterator
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from queue import SimpleQueue
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -24,13 +28,53 @@ def scan_blocks(patterns, rows_per_block: int, detector=None, dtype=None) -> Ite
         for start, stop in row_ranges(patterns.shape[0], rows_per_block):
             yield start, patterns[(slice(start, stop), *crop[1:])]
         return
-    sample = patterns[(slice(0, 1), slice(0, 1), *crop[2:])]
-    buffer = np.empty((rows_per_block, patterns.shape[1], *sample.shape[2:]), dtype=dtype)
+    buffer = _buffer(patterns, rows_per_block, crop, dtype)
     for start, stop in row_ranges(patterns.shape[0], rows_per_block):
         view = buffer[: stop - start]
-        selection = (slice(start, stop), *crop[1:])
-        if hasattr(patterns, "read_direct"):  # h5py: straight into the buffer, converted on the way
-            patterns.read_direct(view, selection)
-        else:
-            view[...] = patterns[selection]
+        _read_into(patterns, view, (slice(start, stop), *crop[1:]))
         yield start, view
+
+
+def map_blocks(function: Callable, patterns, rows_per_block: int, workers: int = 1, dtype=np.float32) -> Iterator:
+    """`function(first row, block)` of every block of scan rows of `patterns` (read as `dtype`),
+    in scan order, `workers` blocks at a time in threads, each read into a buffer of its own: the
+    results are those of one worker, which is how it runs with `workers` 1. Numpy's loops, its
+    matrix products and the readers' copies release the GIL, so the blocks share the cores. The
+    block is reused once `function` returns: a result must not be a view of it."""
+    if workers <= 1:
+        for start, block in scan_blocks(patterns, rows_per_block, dtype=dtype):
+            yield function(start, block)
+        return
+    buffers = SimpleQueue()
+    for _ in range(workers):
+        buffers.put(_buffer(patterns, rows_per_block, np.s_[:, :], dtype))
+
+    def run(start: int, stop: int):
+        buffer = buffers.get()
+        try:
+            view = buffer[: stop - start]
+            _read_into(patterns, view, (slice(start, stop), slice(None)))
+            return function(start, view)
+        finally:
+            buffers.put(buffer)
+
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque()
+        for start, stop in row_ranges(patterns.shape[0], rows_per_block):
+            pending.append(pool.submit(run, start, stop))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _buffer(patterns, rows_per_block: int, crop, dtype) -> np.ndarray:
+    sample = patterns[(slice(0, 1), slice(0, 1), *crop[2:])]
+    return np.empty((rows_per_block, patterns.shape[1], *sample.shape[2:]), dtype=dtype)
+
+
+def _read_into(patterns, view: np.ndarray, selection) -> None:
+    if hasattr(patterns, "read_direct"):  # h5py, io.ScanFrames: straight into the buffer, converted on the way
+        patterns.read_direct(view, selection)
+    else:
+        view[...] = patterns[selection]

@@ -224,6 +224,8 @@ def _arguments_map(p) -> None:
     p.add_argument("--cell-image", default="adf", choices=("adf", "idpc"), help="the virtual image the lattice and columns are found in")
     p.add_argument("--ood", default="", help="the model's ood.npz: patterns beyond its threshold are unknown")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--workers", type=int, help="blocks of scan rows read and worked on at once, in threads (default: every core "
+                   "this process may use; the map does not depend on it)")
     p.add_argument("--settings", help=argparse.SUPPRESS)
     add_acquisition_arguments(p)
     add_orientation_arguments(p)
@@ -243,7 +245,7 @@ def cmd_map(args) -> None:
         job = {"format": args.format, "dataset": args.dataset, "scan_shape": args.scan_shape, **{key: getattr(args, key) for key in CALIBRATION_ARGUMENTS}}
         geometry = {"rotation_deg": args.rotation_deg, "flip": args.flip, "vacuum_reference": args.vacuum_reference}
     summary = map_acquisition(args.path, args.model, args.out, args.ood, job, geometry, load_lattice(StructureSettings()).a_pc, progress=False,
-                              cell_image=args.cell_image)
+                              cell_image=args.cell_image, workers=args.workers)
     print(json.dumps(summary, indent=2))
 
 

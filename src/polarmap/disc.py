@@ -23,7 +23,6 @@ arrays in, arrays out, no files.
 LiberTEM's centre-of-mass analysis and py4DSTEM's origin fitting are the references read.
 """
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,7 +167,7 @@ def crop_reach(scale: float, detector_from_scan: np.ndarray, crop_px: int) -> np
     return np.abs(scale * corners @ np.asarray(detector_from_scan, dtype=np.float64).T).max(axis=0)
 
 
-def resample(patterns: np.ndarray, origins: np.ndarray, scale: float, detector_from_scan: np.ndarray, crop_px: int, workers: int = 1) -> np.ndarray:
+def resample(patterns: np.ndarray, origins: np.ndarray, scale: float, detector_from_scan: np.ndarray, crop_px: int) -> np.ndarray:
     """Each pattern (n, rows, cols) on the model's crop_px x crop_px grid: output pixel (i, j) is the
     pattern at detector position origin + scale * detector_from_scan @ (i - c, j - c), c =
     crop_px // 2 (the centre pixel, as in an unresampled crop); `scale` is detector pixels per
@@ -180,8 +179,7 @@ def resample(patterns: np.ndarray, origins: np.ndarray, scale: float, detector_f
     test_mapping.py); the counts between the samples go unused, which costs signal at low dose.
     Linear interpolation would blur a turned pattern by half a pixel. The splines overshoot at the
     disc's edge: what falls below zero is cut at zero, as no detector counts below it (a varying
-    negative minimum would become a varying pedestal after min-max, which moves an even crop's CoM).
-    `workers` threads share the patterns (scipy's splines release the GIL): the same numbers."""
+    negative minimum would become a varying pedestal after min-max, which moves an even crop's CoM)."""
     origins = np.asarray(origins, dtype=np.float64)
     if scale == 1 and np.array_equal(detector_from_scan, np.eye(2)) and np.array_equal(origins, np.round(origins)):
         # whole pixels, unturned (a simulation at its own sampling): the spline would return them
@@ -193,20 +191,11 @@ def resample(patterns: np.ndarray, origins: np.ndarray, scale: float, detector_f
     positions = np.asarray(origins, dtype=np.float64)[:, None, None, :] + detector[None]
     patterns = np.asarray(patterns, dtype=np.float32)
     out = np.empty((len(patterns), crop_px, crop_px), np.float32)
-
-    def resample_each(indices):
-        for i in indices:  # one spline per pattern: one over the stack would mix neighbours
-            # the spline of a window around the crop only: a spline's reach decays by 0.27 a pixel, so
-            # SPLINE_MARGIN pixels leave the samples as the whole pattern's spline gives them
-            low = np.maximum(np.floor(positions[i].min(axis=(0, 1))).astype(int) - SPLINE_MARGIN, 0)
-            high = np.minimum(np.ceil(positions[i].max(axis=(0, 1))).astype(int) + SPLINE_MARGIN + 1, patterns.shape[1:])
-            window = patterns[i, low[0]:high[0], low[1]:high[1]]
-            out[i] = ndimage.map_coordinates(window, np.moveaxis(positions[i] - low, -1, 0), order=3, mode="nearest")
-
-    shares = np.array_split(np.arange(len(patterns)), max(min(workers, len(patterns)), 1))
-    if len(shares) == 1:
-        resample_each(shares[0])
-    else:
-        with ThreadPoolExecutor(len(shares)) as pool:
-            list(pool.map(resample_each, shares))
+    for i, pattern in enumerate(patterns):  # one spline per pattern: one over the stack would mix neighbours
+        # the spline of a window around the crop only: a spline's reach decays by 0.27 a pixel, so
+        # SPLINE_MARGIN pixels leave the samples as the whole pattern's spline gives them
+        low = np.maximum(np.floor(positions[i].min(axis=(0, 1))).astype(int) - SPLINE_MARGIN, 0)
+        high = np.minimum(np.ceil(positions[i].max(axis=(0, 1))).astype(int) + SPLINE_MARGIN + 1, pattern.shape)
+        window = pattern[low[0]:high[0], low[1]:high[1]]
+        out[i] = ndimage.map_coordinates(window, np.moveaxis(positions[i] - low, -1, 0), order=3, mode="nearest")
     return np.maximum(out, 0)

@@ -9,7 +9,7 @@ import numpy as np
 
 from polarmap import io
 from polarmap.atomic import read_npz
-from polarmap.blocks import scan_blocks
+from polarmap.blocks import map_blocks
 from polarmap.dataset_kind import dataset_kind
 from polarmap.pattern import center_of_mass, intensity_problem
 from polarmap.virtual import annular_mask, com_field, differentiated_com, integrated_com, virtual_image
@@ -39,10 +39,11 @@ def virtual_images(path, detectors: VirtualDetectors = VirtualDetectors()) -> di
         return scan_virtual_images(f["patterns"], attrs, path, detectors)
 
 
-def scan_virtual_images(patterns, attrs: dict, source, detectors: VirtualDetectors = VirtualDetectors()) -> dict[str, np.ndarray]:
+def scan_virtual_images(patterns, attrs: dict, source, detectors: VirtualDetectors = VirtualDetectors(), workers: int = 1) -> dict[str, np.ndarray]:
     """The images of one scan, each (scan_rows, scan_cols), and its CoM field (..., 2) in mrad from
     the optical axis: `patterns` a data set's /patterns or anything indexed like it (an
-    acquisition's `io.ScanFrames`), read a few scan rows at a time; `source` names it in errors.
+    acquisition's `io.ScanFrames`), read a few scan rows at a time, `workers` blocks at once
+    (`polarmap.blocks.map_blocks`: the same numbers); `source` names it in errors.
     The axis is the detector's centre for simulated sets, the centre of mass of the scan-mean
     pattern for detector data (its bright-field disc)."""
     mrad = float(attrs["detector_mrad_per_px"])
@@ -51,7 +52,8 @@ def scan_virtual_images(patterns, attrs: dict, source, detectors: VirtualDetecto
         raise ValueError(f"{source}: no detector calibration (detector_mrad_per_px); import it with --mrad-per-px")
     detector_shape = patterns.shape[2:]
     if dataset_kind(attrs).through_a_detector:
-        mean = sum(block.sum(axis=(0, 1), dtype=np.float64) for _, block in scan_blocks(patterns, detectors.rows_per_block, dtype=np.float32))
+        sums = map_blocks(lambda _, block: block.sum(axis=(0, 1), dtype=np.float64), patterns, detectors.rows_per_block, workers)
+        mean = sum(sums)  # in scan order, as one worker adds them
         centre = center_of_mass(mean)
     else:
         centre = np.array(detector_shape) // 2
@@ -66,7 +68,8 @@ def scan_virtual_images(patterns, attrs: dict, source, detectors: VirtualDetecto
                          f"the detector reaches {reach:.0f} mrad at {mrad:.4g} mrad/px: choose a ring within it (--adf-mrad)")
     images = {name: np.empty(patterns.shape[:2]) for name in masks}
     field = np.empty((*patterns.shape[:2], 2))
-    for start, block in scan_blocks(patterns, detectors.rows_per_block, dtype=np.float32):
+
+    def image(start, block):
         problem = intensity_problem(block, start)
         if problem:
             raise ValueError(f"{source}: {problem}")
@@ -74,6 +77,9 @@ def scan_virtual_images(patterns, attrs: dict, source, detectors: VirtualDetecto
         for name, mask in masks.items():
             images[name][rows] = virtual_image(block, mask)
         field[rows] = com_field(block, centre, mrad)
+
+    for _ in map_blocks(image, patterns, detectors.rows_per_block, workers):
+        pass
     # a global descan offset is not the specimen's: the field's scan mean is removed
     field -= field.reshape(-1, 2).mean(axis=0)
     settings = {**asdict(detectors), "centre_px": [float(v) for v in centre], "mrad_per_px": mrad, "semiangle_mrad": semiangle}

@@ -64,17 +64,21 @@ def load_pattern_model(model_path, ood_path=""):
 
 
 def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=None, lattice_a_angstrom=None, progress=True,
-                    cell_image="adf") -> dict:
+                    cell_image="adf", workers=None) -> dict:
     """The map of one acquisition (see the module's description); `model_path` "" for the
     per-cell map alone. `job` holds the import keys of `polarmap import` (format, dataset,
     scan_shape, calibrations); `geometry` the orientation and vacuum reference of `polarmap
-    preprocess`; `cell_image` the virtual image the lattice is found in."""
+    preprocess`; `cell_image` the virtual image the lattice is found in; `workers` blocks of scan
+    rows at once (None: every core this process may use; the same numbers for any number)."""
     from polarmap.evaluation import predict_grids
 
     started = time.perf_counter()
     path, out_dir = Path(path), Path(out_dir)
     if cell_image not in CELL_IMAGES:
         raise ValueError(f"the lattice is found in {' or '.join(CELL_IMAGES)}, not {cell_image!r}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers {workers}: give at least 1 (or leave it out: every core)")
+    workers = workers or len(os.sched_getaffinity(0))
     predictor = load_pattern_model(model_path, ood_path) if model_path else None  # a bad model or --ood: before any work
     sampling = predictor.sampling if model_path else None
     geometry = {"rotation_deg": None, "flip": None, "vacuum_reference": "", **(geometry or {})}
@@ -94,7 +98,7 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
     with tempfile.TemporaryDirectory(prefix=".polarmap-map-", dir=out_dir) as working:
         preprocessed = Path(working) / "preprocessed.h5"
         try:
-            image, image_problem = scan_virtual_images(frames, attrs, path)[cell_image], ""
+            image, image_problem = scan_virtual_images(frames, attrs, path, workers=workers)[cell_image], ""
         except ValueError as err:  # with a model, the per-pattern map stands without the per-cell one
             if not model_path:
                 raise
@@ -103,7 +107,7 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
             settings = PreprocessSettings(crop_px=int(sampling["crop_px"]), mrad_per_px=float(sampling["detector_mrad_per_px"]), **geometry)
             labels = np.full(frames.shape[:2], UNKNOWN_LABEL, dtype=np.int8)
             preprocess_scan(frames, labels, attrs, path, preprocessed, settings, is_training=False, progress=progress, bad_pixels=frames.bad_pixels,
-                            workers=len(os.sched_getaffinity(0)))
+                            workers=workers)
         title = f"{path.name}: {Path(model_path).parent.name or Path(model_path).name}" if model_path else path.name
         if not model_path:
             cells = cell_map(image, cell_image, step, path.name, out_dir)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from polarmap import disc, io
 from polarmap.atomic import refuse_overwriting, write_text_atomically
-from polarmap.blocks import scan_blocks
+from polarmap.blocks import map_blocks, scan_blocks
 from polarmap.classes import CLASS_NAMES
 from polarmap.dataset_kind import DatasetKind, dataset_kind
 from polarmap.orientation import detector_from_scan, find_scan_orientation, to_scan_frame
@@ -111,7 +111,7 @@ def preprocess_scan(patterns, labels, attrs: dict, source, out, settings: Prepro
     """Crop, normalise and measure the beam shift of every pattern of a scan: `patterns` a data
     set's /patterns or anything indexed like it (an acquisition's `io.ScanFrames`, streamed from
     the detector file), read a block of scan rows at a time; `source` names it in errors;
-    `workers` threads resample each block (the same numbers for any number).
+    `workers` blocks at a time in threads (`polarmap.blocks.map_blocks`: the same numbers).
 
     Writes a data set in the same format (cropped, [0, 1] patterns) plus /com, /beam_shift (corrected:
     /adf and /origin too),
@@ -177,7 +177,7 @@ def _centred_crops(patterns, known_bad, attrs: dict, settings: PreprocessSetting
     bad, found = _disc_setup(patterns, settings.rows_per_block, known_bad, source)
     rows, cols = np.indices(patterns.shape[2:])
     adf_mask = np.hypot(rows - found.centre[0], cols - found.centre[1]) > ADF_INNER_RADII * found.radius
-    com, centres, adf, low, high = _disc_statistics(patterns, settings.rows_per_block, source, bad, found, adf_mask, measure_origins=detector_data)
+    com, centres, adf, low, high = _disc_statistics(patterns, settings.rows_per_block, source, bad, found, adf_mask, detector_data, workers)
     plane = _descan_plane(settings, centres, patterns.shape[2:], source)
     if plane is not None:
         origins, coefficients, descan_from = *plane, "vacuum reference"
@@ -211,14 +211,13 @@ def _centred_crops(patterns, known_bad, attrs: dict, settings: PreprocessSetting
         "disc_radius_px": found.radius, "bad_pixel_count": int(bad.sum()), **orientation,
     }
 
-    def crops():
-        for start, block in scan_blocks(patterns, settings.rows_per_block, dtype=np.float32):
-            filled = disc.fill_bad_pixels(block, bad, in_place=True).reshape(-1, *block.shape[2:])
-            stop = start + len(block)
-            resampled = disc.resample(filled, origins[start:stop].reshape(-1, 2), scale, matrix, settings.crop_px, workers)
-            yield start, resampled.reshape(len(block), block.shape[1], settings.crop_px, settings.crop_px)
+    def crop(start, block):
+        filled = disc.fill_bad_pixels(block, bad, in_place=True).reshape(-1, *block.shape[2:])
+        resampled = disc.resample(filled, origins[start:start + len(block)].reshape(-1, 2), scale, matrix, settings.crop_px)
+        return start, resampled.reshape(len(block), block.shape[1], settings.crop_px, settings.crop_px)
 
-    return com, beam_shift, low, high, geometry, crops(), {"adf": adf, "origin": centres}
+    crops = map_blocks(crop, patterns, settings.rows_per_block, workers)
+    return com, beam_shift, low, high, geometry, crops, {"adf": adf, "origin": centres}
 
 
 def _disc_setup(patterns, rows_per_block: int, known_bad, path: Path):
@@ -236,19 +235,19 @@ def _disc_setup(patterns, rows_per_block: int, known_bad, path: Path):
     return bad, found
 
 
-def _disc_statistics(patterns, rows_per_block: int, path: Path, bad, found, adf_mask, measure_origins: bool = True):
+def _disc_statistics(patterns, rows_per_block: int, path: Path, bad, found, adf_mask, measure_origins: bool = True, workers: int = 1):
     """Per pattern: centre of mass, origin (polarmap.disc; NaN unless measured), ADF signal; and the
-    scan's intensity range."""
+    scan's intensity range. `workers` blocks at a time (`map_blocks`: the same numbers)."""
     com = np.empty((*patterns.shape[:2], 2))
     centres = np.full((*patterns.shape[:2], 2), np.nan)
     adf = np.empty(patterns.shape[:2])
-    low, high = np.inf, -np.inf
     weights = adf_mask.astype(np.float32).ravel()
-    for start, block in scan_blocks(patterns, rows_per_block, dtype=np.float32):
+
+    def measure(start, block):
         problem = intensity_problem(block, start)
         if problem:
             raise ValueError(f"{path}: {problem}")
-        low, high = min(low, float(block.min())), max(high, float(block.max()))  # the raw range, before filling
+        low, high = float(block.min()), float(block.max())  # the raw range, before filling
         filled = disc.fill_bad_pixels(block, bad, in_place=True)
         stop = start + len(block)
         com[start:stop] = center_of_mass(filled)
@@ -256,7 +255,10 @@ def _disc_statistics(patterns, rows_per_block: int, path: Path, bad, found, adf_
             discs = disc.disc_centres(filled[row], found)[0]
             centres[start + row] = disc.masked_centres(filled[row], discs, disc.ORIGIN_MASK_RADII * found.radius)
         adf[start:stop] = filled.reshape(*filled.shape[:2], -1) @ weights
-    return com, centres, adf, low, high
+        return low, high
+
+    ranges = np.array(list(map_blocks(measure, patterns, rows_per_block, workers))).reshape(-1, 2)
+    return com, centres, adf, float(ranges[:, 0].min()), float(ranges[:, 1].max())
 
 
 def _descan_plane(settings: PreprocessSettings, centres, detector_shape, source: Path):

@@ -58,7 +58,7 @@ rule map_experimental:
         out=lambda wildcards, output: str(Path(output.figure).parent),
     shell:
         "OMP_NUM_THREADS=1 polarmap map {input.acquisition:q} --model {input.model:q} {params.ood} --settings {params.job:q} "
-        "--out {params.out:q} > {log:q} 2>&1"
+        "--workers {threads} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule predict:
