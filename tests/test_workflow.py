@@ -247,7 +247,7 @@ def assert_defect_study(results):
         mask = f["defect_mask"][()]
         assert mask.shape == (4, 4) and 0 < mask.sum() < 16 and io.read_attrs(f)["classes"] == ["RD"]
     scores = (results / "tables/defect_localisation.tsv").read_text().splitlines()
-    assert scores[0] == "predictor\tmodel\tconfiguration\tseed\tlocalisation_auc" and len(scores) == 1 + 18 + 3
+    assert scores[0] == "predictor\tmodel\tconfiguration\tseed\tlocalisation_auc" and len(scores) == 1 + 18 + 3 + 2  # + column fitting on the lattice found (ADF, iDPC)
     assert all(0 <= float(line.split("\t")[-1]) <= 1 for line in scores[1:])
     assert (results / "figures/defect_maps.pdf").exists() and (results / "dft/record.json").exists()
 
