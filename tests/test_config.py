@@ -67,6 +67,9 @@ def test_bad_value_names_the_key(tmp_path):
     (tmp_path / "d.yaml").write_text("datasets:\n  tests:\n    9S: {polarization: UP, supercell: [2, 2, 5]}\n")
     with pytest.raises(ValueError, match=r"'datasets.tests.9S.polarization'"):
         load_config(tmp_path / "d.yaml")
+    (tmp_path / "e.yaml").write_text("training:\n  runs:\n    - {encoders: [conv, vit], objectives: [classification]}\n")
+    with pytest.raises(ValueError, match=r"'training.runs.0.encoders': 'vit' is not a registered encoder \(conv, vgg16, resnet50\)"):
+        load_config(tmp_path / "e.yaml")
 
 
 def test_job_settings_hold_only_what_the_job_depends_on():

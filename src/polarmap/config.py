@@ -1,6 +1,7 @@
 """Study configuration: YAML validated against the schema, defaults filled in, and the
 per-data-set settings every stage derives from it (the Snakefile and the CLI share these)."""
 
+import ast
 from dataclasses import fields
 from itertools import product
 from pathlib import Path
@@ -69,9 +70,27 @@ def _check_numbers(node, source: str, keys: tuple = ()) -> None:
         check_quantity(keys[-1], node, f"{source}: invalid value for '{'.'.join(keys)}'")
 
 
+def registered_encoders() -> list[str]:
+    """The encoders `polarmap.models` registers (`@register(ENCODERS, "<name>")`), in its order,
+    read from its source rather than imported: importing it imports torch (seconds), and the config
+    is checked at every Snakemake parse and in every cluster job. So a new encoder is added in
+    models.py alone."""
+    tree = ast.parse((Path(__file__).parent / "models.py").read_text())
+    return [decorator.args[1].value for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+            for decorator in node.decorator_list
+            if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", "") == "register"
+            and getattr(decorator.args[0], "id", "") == "ENCODERS"]
+
+
 def _check_consistency(config: dict, source: str) -> None:
     """What the schema cannot say alone, checked before any job runs rather than after the
     simulations: settings that must agree with each other."""
+    encoders = registered_encoders()
+    for number, run in enumerate(config["training"]["runs"]):
+        for name in run["encoders"]:
+            if name not in encoders:
+                raise ValueError(f"{source}: invalid value for 'training.runs.{number}.encoders': {name!r} is not a registered encoder "
+                                 f"({', '.join(encoders)}); register it in polarmap.models")
     preprocessing = config["preprocessing"]
     detector_px = simulation_settings(config).detector_px
     if preprocessing["crop_px"] > detector_px:
