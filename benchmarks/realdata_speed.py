@@ -259,6 +259,11 @@ def libertem_python(given: str) -> str:
     return str(python)
 
 
+def _seconds_key(entry: dict) -> str:
+    """The time a measurement is judged by: its script's own, else the whole process's."""
+    return next((key for key in INNER_TIMES if key in entry), "seconds")
+
+
 def rates(entry: dict, frames: int, gigabytes: float, seconds_key: str = "seconds") -> dict:
     seconds = max(entry[seconds_key], 0.01)  # a hundredth of a second is what is measured
     return {"frames_per_s": round(frames / seconds), "gb_per_s": round(gigabytes / seconds, 3)}
@@ -286,11 +291,7 @@ def measure_file(mib: Path, scan: int, model: Path, folder: Path, libertem: str)
                 target = folder / leftover
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
             entry = _run(*command)
-            key = "seconds"
-            for inner in INNER_TIMES:
-                if inner in entry:
-                    key = inner
-            results[name][cache] = {**entry, **rates(entry, frames, gigabytes, key)}
+            results[name][cache] = {**entry, **rates(entry, frames, gigabytes, _seconds_key(entry))}
         if name == "map per cell":
             results["cells found"] = _cells_found(folder / "cells" / "cells.csv")
     evict(mib)
@@ -379,7 +380,7 @@ def report(results: dict) -> str:
                 continue
             for cache in ("cold", "warm"):
                 run = runs[cache]
-                seconds = next(run[key] for key in (*INNER_TIMES, "seconds") if key in run)
+                seconds = run[_seconds_key(run)]
                 process = runs.get("process", run)
                 lines.append(f"| {name} | {cache} | {seconds} | {run['frames_per_s']} | {run['gb_per_s']} | {process['peak_gb']} | "
                              f"{process['peak_resident_gb']} | {process['written_mb']} |")
