@@ -1,12 +1,13 @@
 # polarmap: ML polarization mapping in KNN from 4D-STEM, end to end.
 #   snakemake --cores 2                                  the default (small) study
 #   snakemake --cores 2 --configfile workflow/presets/paper.yaml   paper scale
+import copy
 import sys
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
-from polarmap.config import read_yaml, validate_config
+from polarmap.config import other_mode_study, read_yaml, validate_config
 
 min_version("9.0")
 
@@ -21,6 +22,11 @@ if Path("config.yaml").exists():
 configfile: "config.yaml"
 
 
+# The config as given, before its mode's defaults are filled in: the other mode's study
+# (evaluation.both_modes) starts from it.
+GIVEN_CONFIG = copy.deepcopy(config)
+
+
 # One line naming the key and the fix, before any job runs (Snakemake's own message on a bad key
 # holds the whole schema); then Snakemake's validation, which then passes. Each config file is read
 # again strictly: Snakemake's YAML reading keeps the last of a key given twice.
@@ -33,12 +39,33 @@ except ValueError as err:
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+# evaluation.both_modes: the same study in the other mode, run by this very workflow as a module
+# with its own results folder (its rules prefixed other_mode_); its summary is this study's
+# comparison. The module's config has both_modes off, so it includes no third study.
+if config["evaluation"]["both_modes"]:
+    OTHER_MODE = other_mode_study(GIVEN_CONFIG)
+    config["evaluation"]["compare_with"] = f"results/{OTHER_MODE['study']}"
+
+    module other_mode:
+        snakefile:
+            "Snakefile"
+        config:
+            OTHER_MODE
+
+    # what lies outside a study's folder (pseudopotentials, ImageNet weights) is shared: one
+    # rule fetches it
+    use rule * from other_mode exclude pseudopotentials, imagenet_weights, all as other_mode_*
+
+
 # with --sdm apptainer every job runs in this image (envs/apptainer.def)
 if config.get("container"):
 
     container: config["container"]
 
 
+# Cheap jobs (seconds, little memory) are `localrule: True`: they run where snakemake runs instead
+# of waiting in a cluster queue (per rule, so that the other mode's module keeps it); everything
+# else is submitted.
 include: "workflow/rules/common.smk"
 include: "workflow/rules/structures.smk"
 include: "workflow/rules/simulation.smk"
@@ -50,32 +77,8 @@ include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/imaging.smk"
 
 
-# Cheap jobs (seconds, little memory) run where snakemake runs instead of waiting in a cluster
-# queue; everything else is submitted.
-localrules:
-    all,
-    structure,
-    qstem_inputs,
-    defect_structure,
-    dataset_summary,
-    filter_counts,
-    split,
-    tables,
-    audit,
-    compare_modes,
-    reproduction,
-    figure_distributions,
-    figure_maps,
-    figure_com_field,
-    figure_sweep,
-    figure_thickness,
-    figure_cells,
-    figure_training,
-    column_fit,
-    defect_study,
-
-
 rule all:
     default_target: True
     input:
         all_outputs(),
+    localrule: True

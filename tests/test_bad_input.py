@@ -247,6 +247,10 @@ CASES |= {
                                                   r"out/preprocessed\.h5: is the input file itself \(--out and path\)"),
     "an output that is a folder": (lambda good, tmp: ((tmp / "outdir").mkdir(), ["preprocess", "--source", str(copy(good, tmp, "raw.h5")), "--out", str(tmp / "outdir")])[1],
                                    r"outdir: is a folder; give --out a file path"),
+    "a map into a file": (lambda good, tmp: ["map", str(copy(good, tmp, "raw.h5")), "--out", str(copy(good, tmp, "pre.h5"))],
+                          r"pre\.h5: is a file; give --out a folder \(the outputs are written into it\)"),
+    "a map into its own input file": (lambda good, tmp: ["map", str(copy(good, tmp, "raw.h5")), "--out", str(tmp / "raw.h5")],
+                                      r"raw\.h5: is a file; give --out a folder"),
     "an import into a folder": (lambda good, tmp: ((tmp / "outdir").mkdir(), ["import", str(stack(tmp)), "--scan-shape", "4", "4", "--out", str(tmp / "outdir")])[1],
                                 r"outdir: is a folder; give --out a file path"),
 }
@@ -343,6 +347,8 @@ SNAKEMAKE_CASES = {
     "a name that is a shell command": ("datasets: {tests: {'a;b': {polarization: RM, supercell: [2, 2, 5]}}}\n", "'a;b' does not match"),
     "an unknown key": ("trainig: {lr: 1}\n", "'trainig' was unexpected"),
     "compare_with that is a shell command": ("evaluation: {compare_with: 'x; ls'}\n", "'x; ls' does not match"),
+    "both modes and a study to compare with": ("evaluation: {both_modes: true, compare_with: results/x}\n",
+                                               "evaluation.both_modes runs the other mode itself: leave evaluation.compare_with empty"),
 }
 
 

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from polarmap.config import (
-    dataset_job_settings, load_config, simulated_datasets, split_job_settings, sweep_points, training_jobs, training_set_names,
-    validate_config,
+    dataset_job_settings, load_config, other_mode_study, simulated_datasets, split_job_settings, sweep_points, training_jobs,
+    training_set_names, validate_config,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,11 +53,40 @@ def test_thickness_preset_over_the_default_study():
     assert {job["training_data"] for job in training_jobs(config).values()} == {"base", "diverse"}
 
 
+def test_reproduction_preset_over_the_default_study():
+    """Both modes of the default study, trained to a plateau rather than to an epoch cap."""
+    from test_slurm import merged
+
+    config = merged(yaml.safe_load((ROOT / "config.yaml").read_text()), yaml.safe_load((ROOT / "workflow/presets/reproduction.yaml").read_text()))
+    faithful = validate_config(other_mode_study(config), "faithful")
+    config = validate_config(config, "reproduction preset")
+    assert config["evaluation"]["both_modes"] and faithful["study"] == "reproduction_faithful"
+    assert (config["simulation"]["frozen_phonon_configs"], faithful["simulation"]["frozen_phonon_configs"]) == (2, 0)
+    jobs = training_jobs(config)
+    assert len(jobs) == 10 and all(job["patience"] < job["max_epochs"] for job in jobs.values())
+
+
 def test_paper_preset_has_the_paper_sizes():
     config = load_config(ROOT / "workflow/presets/paper.yaml")
     assert config["simulation"]["scan_px"] == 128
     assert config["simulation"]["gpts_per_cell"] * config["simulation"]["probe_window_cells"] == 256
     assert config["datasets"]["tests"]["2S"]["supercell"] == [6, 6, 125]
+
+
+def test_the_other_mode_study_is_the_same_config_in_the_other_mode():
+    """evaluation.both_modes: the other study takes the mode's own defaults where the config left
+    them open, keeps what the config set, and runs no third study."""
+    given = yaml.safe_load((ROOT / "config.yaml").read_text()) | {"evaluation": {"both_modes": True}}
+    given["simulation"]["frozen_phonon_configs"] = None
+    faithful = validate_config(other_mode_study(given), "faithful")
+    assert (faithful["study"], faithful["mode"]) == ("default_faithful", "faithful")
+    assert faithful["structure"]["a_site_order"] == "ordered" and faithful["simulation"]["frozen_phonon_configs"] == 0
+    assert faithful["simulation"]["scan_px"] == 32 and not faithful["evaluation"]["both_modes"]
+    assert given["mode"] == "corrected" and given["evaluation"] == {"both_modes": True}
+    corrected = validate_config(other_mode_study(faithful | {"study": "f"}), "corrected")
+    assert (corrected["study"], corrected["mode"]) == ("f_corrected", "corrected")
+    with pytest.raises(ValueError, match=r"evaluation.both_modes runs the other mode itself: leave evaluation.compare_with empty"):
+        validate_config(given | {"evaluation": {"both_modes": True, "compare_with": "results/faithful"}}, "c")
 
 
 def test_bad_value_names_the_key(tmp_path):

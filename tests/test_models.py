@@ -8,7 +8,7 @@ import torch
 from polarmap.classes import CLASS_ANGLES_DEG
 from polarmap.models import (
     ENCODERS, OBJECTIVES, PcaKnn, PolarizationModel, Prototype, Regression, circular_soft_targets, class_prototypes,
-    fetch_imagenet_weights,
+    fetch_imagenet_weights, load_model,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +48,20 @@ def test_feature_size_follows_the_input_and_pooling_follows_the_mode():
     assert isinstance(corrected[4], torch.nn.AvgPool2d) and isinstance(faithful[4], torch.nn.MaxPool2d)
     with pytest.raises(ValueError, match="too small for this encoder"):
         PolarizationModel("vgg16", "classification", 16)
+
+
+def test_a_model_computes_with_weights_below_the_normal_range_as_zero(tmp_path):
+    """Weight decay leaves a network that does not learn with most weights below float32's normal
+    range, where a CPU is some 10x slower: loading a model (as training does) makes this process
+    compute with such numbers as zero."""
+    from test_bad_input import save_model
+
+    torch.set_flush_denormal(False)
+    subnormal = torch.tensor([1e-40])
+    assert (subnormal * 1.5).item() != 0
+    save_model(tmp_path / "model.pt")
+    load_model(tmp_path / "model.pt")
+    assert (subnormal * 1.5).item() == 0 and (torch.tensor([1e-30]) * 1.5).item() == pytest.approx(1.5e-30)
 
 
 def test_regression_decoding_at_class_angles_and_bin_edges():

@@ -1,6 +1,7 @@
 """The tests preset end to end through Snakemake, then incremental reruns from its own plan."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -267,6 +268,23 @@ def test_the_reproduction_table_puts_the_paper_beside_the_study(study):
     assert sum(line.startswith("| 1 |") for line in table.splitlines()) == 130
     rows = (study / "results/tests/tables/reproduction.csv").read_text().splitlines()
     assert len(rows) == 1 + 390 and all(",mode not run," in row for row in rows[1:])
+
+
+def test_both_modes_run_the_other_mode_beside_this_one(study):
+    """evaluation.both_modes over the finished corrected study: the faithful study of the same
+    config is planned as a module in its own folder (its crystals ordered, as published); of the
+    corrected study only the comparisons are redone, with the faithful summary beside its own."""
+    (study / "both.yaml").write_text((study / "tests.yaml").read_text() + "evaluation:\n  both_modes: true\n")
+    plan = snakemake(study, "--configfile", "both.yaml", "--dry-run")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    counts = job_counts(planned_jobs(study, "--configfile", "both.yaml"))
+    assert {name for name in counts if not name.startswith("other_mode_")} == {"all", "compare_modes", "reproduction", "total"}, counts
+    assert counts["other_mode_tables"] == 1 and counts["other_mode_train"] == 14 and "other_mode_figure_maps" not in counts
+    # every simulated set but the reference (the corrected study's Fig. 7 alone needs it)
+    simulated = re.findall(r"\nrule other_mode_simulate:\n(?:    .*\n)*?    wildcards: dataset=(\S+)", plan.stdout)
+    assert sorted(simulated) == sorted(path.stem for path in (study / "results/tests/structures").glob("*.xyz") if path.stem != "reference")
+    assert '"a_site_order": "ordered"' in plan.stdout and "results/tests_faithful/structures/train_RM.xyz" in plan.stdout
+    assert "--corrected results/tests/tables/summary.tsv --faithful results/tests_faithful/tables/summary.tsv" in plan.stdout
 
 
 def test_nothing_reruns_when_nothing_changed(study):

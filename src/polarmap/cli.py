@@ -70,8 +70,14 @@ def _with_suffixes(dest, *suffixes):
 
 
 def _in_folder(dest, *names):
-    """The files a command writes into the output folder `dest`."""
-    return lambda args: [(dest, p / name) for _, p in _paths(args, dest) for name in names]
+    """The files a command writes into the output folder `dest`; a file there is refused."""
+    def outputs(args):
+        folders = [folder for _, folder in _paths(args, dest)]
+        for folder in folders:
+            if folder.is_file():
+                raise ValueError(f"{folder}: is a file; give {_flag(dest)} a folder (the outputs are written into it)")
+        return [(dest, folder / name) for folder in folders for name in names]
+    return outputs
 
 
 def _beside(dest, suffix):

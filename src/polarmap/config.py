@@ -2,6 +2,7 @@
 per-data-set settings every stage derives from it (the Snakefile and the CLI share these)."""
 
 import ast
+import copy
 from dataclasses import fields
 from itertools import product
 from pathlib import Path
@@ -103,6 +104,9 @@ def _check_consistency(config: dict, source: str) -> None:
         if (declared["scan_rotation_deg"] is None) != (declared["scan_flip"] is None):
             raise ValueError(f"{source}: datasets.experimental.{name}: give scan_rotation_deg and scan_flip together, or neither "
                              "(then both are found from the data)")
+    if config["evaluation"]["both_modes"] and config["evaluation"]["compare_with"]:
+        raise ValueError(f"{source}: evaluation.both_modes runs the other mode itself: leave evaluation.compare_with empty, "
+                         "or set both_modes: false to compare with a study run before")
     training = config["datasets"]["training"]
     if config["training"]["unit_cell"]["enabled"] and training["crystals"] < 2 and not training["variants"]:
         raise ValueError(f"{source}: training.unit_cell needs held-out crystals to validate on: set datasets.training.crystals "
@@ -123,6 +127,17 @@ def _resolve_mode_defaults(config: dict) -> None:
         for key, value in values.items():
             if config[section][key] is None:
                 config[section][key] = value
+
+
+def other_mode_study(config: dict) -> dict:
+    """The config of the same study in the other mode (evaluation.both_modes), from the config as
+    given, before validation filled in the mode's defaults: its own results folder, and no third
+    study of its own."""
+    other = copy.deepcopy(config)
+    other["mode"] = "faithful" if config.get("mode", "corrected") == "corrected" else "corrected"
+    other["study"] = f"{config.get('study', 'default')}_{other['mode']}"
+    other["evaluation"] = {**other.get("evaluation", {}), "both_modes": False, "compare_with": ""}
+    return other
 
 
 def dataset_seed(name: str, base: int) -> int:

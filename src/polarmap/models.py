@@ -412,9 +412,18 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def flush_subnormals() -> None:
+    """Compute with numbers below float32's normal range as zero, in this process. Weight decay on
+    a network that is not learning drives its weights there (the faithful-mode Conv at chance: 60 %
+    of its weights after 30 epochs), where a CPU runs some 10x slower (an epoch of 6,500 patterns
+    3 s -> 35 s); at below 1.2e-38 they change no output."""
+    torch.set_flush_denormal(True)
+
+
 def load_model(path) -> tuple[PolarizationModel, dict]:
     """A trained model from model.pt and its training settings; the file holds tensors and
     plain values only."""
+    flush_subnormals()
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

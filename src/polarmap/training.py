@@ -20,7 +20,9 @@ from tqdm import tqdm
 
 from polarmap import io, predictors
 from polarmap.atomic import save_npz_atomically
-from polarmap.models import LEARNED_MIN_VALIDATION_ACCURACY, N_CLASSES, PcaKnn, PolarizationModel, class_prototypes, resolve_device, save_model_file
+from polarmap.models import (
+    LEARNED_MIN_VALIDATION_ACCURACY, N_CLASSES, PcaKnn, PolarizationModel, class_prototypes, flush_subnormals, resolve_device, save_model_file,
+)
 from polarmap.ood import KNOWN_QUANTILE, fit_ood
 from polarmap.augmentation import AugmentationSettings, DomainRandomisationSettings, augmentation_pipeline, augmenter
 from polarmap.preprocessing import CONFIGURATIONS
@@ -169,6 +171,7 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
     workers = default_workers(device) if workers is None else workers
     torch.manual_seed(settings.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    flush_subnormals()
     model = PolarizationModel(settings.encoder, settings.objective, train_x.shape[-1], settings.pretrained, settings.mode).to(device)
     if settings.standardize_inputs:
         model.input_mean.copy_(torch.from_numpy(train_x.mean(axis=0, keepdims=True)))

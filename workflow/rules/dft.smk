@@ -82,6 +82,7 @@ rule defect_structure:
         cif=f"{RESULTS}/structures/defect.cif",
     log:
         f"{RESULTS}/logs/structure/defect.log",
+    localrule: True
     conda:
         "../../envs/simulation.yaml"
     params:

@@ -112,6 +112,7 @@ rule audit:
         f"{RESULTS}/logs/audit.log",
     benchmark:
         f"{RESULTS}/benchmarks/audit.tsv"
+    localrule: True
     conda:
         "../../envs/ml.yaml"
     params:
@@ -168,6 +169,7 @@ rule tables:
         record=f"{RESULTS}/tables/tables.record.json",
     log:
         f"{RESULTS}/logs/tables.log",
+    localrule: True
     conda:
         "../../envs/ml.yaml"
     params:
@@ -188,6 +190,7 @@ rule compare_modes:
         record=f"{RESULTS}/tables/modes.record.json",
     log:
         f"{RESULTS}/logs/compare_modes.log",
+    localrule: True
     conda:
         "../../envs/ml.yaml"
     shell:
@@ -208,6 +211,7 @@ rule reproduction:
         record=f"{RESULTS}/tables/reproduction.record.json",
     log:
         f"{RESULTS}/logs/reproduction.log",
+    localrule: True
     conda:
         "../../envs/ml.yaml"
     params:
@@ -234,6 +238,7 @@ rule figure_distributions:
         record=f"{RESULTS}/figures/distributions_{{configuration}}.record.json",
     log:
         f"{RESULTS}/logs/figures/distributions_{{configuration}}.log",
+    localrule: True
     conda:
         "../../envs/ml.yaml"
     params:
@@ -259,6 +264,7 @@ rule figure_maps:
         record=f"{RESULTS}/figures/maps_{{configuration}}.record.json",
     log:
         f"{RESULTS}/logs/figures/maps_{{configuration}}.log",
+    localrule: True
     conda:
         "../../envs/ml.yaml"
     params:
@@ -279,6 +285,7 @@ rule figure_com_field:
         record=f"{RESULTS}/figures/com_field.record.json",
     log:
         f"{RESULTS}/logs/figures/com_field.log",
+    localrule: True
     conda:
         "../../envs/ml.yaml"
     params:
@@ -303,6 +310,7 @@ rule figure_sweep:
         record=f"{RESULTS}/figures/sweep_{{sweep}}.record.json",
     log:
         f"{RESULTS}/logs/figures/sweep_{{sweep}}.log",
+    localrule: True
     conda:
         "../../envs/ml.yaml"
     params:
@@ -331,6 +339,7 @@ rule figure_thickness:
         record=f"{RESULTS}/figures/com_and_accuracy_{{sweep}}.record.json",
     log:
         f"{RESULTS}/logs/figures/com_and_accuracy_{{sweep}}.log",
+    localrule: True
     conda:
         "../../envs/ml.yaml"
     params:
@@ -352,6 +361,7 @@ rule defect_study:
         record=f"{RESULTS}/tables/defect_localisation.record.json",
     log:
         f"{RESULTS}/logs/defect_study.log",
+    localrule: True
     conda:
         "../../envs/ml.yaml"
     params:

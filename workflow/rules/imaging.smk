@@ -86,6 +86,7 @@ rule column_fit:
         f"{RESULTS}/logs/column_fit/{{column_fit}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/column_fit/{{column_fit}}.tsv"
+    localrule: True
     conda:
         "../../envs/ml.yaml"
     resources:
@@ -114,6 +115,7 @@ rule figure_cells:
         record=f"{RESULTS}/figures/cells/{{dataset}}.record.json",
     log:
         f"{RESULTS}/logs/figures/cells_{{dataset}}.log",
+    localrule: True
     conda:
         "../../envs/ml.yaml"
     params:

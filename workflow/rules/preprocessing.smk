@@ -31,6 +31,7 @@ rule filter_counts:
         ),
     log:
         f"{RESULTS}/logs/filter_counts.log",
+    localrule: True
     conda:
         "../../envs/preprocessing.yaml"
     shell:
@@ -46,6 +47,7 @@ rule split:
         f"{RESULTS}/splits/{{training_data}}/{{configuration}}_seed{{seed}}.npz",
     log:
         f"{RESULTS}/logs/split/{{training_data}}/{{configuration}}_seed{{seed}}.log",
+    localrule: True
     conda:
         "../../envs/preprocessing.yaml"
     params:

@@ -37,6 +37,7 @@ rule dataset_summary:
         ),
     log:
         f"{RESULTS}/logs/dataset_summary.log",
+    localrule: True
     conda:
         "../../envs/simulation.yaml"
     shell:

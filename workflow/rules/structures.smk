@@ -5,6 +5,7 @@ rule structure:
         cif=f"{RESULTS}/structures/{{dataset}}.cif",
     log:
         f"{RESULTS}/logs/structure/{{dataset}}.log",
+    localrule: True
     conda:
         "../../envs/simulation.yaml"
     params:
@@ -22,6 +23,7 @@ rule qstem_inputs:
         cfg=f"{RESULTS}/qstem/{{dataset}}/{{dataset}}.cfg",
     log:
         f"{RESULTS}/logs/qstem_inputs/{{dataset}}.log",
+    localrule: True
     conda:
         "../../envs/simulation.yaml"
     params:

@@ -55,6 +55,7 @@ rule figure_training:
         record=f"{RESULTS}/figures/training_curves.record.json",
     log:
         f"{RESULTS}/logs/figures/training_curves.log",
+    localrule: True
     conda:
         "../../envs/ml.yaml"
     params:
