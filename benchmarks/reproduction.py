@@ -9,7 +9,7 @@ The log gives every job's start and end, so the wall time and each stage's job t
 (the faithful study's rules are prefixed other_mode_); a run stopped and resumed is several logs,
 its wall time their sum. The paper-scale estimate counts the jobs
 of `snakemake --dry-run` on the paper preset with evaluation.both_modes, then: training, every job
-to its epoch cap (early stopping ignored: an upper bound) over the paper's training patterns at
+to its epoch cap (early stopping ignored: an upper bound on the epochs) over its training patterns at
 the measured step rate of its encoder; simulation, the measured PRISM time of one paper-scale
 2x2x50 class (a static lattice, as faithful mode's) scaled by cell area and thickness, and for
 corrected mode times the frozen-phonon factor this run measured (its two configurations against
@@ -54,7 +54,8 @@ def stage_of(rule: str) -> str:
 
 def jobs_from_log(log: Path) -> tuple[list[dict], float]:
     """Every finished job's rule and seconds, and the wall time, from one Snakemake log."""
-    started, finished, rule_of = {}, {}, {}
+    started, finished, rule_of, dataset_of = {}, {}, {}, {}
+    job = None
     stamp = None
     current = None
     for line in log.read_text().splitlines():
@@ -63,13 +64,17 @@ def jobs_from_log(log: Path) -> tuple[list[dict], float]:
         elif m := re.fullmatch(r"(?:local)?rule (\w+):", line):
             current = m.group(1)
         elif (m := re.fullmatch(r"\s+jobid: (\d+)", line)) and current:
-            started[int(m.group(1))], rule_of[int(m.group(1))] = stamp, current
+            job = int(m.group(1))
+            started[job], rule_of[job] = stamp, current
             current = None
+        elif m := re.match(r"\s+wildcards: .*\bdataset=([^,\s]+)", line):
+            dataset_of[job] = m.group(1)
         elif m := re.match(r"Finished jobid: (\d+)", line):
             finished[int(m.group(1))] = stamp
     if not finished:
         raise SystemExit(f"{log}: no finished job in this Snakemake log; give the log of the reproduction run (--log)")
-    jobs = [{"rule": rule_of[job], "seconds": (finished[job] - started[job]).total_seconds()} for job in finished if job in started]
+    jobs = [{"rule": rule_of[job], "dataset": dataset_of.get(job, ""), "seconds": (finished[job] - started[job]).total_seconds()}
+            for job in finished if job in started]
     # to the log's last time stamp: a run stopped mid-job counts the time of the job it lost
     return jobs, (stamp - min(started.values())).total_seconds()
 
@@ -77,7 +82,7 @@ def jobs_from_log(log: Path) -> tuple[list[dict], float]:
 def newest_log() -> Path:
     logs = sorted((ROOT / ".snakemake/log").glob("*.snakemake.log"), reverse=True)
     for log in logs:
-        if "reproduction.yaml" in log.read_text()[:20000] or "results/reproduction/" in log.read_text()[:200000]:
+        if "results/reproduction/" in log.read_text():
             return log
     raise SystemExit("no Snakemake log of the reproduction preset in .snakemake/log: run it first, or give --log")
 
@@ -111,6 +116,7 @@ def paper_plan() -> dict:
 
 def paper_estimate(measured_stages: dict, measured_jobs: list[dict]) -> dict:
     from polarmap.config import load_config, simulated_datasets, training_jobs
+    from polarmap.preprocessing import CONFIGURATIONS
 
     paper = load_config(ROOT / "workflow/presets/paper.yaml")
     study = load_config(ROOT / "config.yaml")
@@ -121,19 +127,25 @@ def paper_estimate(measured_stages: dict, measured_jobs: list[dict]) -> dict:
         # a real epoch (augmentation, loading) runs at this share of the Conv's bare step
         efficiency = min(1.0, max(e["patterns_per_s"] for e in figures["real_epochs"]) / step["conv"])
         rates[device] = {"machine": figures["machine"], "patterns_per_s": {e: step[e] * efficiency for e in ("conv", "vgg16", "resnet50")}}
-    patterns = 0.43 * 8 * paper["simulation"]["scan_px"] ** 2 * 0.8  # the filter keeps ~43 % (paper), 80 % train
+    patterns = 8 * paper["simulation"]["scan_px"] ** 2 * 0.8  # 80 % of the training sets train
     jobs = list(training_jobs(paper).values())
-    training_s = {device: 2 * sum(job["max_epochs"] * patterns / rates[device]["patterns_per_s"][job["encoder"]] for job in jobs)
+
+    def job_patterns(job: dict) -> float:
+        return patterns * (0.43 if CONFIGURATIONS[job["configuration"]][1] else 1.0)  # the filter keeps ~43 % (paper)
+
+    training_s = {device: 2 * sum(job["max_epochs"] * job_patterns(job) / rates[device]["patterns_per_s"][job["encoder"]] for job in jobs)
                   for device in rates}
 
     simulation = {"cpu": json.loads((HERE / "simulation.json").read_text()), "gpu": json.loads((HERE / "simulation_gpu.json").read_text())}
     sets = simulated_datasets(paper)
     cells = sum(d["supercell"][0] * d["supercell"][1] / 4 * d["supercell"][2] / 50 for d in sets.values())  # in 2x2x50 classes
-    simulated = defaultdict(float)
+    simulated = defaultdict(dict)
     for job in measured_jobs:
         if job["rule"].removeprefix(OTHER) == "simulate":
-            simulated["faithful" if job["rule"].startswith(OTHER) else "corrected"] += job["seconds"]
-    phonon_factor = simulated["corrected"] / simulated["faithful"]  # two configurations against none, per mode's sets
+            simulated["faithful" if job["rule"].startswith(OTHER) else "corrected"][job["dataset"]] = job["seconds"]
+    both = simulated["corrected"].keys() & simulated["faithful"].keys()
+    # two configurations against none, on the sets both modes simulated
+    phonon_factor = sum(simulated["corrected"][name] for name in both) / sum(simulated["faithful"][name] for name in both)
     # the measured class is a static lattice (faithful's); corrected's costs phonon_factor as much
     simulation_s = {device: cells * simulation[device]["prism_full_class"]["seconds"] * (1 + phonon_factor) for device in simulation}
 
@@ -143,7 +155,7 @@ def paper_estimate(measured_stages: dict, measured_jobs: list[dict]) -> dict:
     plan = paper_plan()
     return {
         "jobs": plan, "total_jobs": sum(plan.values()), "training_jobs_per_mode": len(jobs), "max_epochs": paper["training"]["max_epochs"],
-        "train_patterns": patterns, "rates": rates, "training_s": training_s, "simulated_classes_per_mode": cells,
+        "train_patterns": patterns, "train_patterns_filtered": job_patterns({"configuration": "augmentation_filter"}), "rates": rates, "training_s": training_s, "simulated_classes_per_mode": cells,
         "frozen_phonon_factor": phonon_factor, "simulation_s": simulation_s, "other_stages_scale": scale,
         "other_stages_s": rest * scale,
     }
@@ -198,7 +210,7 @@ def main() -> None:
         "",
         f"**The paper's scale in both modes** (estimate; `paper.yaml` with `evaluation.both_modes: true` and the defect study off, dry run: "
         f"{e['total_jobs']} jobs, {e['training_jobs_per_mode']} training jobs per mode of up to {e['max_epochs']} epochs over "
-        f"~{e['train_patterns']:.0f} patterns, {e['simulated_classes_per_mode']:.0f} simulated 2x2x50-class equivalents per mode). "
+        f"{e['train_patterns']:.0f} patterns ({e['train_patterns_filtered']:.0f} filtered), {e['simulated_classes_per_mode']:.0f} simulated 2x2x50-class equivalents per mode). "
         f"Training every job to its epoch cap at the measured step rates (Conv / VGG16 / ResNet50, patterns/s: "
         f"{' / '.join(f'{r:,.0f}' for r in cpu['patterns_per_s'].values())} on {cpu['machine']}; "
         f"{' / '.join(f'{r:,.0f}' for r in gpu['patterns_per_s'].values())} on {gpu['machine']}); simulation from one paper-scale "

@@ -1,3 +1,4 @@
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -74,17 +75,21 @@ def test_paper_preset_has_the_paper_sizes():
 
 
 def test_the_other_mode_study_is_the_same_config_in_the_other_mode():
-    """evaluation.both_modes: the other study takes the mode's own defaults where the config left
-    them open, keeps what the config set, and runs no third study."""
+    """evaluation.both_modes: the other study takes its mode's own crystals (config.yaml's one
+    frozen-phonon configuration is a corrected-mode choice), keeps every other setting, and runs
+    no third study."""
     given = yaml.safe_load((ROOT / "config.yaml").read_text()) | {"evaluation": {"both_modes": True}}
-    given["simulation"]["frozen_phonon_configs"] = None
-    faithful = validate_config(other_mode_study(given), "faithful")
+    faithful_given = other_mode_study(given)
+    faithful = validate_config(copy.deepcopy(faithful_given), "faithful")
     assert (faithful["study"], faithful["mode"]) == ("default_faithful", "faithful")
     assert faithful["structure"]["a_site_order"] == "ordered" and faithful["simulation"]["frozen_phonon_configs"] == 0
+    assert faithful["simulation"]["scan_origin"] == "zero"
     assert faithful["simulation"]["scan_px"] == 32 and not faithful["evaluation"]["both_modes"]
     assert given["mode"] == "corrected" and given["evaluation"] == {"both_modes": True}
-    corrected = validate_config(other_mode_study(faithful | {"study": "f"}), "corrected")
+    assert given["simulation"]["frozen_phonon_configs"] == 1
+    corrected = validate_config(other_mode_study(faithful_given | {"study": "f"}), "corrected")
     assert (corrected["study"], corrected["mode"]) == ("f_corrected", "corrected")
+    assert corrected["structure"]["a_site_order"] == "random" and corrected["simulation"]["frozen_phonon_configs"] == 2
     with pytest.raises(ValueError, match=r"evaluation.both_modes runs the other mode itself: leave evaluation.compare_with empty"):
         validate_config(given | {"evaluation": {"both_modes": True, "compare_with": "results/faithful"}}, "c")
 

@@ -57,11 +57,14 @@ def test_a_model_computes_with_weights_below_the_normal_range_as_zero(tmp_path):
     from test_bad_input import save_model
 
     torch.set_flush_denormal(False)
-    subnormal = torch.tensor([1e-40])
-    assert (subnormal * 1.5).item() != 0
-    save_model(tmp_path / "model.pt")
-    load_model(tmp_path / "model.pt")
-    assert (subnormal * 1.5).item() == 0 and (torch.tensor([1e-30]) * 1.5).item() == pytest.approx(1.5e-30)
+    try:
+        subnormal = torch.tensor([1e-40])
+        assert (subnormal * 1.5).item() != 0
+        save_model(tmp_path / "model.pt")
+        load_model(tmp_path / "model.pt")
+        assert (subnormal * 1.5).item() == 0 and (torch.tensor([1e-30]) * 1.5).item() == pytest.approx(1.5e-30)
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def test_regression_decoding_at_class_angles_and_bin_edges():

@@ -131,10 +131,13 @@ def _resolve_mode_defaults(config: dict) -> None:
 
 def other_mode_study(config: dict) -> dict:
     """The config of the same study in the other mode (evaluation.both_modes), from the config as
-    given, before validation filled in the mode's defaults: its own results folder, and no third
-    study of its own."""
+    given: its own results folder, no third study of its own, and the other mode's own crystals
+    (the keys of MODE_DEFAULTS reset, whatever this study set them to: faithful's published
+    cells are static and ordered)."""
     other = copy.deepcopy(config)
     other["mode"] = "faithful" if config.get("mode", "corrected") == "corrected" else "corrected"
+    for section, values in MODE_DEFAULTS[other["mode"]].items():
+        other[section] = {**other.get(section, {}), **dict.fromkeys(values)}
     other["study"] = f"{config.get('study', 'default')}_{other['mode']}"
     other["evaluation"] = {**other.get("evaluation", {}), "both_modes": False, "compare_with": ""}
     return other

@@ -416,7 +416,8 @@ def flush_subnormals() -> None:
     """Compute with numbers below float32's normal range as zero, in this process. Weight decay on
     a network that is not learning drives its weights there (the faithful-mode Conv at chance: 60 %
     of its weights after 30 epochs), where a CPU runs some 10x slower (an epoch of 6,500 patterns
-    3 s -> 35 s); at below 1.2e-38 they change no output."""
+    3 s -> 35 s); below 1.2e-38 they change outputs negligibly. Per thread: called before any
+    parallel work, so that the threads torch then starts inherit it."""
     torch.set_flush_denormal(True)
 
 
