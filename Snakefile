@@ -1,7 +1,6 @@
 # polarmap: ML polarization mapping in KNN from 4D-STEM, end to end.
 #   snakemake --cores 2                                  the default (small) study
 #   snakemake --cores 2 --configfile workflow/presets/paper.yaml   paper scale
-import copy
 import sys
 from pathlib import Path
 
@@ -22,11 +21,6 @@ if Path("config.yaml").exists():
 configfile: "config.yaml"
 
 
-# The config as given, before its mode's defaults are filled in: the other mode's study
-# (evaluation.both_modes) starts from it.
-GIVEN_CONFIG = copy.deepcopy(config)
-
-
 # One line naming the key and the fix, before any job runs (Snakemake's own message on a bad key
 # holds the whole schema); then Snakemake's validation, which then passes. Each config file is read
 # again strictly: Snakemake's YAML reading keeps the last of a key given twice.
@@ -43,7 +37,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 # with its own results folder (its rules prefixed other_mode_); its summary is this study's
 # comparison. The module's config has both_modes off, so it includes no third study.
 if config["evaluation"]["both_modes"]:
-    OTHER_MODE = other_mode_study(GIVEN_CONFIG)
+    OTHER_MODE = other_mode_study(config)
     config["evaluation"]["compare_with"] = f"results/{OTHER_MODE['study']}"
 
     module other_mode:

@@ -130,10 +130,10 @@ def _resolve_mode_defaults(config: dict) -> None:
 
 
 def other_mode_study(config: dict) -> dict:
-    """The config of the same study in the other mode (evaluation.both_modes), from the config as
-    given: its own results folder, no third study of its own, and the other mode's own crystals
-    (the keys of MODE_DEFAULTS reset, whatever this study set them to: faithful's published
-    cells are static and ordered)."""
+    """The config of the same study in the other mode (evaluation.both_modes), from this study's
+    config, given or validated: its own results folder, no third study of its own, and the other
+    mode's own crystals (the keys of MODE_DEFAULTS reset, whatever this study set them to or its
+    mode filled in: faithful's published cells are static and ordered)."""
     other = copy.deepcopy(config)
     other["mode"] = "faithful" if config.get("mode", "corrected") == "corrected" else "corrected"
     for section, values in MODE_DEFAULTS[other["mode"]].items():
