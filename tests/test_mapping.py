@@ -286,6 +286,61 @@ def test_what_a_map_refuses_in_one_line(trained, simulated_scan, tmp_path):  # n
     assert not (tmp_path / "dark" / "predictions.npz").exists()
 
 
+@pytest.fixture(scope="module")
+def pacbed_file(tmp_path_factory):
+    """A PACBED library at the simulated scan's probe and sampling, 1-30 nm."""
+    from polarmap.atomic import save_npz_atomically
+    from polarmap.simulation import PacbedLibrarySettings, SimulationSettings, pacbed_library
+
+    path = tmp_path_factory.mktemp("pacbed") / "library.npz"
+    save_npz_atomically(path, pacbed_library(SimulationSettings(method="multislice", gpts_per_cell=64),
+                                             PacbedLibrarySettings(max_thickness_nm=30, frozen_phonon_configs=4)))
+    return path
+
+
+def test_the_map_reads_the_thickness_and_flags_a_model_trained_at_another(trained, simulated_scan, pacbed_file, tmp_path):  # noqa: F811
+    """The scan's thickness from its PACBED (10 nm, counts of 1e5 electrons per pattern), in the
+    provenance; the same model with a record saying it was trained at 50 nm is flagged: a
+    warning and the provenance (and the map's title)."""
+    import torch
+
+    model, ood, mrad, step = trained
+    saved = torch.load(model, map_location="cpu", weights_only=True)
+    sampling = json.loads(saved["sampling"])
+    assert sampling["training_thickness_nm"] == [20.0]  # the training sets' own thickness, recorded
+    torch.save({**saved, "sampling": json.dumps({**sampling, "training_thickness_nm": [50.0]})}, tmp_path / "model50.pt")
+    scan = tiled(simulated_scan[1], 2)
+    counts = np.random.default_rng(2).poisson(scan / scan.sum(axis=(-2, -1), keepdims=True) * 1e5).astype(np.float32)
+    write_file(tmp_path / "scan.h5", counts)
+    probe = ("--mrad-per-px", mrad, "--energy-kev", 200, "--semiangle-mrad", 24, "--pacbed", pacbed_file)
+    result = subprocess.run([sys.executable, "-m", "polarmap.cli", "map", str(tmp_path / "scan.h5"), "--model", str(tmp_path / "model50.pt"),
+                             "--out", str(tmp_path / "out"), "--scan-step-angstrom", str(step), *map(str, probe)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "warning:" in result.stderr and "the model was trained at 50 nm: its answers are outside its domain" in result.stderr
+    thickness = json.loads((tmp_path / "out" / "provenance.json").read_text())["thickness"]
+    assert abs(thickness["thickness_nm"] - 10.0) < 1.1 and thickness["model_thickness_nm"] == [50.0]
+    assert "outside its domain" in thickness["outside_model"]
+    # without a library the thickness is not estimated, and says why
+    result = run_map(tmp_path / "scan.h5", trained, tmp_path / "plain", "--mrad-per-px", mrad)
+    assert result.returncode == 0 and "no PACBED library given" in json.loads(result.stdout)["thickness"]["not estimated"]
+
+
+def test_a_pacbed_library_of_another_probe_is_refused(trained, simulated_scan, pacbed_file, tmp_path):  # noqa: F811
+    _, patterns, step, mrad = simulated_scan
+    write_file(tmp_path / "scan.h5", tiled(patterns, 2) * 1e5)
+    (tmp_path / "damaged.npz").write_bytes(pacbed_file.read_bytes()[:1000])
+    cases = {
+        ("--energy-kev", 300, "--semiangle-mrad", 24, "--pacbed", pacbed_file): "simulated at 200 keV, the scan at 300 keV; make a library",
+        ("--semiangle-mrad", 24, "--pacbed", pacbed_file): "no energy_kev in the file; give it (--energy-kev)",
+        ("--energy-kev", 200, "--semiangle-mrad", 24, "--pacbed", tmp_path / "damaged.npz"): "damaged.npz: not a readable PACBED library",
+    }
+    for extra, message in cases.items():
+        result = subprocess.run([sys.executable, "-m", "polarmap.cli", "map", str(tmp_path / "scan.h5"), "--out", str(tmp_path / "out"),
+                                 "--mrad-per-px", str(mrad), "--scan-step-angstrom", str(step), *map(str, extra)], capture_output=True, text=True)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_a_vacuum_scan_is_unknown(trained, simulated_scan, tmp_path):  # noqa: F811
     """A vacuum scan (the probe's disc alone, a little descan): every pattern unknown."""
     _, patterns, step, mrad = simulated_scan

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from polarmap.cells import ScanCells
-from polarmap.unitcell import CELL_GRID, UnitCellSettings, cell_corners_px, cell_windows, predict_windows, symmetry, train_unit_cell_model
+from polarmap.unitcell import (CELL_GRID, UnitCellSettings, cell_corners_px, cell_windows, lattice_windows, predict_windows, symmetry,
+                              train_unit_cell_model)
 from test_columns import lattice_image
 
 CELL_PX, STEP = 8.0, 0.5
@@ -68,3 +69,22 @@ def test_the_unit_cell_model_learns_every_class_on_held_out_lattices(tmp_path):
     test = source(6, seed=999, noise=0.01)  # MD, a lattice never seen
     classes, angles = predict_windows(model, cell_windows(test["adf"], test["com"], CELL_PX, test["corners"]))
     assert (classes == 6).all() and np.degrees(angles) % 360 == pytest.approx(270, abs=15)
+
+
+@pytest.mark.parametrize("angle_deg", [10.0, 37.0])
+def test_a_cell_turned_against_the_scan_is_the_models_upright_cell(angle_deg):
+    """A real scan's cells (the lattice found, `polarmap map --unit-cell-model`) are windowed along
+    their own vectors, the field taken along them: the window of a crystal turned against the scan
+    is the window of the same crystal upright (RU, 30 pm), image and field."""
+    from test_lattice import perovskite
+
+    def window(angle):
+        image, a, b, _ = perovskite(shape=(64, 64), angle_deg=angle, direction_deg=45, displacement_pm=30)
+        nb = np.array([3.3, 2.7]) + 3 * a + 3 * b  # the lattice's origin, and a cell well inside the image
+        return lattice_windows(image, gradient(image), nb - (a + b) / 2, np.array([a, b]), periodic=False)[0]
+
+    upright, turned = window(0.0), window(angle_deg)
+    for channel in range(3):
+        assert np.corrcoef(upright[channel].ravel(), turned[channel].ravel())[0, 1] > 0.95, channel
+    offset = nb_offset(turned)
+    assert np.degrees(np.arctan2(offset[0], offset[1])) == pytest.approx(45, abs=8)  # RU in the crystal's axes

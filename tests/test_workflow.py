@@ -37,7 +37,8 @@ def run_study(workdir):
     shutil.copy(ROOT / "config.yaml", workdir)
     config = (ROOT / "workflow/presets/tests.yaml").read_text()
     config = config.replace("  reference:", "  experimental:\n    5E: {path: scan.tif, format: tiff_stack, scan_shape: [4, 4], accepted: [RM, RD], "
-                            "detector_mrad_per_px: 3.1478876558706337, scan_rotation_deg: 0, scan_flip: false}\n  reference:")
+                            "detector_mrad_per_px: 3.1478876558706337, energy_kev: 200, semiangle_mrad: 24, scan_rotation_deg: 0, scan_flip: false}\n"
+                            "  reference:")
     (workdir / "tests.yaml").write_text(config)
     discs = [disc(48, centre=(25 + 0.3 * (i % 4), 22 - 0.2 * (i // 4)), radius=7.6) * 500 + 3 for i in range(16)]  # 24 mrad
     tifffile.imwrite(workdir / "scan.tif", np.stack(discs).astype(np.uint16))
@@ -130,7 +131,11 @@ def test_every_data_set_is_made_valid_and_logged(study):
     assert {p.name for p in mapped.iterdir()} >= {"map.png", "map.pdf", "predictions.npz", "predictions.tsv", "provenance.json", "cells.csv"}
     # 4x4 positions hold no lattice of columns: no cells, and why, not a guess
     assert (mapped / "cells.csv").read_text().count("\n") == 1
-    assert "not mapped" in json.loads((mapped / "provenance.json").read_text())["cells"]
+    provenance = json.loads((mapped / "provenance.json").read_text())
+    assert "not mapped" in provenance["cells"]
+    # discs through vacuum: no thickness of the study's PACBED library matches, and it says so
+    assert provenance["thickness"]["thickness_nm"] is None and "no simulated thickness matches" in provenance["thickness"]["note"]
+    assert provenance["thickness"]["library"]["thickness_nm"][1] >= 80 and (results / "benchmarks/pacbed_library.tsv").exists()
     counts = (results / "preprocessed/filter_counts.tsv").read_text().splitlines()
     assert counts[0].split() == ["class", "kept", "total", "fraction"] and len(counts) == 1 + 16 + 1
     assert sorted(str(p.relative_to(results / "splits")) for p in (results / "splits").glob("*/*.npz")) == [

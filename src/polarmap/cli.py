@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +23,7 @@ from polarmap.dataset_kind import DETECTOR_SUPERCELL
 from polarmap.io import CALIBRATION_ARGUMENTS, WriteFailed
 from polarmap.ood import KNOWN_QUANTILE
 from polarmap.provenance import settings_from_json, write_record
+from polarmap.quantities import check_quantity
 from polarmap.readers import READERS
 
 
@@ -153,6 +154,41 @@ def cmd_simulate(args) -> None:
     )
 
 
+def _arguments_pacbed_library(p) -> None:
+    p.add_argument("--out", required=True, help="output .npz (patterns, thicknesses, sampling)")
+    p.add_argument("--config", help="a study config: its probe, detector sampling and crystal (default: the simulation defaults)")
+    p.add_argument("--energy-kev", type=float, help="beam energy (default: the config's)")
+    p.add_argument("--semiangle-mrad", type=float, help="probe semi-angle (default: the config's)")
+    p.add_argument("--max-thickness-nm", type=float, default=80.0)
+    p.add_argument("--step-nm", type=float, default=1.0, help="thickness step (rounded to whole slices)")
+    p.add_argument("--frozen-phonons", type=int, default=4, help="frozen-phonon configurations averaged")
+    p.add_argument("--settings", help=argparse.SUPPRESS)
+
+
+@command("pacbed-library", "Simulate position-averaged patterns (PACBED) over a thickness series with abTEM, for "
+         "`polarmap map --pacbed`: the specimen's thickness from its own PACBED.", _arguments_pacbed_library,
+         reads=("config",), writes=("out",))
+def cmd_pacbed_library(args) -> None:
+    from polarmap.atomic import save_npz_atomically
+    from polarmap.simulation import PacbedLibrarySettings, SimulationSettings, pacbed_library
+    from polarmap.structures import StructureSettings
+
+    if args.settings:  # the workflow's (config.pacbed_library_job_settings)
+        job = json.loads(args.settings)
+        simulation, structure = settings_from_json(SimulationSettings, job["simulation"]), study_config.structure_settings(job)
+        library = settings_from_json(PacbedLibrarySettings, job["library"])
+    else:
+        config = study_config.load_config(args.config) if args.config else None
+        simulation = study_config.simulation_settings(config) if config else SimulationSettings()
+        structure = study_config.structure_settings(config) if config else StructureSettings()
+        probe = {key: value for key, value in (("energy_kev", args.energy_kev), ("semiangle_mrad", args.semiangle_mrad)) if value is not None}
+        for key, value in probe.items():
+            check_quantity(key, value, f"--{key.replace('_', '-')}", "give it in the units named")
+        simulation = replace(simulation, **probe)
+        library = PacbedLibrarySettings(max_thickness_nm=args.max_thickness_nm, step_nm=args.step_nm, frozen_phonon_configs=args.frozen_phonons)
+    save_npz_atomically(args.out, pacbed_library(simulation, library, structure))
+
+
 def _arguments_qstem(p) -> None:
     p.add_argument("--structure", help="extended-XYZ structure (default: build it from the config)")
     p.add_argument("--out-dir", required=True, help="output folder")
@@ -229,6 +265,8 @@ def _arguments_map(p) -> None:
     p.add_argument("--model", default="", help="model.pt or PCA+kNN model.npz (records its sampling and crop); none: the per-cell map alone")
     p.add_argument("--cell-image", default="adf", choices=("adf", "idpc"), help="the virtual image the lattice and columns are found in")
     p.add_argument("--ood", default="", help="the model's ood.npz: patterns beyond its threshold are unknown")
+    p.add_argument("--pacbed", default="", help="a PACBED library (polarmap pacbed-library at this scan's probe): the specimen's "
+                   "thickness from its position-averaged pattern, and a model trained at other thicknesses flagged")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--workers", type=int, help="blocks of scan rows read and worked on at once, in threads (default: every core "
                    "this process may use; the map does not depend on it)")
@@ -239,7 +277,7 @@ def _arguments_map(p) -> None:
 
 @command("map", "Polarization map of one acquisition: a vector in pm per unit cell of the lattice found in the scan; "
                            "with a model, its classes per pattern beside them, and the CoM field.", _arguments_map,
-         reads=("path", "model", "ood", "vacuum_reference"), writes=(_map_outputs,))
+         reads=("path", "model", "ood", "pacbed", "vacuum_reference"), writes=(_map_outputs,))
 def cmd_map(args) -> None:
     from polarmap.mapping import map_acquisition
     from polarmap.structures import StructureSettings, load_lattice
@@ -251,7 +289,7 @@ def cmd_map(args) -> None:
         job = {"format": args.format, "dataset": args.dataset, "scan_shape": args.scan_shape, **{key: getattr(args, key) for key in CALIBRATION_ARGUMENTS}}
         geometry = {"rotation_deg": args.rotation_deg, "flip": args.flip, "vacuum_reference": args.vacuum_reference}
     summary = map_acquisition(args.path, args.model, args.out, args.ood, job, geometry, load_lattice(StructureSettings()).a_pc, progress=False,
-                              cell_image=args.cell_image, workers=args.workers)
+                              cell_image=args.cell_image, workers=args.workers, pacbed_path=args.pacbed)
     print(json.dumps(summary, indent=2))
 
 

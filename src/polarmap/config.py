@@ -342,6 +342,15 @@ def dataset_job_settings(config: dict, name: str) -> dict:
     return {"name": name, "dataset": dataset, "structure": structure, "simulation": simulation}
 
 
+def pacbed_library_job_settings(config: dict) -> dict:
+    """What the study's PACBED library depends on: the probe, the detector sampling, the crystal
+    and the library's own keys (not the data sets' seeds, scan origins or phonon counts)."""
+    probe = ("energy_kev", "semiangle_mrad", "gpts_per_cell", "probe_window_cells", "slice_thickness_angstrom", "frozen_phonon_sigma_angstrom",
+             "frozen_phonon_seed", "device")
+    return {"simulation": {key: config["simulation"][key] for key in probe}, "structure": config["structure"],
+            "library": config["evaluation"]["pacbed_library"]}
+
+
 def experiment_job_settings(config: dict, name: str) -> dict:
     sets = experiment_like_datasets(config)
     if name not in sets:

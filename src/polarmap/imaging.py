@@ -40,8 +40,8 @@ def virtual_images(path, detectors: VirtualDetectors = VirtualDetectors()) -> di
 
 
 def scan_virtual_images(patterns, attrs: dict, source, detectors: VirtualDetectors = VirtualDetectors(), workers: int = 1) -> dict[str, np.ndarray]:
-    """The images of one scan, each (scan_rows, scan_cols), and its CoM field (..., 2) in mrad from
-    the optical axis: `patterns` a data set's /patterns or anything indexed like it (an
+    """The images of one scan, each (scan_rows, scan_cols), its CoM field (..., 2) in mrad from
+    the optical axis, and its position-averaged pattern (PACBED, the detector's shape): `patterns` a data set's /patterns or anything indexed like it (an
     acquisition's `io.ScanFrames`), read a few scan rows at a time, `workers` blocks at once
     (`polarmap.blocks.map_blocks`: the same numbers); `source` names it in errors.
     The axis is the detector's centre for simulated sets, the centre of mass of the scan-mean
@@ -51,10 +51,11 @@ def scan_virtual_images(patterns, attrs: dict, source, detectors: VirtualDetecto
     if not np.isfinite(mrad) or mrad <= 0:
         raise ValueError(f"{source}: no detector calibration (detector_mrad_per_px); import it with --mrad-per-px")
     detector_shape = patterns.shape[2:]
-    if dataset_kind(attrs).through_a_detector:
+    through_a_detector = dataset_kind(attrs).through_a_detector
+    if through_a_detector:
         sums = map_blocks(lambda _, block: block.sum(axis=(0, 1), dtype=np.float64), patterns, detectors.rows_per_block, workers)
-        mean = sum(sums)  # in scan order, as one worker adds them
-        centre = center_of_mass(mean)
+        total = sum(sums)  # in scan order, as one worker adds them
+        centre = center_of_mass(total)
     else:
         centre = np.array(detector_shape) // 2
     masks = {
@@ -77,9 +78,12 @@ def scan_virtual_images(patterns, attrs: dict, source, detectors: VirtualDetecto
         for name, mask in masks.items():
             images[name][rows] = virtual_image(block, mask)
         field[rows] = com_field(block, centre, mrad)
+        # the position-averaged pattern in the same pass (detector data has it from the first)
+        return None if through_a_detector else block.sum(axis=(0, 1), dtype=np.float64)
 
-    for _ in map_blocks(image, patterns, detectors.rows_per_block, workers):
-        pass
+    block_sums = list(map_blocks(image, patterns, detectors.rows_per_block, workers))
+    if not through_a_detector:
+        total = sum(block_sums)
     # a global descan offset is not the specimen's: the field's scan mean is removed
     field -= field.reshape(-1, 2).mean(axis=0)
     settings = {**asdict(detectors), "centre_px": [float(v) for v in centre], "mrad_per_px": mrad, "semiangle_mrad": semiangle}
@@ -87,7 +91,7 @@ def scan_virtual_images(patterns, attrs: dict, source, detectors: VirtualDetecto
     described = {key: attrs[key] for key in DESCRIBING_ATTRS if key in attrs}
     meta = {"dataset": attrs["name"], "source": str(source), **settings, "dataset_attrs": described}
     return {**images, "com_mrad": field, "idpc": integrated_com(field), "ddpc": differentiated_com(field),
-            "meta": np.array(json.dumps(meta, default=lambda value: value.tolist()))}
+            "pacbed": (total / np.prod(patterns.shape[:2])).astype(np.float32), "meta": np.array(json.dumps(meta, default=lambda value: value.tolist()))}
 
 
 def read_virtual_images(path) -> dict:
@@ -100,7 +104,7 @@ def read_virtual_images(path) -> dict:
         raise ValueError(f"{path}: not a virtual-images file (no {', '.join(missing)}); {fix}")
     scan_shape = images["adf"].shape
     for name, image in images.items():
-        expected = (*scan_shape, 2) if name == "com_mrad" else scan_shape
+        expected = (*scan_shape, 2) if name == "com_mrad" else image.shape[-2:] if name == "pacbed" else scan_shape
         if name != "meta" and (len(scan_shape) != 2 or image.shape != expected):
             raise ValueError(f"{path}: its {name} is {'x'.join(map(str, image.shape))}, not {'x'.join(map(str, expected))}: "
                              f"virtual images are 2-D, one value per scan position; {fix}")

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from polarmap.atomic import temporary_path, write_text_atomically
+from polarmap.atomic import read_npz, temporary_path, write_text_atomically
 from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL, class_index
 from polarmap.pattern import center_of_mass, intensity_problem
 from polarmap.provenance import provenance_attrs
@@ -393,3 +393,26 @@ def write_summary(paths, out) -> None:
     lines = ["\t".join(SUMMARY_COLUMNS)]
     lines += ["\t".join(str(row[c]) for c in SUMMARY_COLUMNS) for row in map(summary_row, paths)]
     write_text_atomically(out, "\n".join(lines) + "\n")
+
+
+PACBED_LIBRARY_KEYS = ("patterns", "thickness_nm", "mrad_per_px", "energy_kev", "semiangle_mrad")
+
+
+def read_pacbed_library(path) -> dict:
+    """A PACBED thickness library as `polarmap pacbed-library` wrote it, or one line naming the
+    file: damaged, foreign, or holding patterns that are no thickness series."""
+    fix = "make it again with polarmap pacbed-library"
+    library = read_npz(path, "PACBED library", fix)
+    missing = [key for key in PACBED_LIBRARY_KEYS if key not in library]
+    if missing:
+        raise ValueError(f"{path}: not a PACBED library (no {', '.join(missing)}); {fix}")
+    patterns, thickness = library["patterns"], library["thickness_nm"]
+    if patterns.ndim != 3 or thickness.shape != patterns.shape[:1] or len(thickness) < 2:
+        raise ValueError(f"{path}: its patterns are {'x'.join(map(str, patterns.shape))} for {thickness.size} thicknesses, not a series "
+                         f"(thickness, rows, cols) of at least 2; {fix}")
+    if not (np.isfinite(patterns).all() and (patterns >= 0).all() and np.isfinite(thickness).all() and (np.diff(thickness) > 0).all()):
+        raise ValueError(f"{path}: its patterns hold NaN or negative values, or its thicknesses do not increase; {fix}")
+    for key in ("mrad_per_px", "energy_kev", "semiangle_mrad"):
+        if not (np.isfinite(library[key]) and library[key] > 0):
+            raise ValueError(f"{path}: its {key} is {library[key]}, not a positive number; {fix}")
+    return {key: (library[key] if library[key].ndim else library[key].item()) for key in library}

@@ -26,7 +26,9 @@ folder of the output folder (never a name the user could have given an input) an
 place once the map is made; the other outputs are written only then too.
 """
 
+import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -40,6 +42,7 @@ from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL, class_votes, majority_c
 from polarmap.dataset_kind import DETECTOR_SUPERCELL
 from polarmap.imaging import scan_virtual_images
 from polarmap.lattice import cell_vectors, find_lattice
+from polarmap.pacbed import estimate_thickness
 from polarmap.preprocessing import PreprocessSettings, preprocess_scan
 from polarmap.provenance import write_record
 from polarmap.readers import read_acquisition
@@ -47,6 +50,8 @@ from polarmap.readers import read_acquisition
 # the semi-angle measured from the data's disc may differ from the model's by this fraction: the
 # model saw discs of one size, and a probe 15 % wider is another pattern
 SEMIANGLE_TOLERANCE = 0.15
+# a PACBED library at another energy or semi-angle than the scan's is another probe's
+PROBE_TOLERANCE = 0.02
 MAP_OUTPUTS = ("map.png", "map.pdf", "predictions.npz", "predictions.tsv", "provenance.json", "preprocessed.h5", "cells.csv", "cells.png", "cells.pdf")
 CELL_IMAGES = ("adf", "idpc")
 CELL_COLUMNS = ("cell_row", "cell_col", "x_px", "y_px", "x_angstrom", "y_angstrom", "u_pm", "v_pm", "crystal_u_pm", "crystal_v_pm",
@@ -64,12 +69,14 @@ def load_pattern_model(model_path, ood_path=""):
 
 
 def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=None, lattice_a_angstrom=None, progress=True,
-                    cell_image="adf", workers=None) -> dict:
+                    cell_image="adf", workers=None, pacbed_path="") -> dict:
     """The map of one acquisition (see the module's description); `model_path` "" for the
     per-cell map alone. `job` holds the import keys of `polarmap import` (format, dataset,
     scan_shape, calibrations); `geometry` the orientation and vacuum reference of `polarmap
     preprocess`; `cell_image` the virtual image the lattice is found in; `workers` blocks of scan
-    rows at once (None: every core this process may use; the same numbers for any number)."""
+    rows at once (None: every core this process may use; the same numbers for any number);
+    `pacbed_path` a PACBED library: the specimen's thickness, and a model trained at other
+    thicknesses flagged."""
     from polarmap.evaluation import predict_grids
 
     started = time.perf_counter()
@@ -79,8 +86,9 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
     if workers is not None and workers < 1:
         raise ValueError(f"--workers {workers}: give at least 1 (or leave it out: every core)")
     workers = workers or len(os.sched_getaffinity(0))
-    predictor = load_pattern_model(model_path, ood_path) if model_path else None  # a bad model or --ood: before any work
+    predictor = load_pattern_model(model_path, ood_path) if model_path else None  # a bad model, --ood or --pacbed: before any work
     sampling = predictor.sampling if model_path else None
+    library = io.read_pacbed_library(pacbed_path) if pacbed_path else None
     geometry = {"rotation_deg": None, "flip": None, "vacuum_reference": "", **(geometry or {})}
     job = {"name": path.stem, "format": "auto", "dataset": "", "scan_shape": None, "label": None, "accepted": [],
            "thickness_nm": 0.0, "supercell": DETECTOR_SUPERCELL, "source": "detector", "path": str(path), **(job or {})}
@@ -92,17 +100,23 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
     step = float(attrs["scan_step_angstrom"])
     if not model_path and not np.isfinite(step):
         raise ValueError(f"{path}: no scan step in the file; give it (--scan-step-angstrom): displacements are in picometres")
+    if library:
+        _check_probe(attrs, library, path, pacbed_path)
     frames = io.ScanFrames(acquisition, job["scan_shape"])
     attrs = io.stored_attrs(attrs)  # as a data set file would give them back
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".polarmap-map-", dir=out_dir) as working:
         preprocessed = Path(working) / "preprocessed.h5"
         try:
-            image, image_problem = scan_virtual_images(frames, attrs, path, workers=workers)[cell_image], ""
+            images = scan_virtual_images(frames, attrs, path, workers=workers)
+            image, image_problem = images[cell_image], ""
         except ValueError as err:  # with a model, the per-pattern map stands without the per-cell one
             if not model_path:
                 raise
-            image, image_problem = None, str(err)
+            images, image, image_problem = None, None, str(err)
+        thickness = scan_thickness(images, library, sampling, image_problem)
+        if thickness.get("outside_model"):
+            print(f"warning: {path}: {thickness['outside_model']}", file=sys.stderr)
         if model_path:
             settings = PreprocessSettings(crop_px=int(sampling["crop_px"]), mrad_per_px=float(sampling["detector_mrad_per_px"]), **geometry)
             labels = np.full(frames.shape[:2], UNKNOWN_LABEL, dtype=np.int8)
@@ -111,10 +125,10 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
         title = f"{path.name}: {Path(model_path).parent.name or Path(model_path).name}" if model_path else path.name
         if not model_path:
             cells = cell_map(image, cell_image, step, path.name, out_dir)
-            write_record(out_dir / "provenance.json", [path], {"job": job, "cell_image": cell_image}, started,
+            write_record(out_dir / "provenance.json", [path] + ([pacbed_path] if pacbed_path else []), {"job": job, "cell_image": cell_image}, started,
                          calibration={key: attrs[key] for key in io.CALIBRATION_ARGUMENTS}, calibration_sources=attrs["calibration_sources"],
-                         cells=cells)
-            return {"scan_shape": list(image.shape), "cells": cells}
+                         cells=cells, thickness=thickness)
+            return {"scan_shape": list(image.shape), "cells": cells, "thickness": thickness}
         with io.open_dataset(preprocessed) as f:
             meta = io.read_attrs(f)
             beam_shift, adf = f["beam_shift"][()], f["adf"][()]
@@ -139,7 +153,8 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
         _write_tsv(out_dir / "predictions.tsv", arrays)
         from polarmap.figures import acquisition_map
 
-        acquisition_map(classes, adf, field_mrad, cell_px, title, out_dir / "map")
+        flagged = f"\n{thickness['outside_model']}" if thickness.get("outside_model") else ""
+        acquisition_map(classes, adf, field_mrad, cell_px, title + flagged, out_dir / "map")
         try:
             if image is None:
                 raise ValueError(image_problem)
@@ -153,15 +168,45 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
             "counts": {name: int((classes == k).sum()) for k, name in enumerate(CLASS_NAMES)},
             "majority_class": _class_name(majority_class(class_votes(classes))),
             "scan_rotation_deg": meta["scan_rotation_deg"], "scan_flip": meta["scan_flip"], "scan_orientation_from": meta["scan_orientation_from"],
-            "measured_semiangle_mrad": semiangle, "cell_px": cell_px, "cells": cells,
+            "measured_semiangle_mrad": semiangle, "cell_px": cell_px, "cells": cells, "thickness": thickness,
         }
-        write_record(out_dir / "provenance.json", [path, model_path] + ([ood_path] if ood_path else []),
+        write_record(out_dir / "provenance.json", [path, model_path] + [extra for extra in (ood_path, pacbed_path) if extra],
                      {"job": job, "preprocessing": asdict(settings), "model_sampling": sampling}, started,
                      calibration={key: attrs[key] for key in io.CALIBRATION_ARGUMENTS}, calibration_sources=attrs["calibration_sources"],
                      orientation={key: value for key, value in meta.items() if key.startswith("scan_")},
                      descan_plane_px=meta["descan_plane_px"], descan_from=meta["descan_from"], bad_pixel_count=meta["bad_pixel_count"], **summary)
         preprocessed.replace(out_dir / "preprocessed.h5")
         return summary
+
+
+def _check_probe(attrs: dict, library: dict, path: Path, library_path) -> None:
+    """A PACBED library is of one probe: the scan's energy and semi-angle must be known and its."""
+    for key, flag, unit in (("energy_kev", "--energy-kev", "keV"), ("semiangle_mrad", "--semiangle-mrad", "mrad")):
+        value = float(attrs[key])
+        if not np.isfinite(value):
+            raise ValueError(f"{path}: no {key} in the file; give it ({flag}): the thickness is read against a library at "
+                             f"{library[key]:g} {unit}")
+        if abs(value / library[key] - 1) > PROBE_TOLERANCE:
+            raise ValueError(f"{library_path}: simulated at {library[key]:g} {unit}, the scan at {value:g} {unit}; make a library at the "
+                             f"scan's probe (polarmap pacbed-library {flag} {value:g})")
+
+
+def scan_thickness(images: dict | None, library: dict | None, sampling: dict | None, image_problem: str) -> dict:
+    """The specimen's thickness from the scan's PACBED against the library (see polarmap.pacbed),
+    and with a model (its `sampling` records the thicknesses it was trained at), one line where it
+    was trained at none near it. Without a library: what was not done, said."""
+    if library is None:
+        return {"not estimated": "no PACBED library given (--pacbed; polarmap pacbed-library makes one)"}
+    if images is None:
+        return {"not estimated": image_problem}
+    meta = json.loads(str(images["meta"]))
+    estimate = estimate_thickness(images["pacbed"], meta["centre_px"], meta["mrad_per_px"], library)
+    result = {**estimate.summary(), "library": {"thickness_nm": [float(library["thickness_nm"][0]), float(library["thickness_nm"][-1])],
+                                                  "source": str(library.get("source", ""))}}
+    if sampling is not None:
+        result["model_thickness_nm"] = sampling.get("training_thickness_nm", [])
+        result["outside_model"] = estimate.outside(result["model_thickness_nm"])
+    return result
 
 
 def cell_map(image: np.ndarray, image_name: str, step_angstrom: float, title: str, out_dir: Path, per_pattern: np.ndarray | None = None) -> dict:

@@ -108,7 +108,8 @@ def detector_mrad_per_px(a_pc: float, settings: SimulationSettings) -> float:
     return 1e3 * wavelength_angstrom(settings.energy_kev) / (settings.probe_window_cells * a_pc)
 
 
-def _potential(atoms: ase.Atoms, geo: Geometry, settings: SimulationSettings):
+def _potential(atoms: ase.Atoms, geo: Geometry, settings: SimulationSettings, exit_planes: int | None = None):
+    """abTEM's potential of `atoms`; `exit_planes`: also keep the wave every that many slices."""
     import abtem
 
     if settings.frozen_phonon_configs > 0:
@@ -120,7 +121,7 @@ def _potential(atoms: ase.Atoms, geo: Geometry, settings: SimulationSettings):
     gpts = (settings.gpts_per_cell * geo.cells[0], settings.gpts_per_cell * geo.cells[1])
     return abtem.Potential(
         atoms, gpts=gpts, slice_thickness=slice_thickness, projection="infinite",
-        parametrization="lobato", device=settings.device,
+        parametrization="lobato", device=settings.device, exit_planes=exit_planes,
     )
 
 
@@ -293,3 +294,50 @@ def _resumable_rows(partial: Path, attrs: dict) -> int:
         partial.unlink()
         return 0
     return written
+
+
+@dataclass(frozen=True)
+class PacbedLibrarySettings:
+    """A thickness series of position-averaged patterns (PACBED) for `polarmap.pacbed`: one
+    multislice run of a probe-window column of `class_name` (every class gives the same radial
+    profile: each is a rotation or mirror of another), its wave kept every `step_nm`."""
+    max_thickness_nm: float = 80.0
+    step_nm: float = 1.0  # rounded to whole slices
+    positions_per_cell: int = 8  # probe positions along each axis of one cell (4 bias the PACBED: measured)
+    frozen_phonon_configs: int = 4
+    class_name: str = "RU"
+
+    def __post_init__(self):
+        if not 0 < self.step_nm <= self.max_thickness_nm:
+            raise ValueError(f"pacbed library: step_nm {self.step_nm} must be positive and at most max_thickness_nm {self.max_thickness_nm}")
+        if self.positions_per_cell < 1:
+            raise ValueError("pacbed library: positions_per_cell must be at least 1")
+
+
+def pacbed_library(settings: SimulationSettings, library: PacbedLibrarySettings, structure=None) -> dict:
+    """PACBEDs (thickness, rows, cols) at `settings`' energy, semi-angle and detector sampling,
+    the optical axis at (rows // 2, cols // 2), with their thicknesses (nm) and sampling."""
+    import abtem
+
+    from polarmap.structures import StructureSettings, build_supercell, load_lattice
+
+    structure = structure or StructureSettings()
+    a_pc = load_lattice(structure).a_pc
+    window = settings.probe_window_cells
+    atoms = build_supercell((window, window, int(np.ceil(library.max_thickness_nm * 10 / a_pc))), library.class_name, structure)
+    settings = SimulationSettings(**{**asdict(settings), "method": "multislice", "frozen_phonon_configs": library.frozen_phonon_configs})
+    geo = geometry(atoms, settings)
+    slice_thickness = settings.slice_thickness_angstrom or geo.a_pc / 2
+    abtem.config.set({"fftw.planning_effort": "FFTW_ESTIMATE"})  # the same numbers in every run
+    potential = _potential(atoms, geo, settings, exit_planes=max(1, int(round(library.step_nm * 10 / slice_thickness))))
+    probe = abtem.Probe(energy=settings.energy_kev * 1e3, semiangle_cutoff=settings.semiangle_mrad, device=settings.device)
+    scan = abtem.GridScan(start=(0, 0), end=(geo.a_pc, geo.a_pc), gpts=library.positions_per_cell, endpoint=False)
+    measured = probe.scan(potential, scan=scan, detectors=abtem.PixelatedDetector(max_angle="full"), lazy=False)
+    array = np.asarray(measured.to_cpu().array if settings.device == "gpu" else measured.array)
+    thickness_nm = np.asarray(measured.axes_metadata[0].values, dtype=np.float64) / 10
+    patterns = array.mean(axis=(1, 2)).transpose(0, 2, 1)  # abTEM's (k_x, k_y) -> the format's (k_y, k_x)
+    keep = thickness_nm > 0  # the first exit plane is the entrance surface
+    return {"patterns": patterns[keep].astype(np.float32), "thickness_nm": thickness_nm[keep], "mrad_per_px": detector_mrad_per_px(a_pc, settings),
+            "energy_kev": settings.energy_kev, "semiangle_mrad": settings.semiangle_mrad,
+            "source": f"abTEM {abtem.__version__} (multislice, {library.frozen_phonon_configs} frozen-phonon configurations)",
+            "settings": json.dumps({"simulation": asdict(settings), "library": asdict(library)}, sort_keys=True)}

@@ -80,10 +80,11 @@ SAMPLING_KEYS = ("detector_mrad_per_px", "energy_kev", "semiangle_mrad")
 
 def load_training_data(split_path, preprocessed) -> dict:
     """Patterns and labels of every split part, in memory (float32, 1 channel), and the sampling
-    they share (recorded with every model: what data must be resampled to before it meets it)."""
+    they share (recorded with every model: what data must be resampled to before it meets it),
+    with the thicknesses of the training sets."""
     split = read_split(split_path)
     index = {str(name): i for i, name in enumerate(split["datasets"])}
-    images, found, sampling = None, set(), None
+    images, found, sampling, thicknesses = None, set(), None, set()
     for path in preprocessed:
         with io.open_dataset(path) as f:
             attrs = io.read_attrs(f)
@@ -98,11 +99,15 @@ def load_training_data(split_path, preprocessed) -> dict:
         if images is None:
             images = np.empty((split["label"].size, 1, *patterns.shape[2:]), np.float32)
         members = np.flatnonzero(split["dataset_index"] == index[name])
+        if (split["part"][members] == TRAIN).any() and np.isfinite(float(attrs["thickness_nm"])):
+            thicknesses.add(round(float(attrs["thickness_nm"]), 3))
         images[members, 0] = patterns[split["row"][members], split["col"][members]]
         found.add(name)
     missing = [name for name in index if name not in found]
     if missing:
         raise ValueError(f"{split_path}: needs the preprocessed set {missing[0]!r}, not given")
+    # what a map checks a scan's thickness against (polarmap.pacbed)
+    sampling["training_thickness_nm"] = sorted(thicknesses)
     return {"images": images, "labels": split["label"].astype(np.int64), "part": split["part"], "sampling": sampling}
 
 

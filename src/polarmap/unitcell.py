@@ -47,17 +47,30 @@ def cell_corners_px(cells: ScanCells) -> np.ndarray:
 
 
 def cell_windows(adf: np.ndarray, com: np.ndarray, cell_px: float, corners_px: np.ndarray) -> np.ndarray:
-    """(n, 3, CELL_GRID, CELL_GRID): ADF and CoM (row, col) sampled over the cells whose lower
-    corners are `corners_px` (n, 2), periodic across the scan; the ADF standardised per window and
-    the field scaled by its RMS, so that thickness and dose change the picture less."""
+    """The windows of a simulated scan's known cells: square, along the scan axes, periodic
+    across the scan (`lattice_windows`)."""
+    return lattice_windows(adf, com, corners_px, np.array([[0.0, cell_px], [cell_px, 0.0]]), periodic=True)
+
+
+def lattice_windows(adf: np.ndarray, com: np.ndarray, corners_px: np.ndarray, vectors_px: np.ndarray, periodic: bool) -> np.ndarray:
+    """(n, 3, CELL_GRID, CELL_GRID): ADF and CoM sampled over the cells spanned by the lattice
+    vectors a, b (rows of `vectors_px`, (row, col) in scan px, b counter-clockwise from a) from
+    the lower corners `corners_px` (n, 2): window rows run along b, columns along a, and the CoM
+    field is taken along b and a, so that a cell turned against the scan is the model's upright
+    cell. The ADF is standardised per window and the field scaled by its RMS, so that thickness
+    and dose change the picture less. `periodic`: wrap across the scan (a simulated supercell)."""
     from scipy.ndimage import map_coordinates
 
-    steps = (np.arange(CELL_GRID) + 0.5) * cell_px / CELL_GRID
+    a, b = np.asarray(vectors_px, dtype=np.float64)
+    steps = (np.arange(CELL_GRID) + 0.5) / CELL_GRID
     corners = np.asarray(corners_px, dtype=np.float64).reshape(-1, 2)
-    points = np.stack(np.broadcast_arrays(corners[:, 0, None, None] + steps[None, :, None], corners[:, 1, None, None] + steps[None, None, :]))
+    points = corners[:, None, None, :] + steps[None, :, None, None] * b + steps[None, None, :, None] * a
+    coordinates = np.moveaxis(points, -1, 0)
+    com = np.asarray(com, np.float64)
+    along_b, along_a = com @ (b / np.linalg.norm(b)), com @ (a / np.linalg.norm(a))
     windows = np.empty((len(corners), len(CHANNELS), CELL_GRID, CELL_GRID), np.float32)
-    for channel, image in enumerate((adf, com[..., 0], com[..., 1])):
-        windows[:, channel] = map_coordinates(np.asarray(image, np.float64), points, order=1, mode="grid-wrap")
+    for channel, image in enumerate((adf, along_b, along_a)):
+        windows[:, channel] = map_coordinates(np.asarray(image, np.float64), coordinates, order=1, mode="grid-wrap" if periodic else "nearest")
     adf_part = windows[:, 0]
     windows[:, 0] = (adf_part - adf_part.mean(axis=(1, 2), keepdims=True)) / (adf_part.std(axis=(1, 2), keepdims=True) + 1e-12)
     rms = np.sqrt((windows[:, 1:] ** 2).sum(axis=1).mean(axis=(1, 2)))

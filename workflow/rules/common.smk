@@ -11,6 +11,7 @@ from polarmap.config import (
     experiment_job_settings,
     experiment_like_datasets,
     experimental_job_settings,
+    pacbed_library_job_settings,
     pca_knn_job_settings,
     preprocess_job_settings,
     simulated_datasets,
@@ -175,6 +176,10 @@ def experiment_settings(wildcards):
 
 def experimental_settings(wildcards):
     return json.dumps(experimental_job_settings(config, wildcards.dataset), sort_keys=True)
+
+
+def pacbed_library_settings(wildcards):
+    return json.dumps(pacbed_library_job_settings(config), sort_keys=True)
 
 
 def preprocess_settings(wildcards):
