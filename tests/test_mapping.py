@@ -211,6 +211,48 @@ def test_the_per_cell_map_without_a_model(simulated_scan, tmp_path):  # noqa: F8
     assert provenance["cells"]["lattice"]["vectors_px"] == lattice["vectors_px"]
 
 
+@pytest.fixture(scope="module")
+def unit_cell_model(simulated_scan, tmp_path_factory):  # noqa: F811
+    """A unit-cell model trained as the workflow trains one (windows of the known cells, jittered,
+    under the 8 symmetries of the square) on the fixture's own virtual images: RU and its turns."""
+    from polarmap.cells import ScanCells
+    from polarmap.imaging import scan_virtual_images
+    from polarmap.unitcell import UnitCellSettings, cell_corners_px, train_unit_cell_model
+
+    atoms, patterns, step, mrad = simulated_scan
+    images = scan_virtual_images(patterns, attrs(name="RU", classes=["RU"], supercell="2x2x25", detector_mrad_per_px=mrad, scan_step_angstrom=step),
+                                 "fixture")
+    a_pc = atoms.info["a_pc_angstrom"]
+    source = {"adf": images["adf"], "com": images["com_mrad"], "cell_px": a_pc / step,
+              "corners": cell_corners_px(ScanCells(step, (0.0, 0.0), a_pc, (2, 2))), "label": 1}
+    path = tmp_path_factory.mktemp("unit_cell") / "model.pt"
+    record = train_unit_cell_model([source], [source], path, UnitCellSettings(epochs=20), learned_min_accuracy=0.9)
+    assert record["learned"]
+    return path
+
+
+@pytest.mark.parametrize("quarter_turns, expected", [(0, "RU"), (1, "LU")])
+def test_the_unit_cell_model_answers_for_the_cells_found(simulated_scan, unit_cell_model, tmp_path, quarter_turns, expected):  # noqa: F811
+    """`polarmap map --unit-cell-model`: the model's answer for every cell of the lattice found,
+    beside column fitting's, on the RU scan tiled to 6x6 cells with 1e5 electrons per pattern, and
+    on the same crystal turned a quarter counter-clockwise (scan and detector together: LU)."""
+    _, patterns, step, mrad = simulated_scan
+    # a quarter turn counter-clockwise with +row up: new[r, c] = old[-c, r] (np.rot90 with k=-1)
+    scan = np.rot90(np.rot90(tiled(patterns), -quarter_turns, axes=(0, 1)), -quarter_turns, axes=(2, 3))
+    counts = np.random.default_rng(4).poisson(scan / scan.sum(axis=(-2, -1), keepdims=True) * 1e5).astype(np.float32)
+    write_file(tmp_path / "scan.h5", counts)
+    result = subprocess.run([sys.executable, "-m", "polarmap.cli", "map", str(tmp_path / "scan.h5"), "--out", str(tmp_path / "cells"),
+                             "--mrad-per-px", str(mrad), "--scan-step-angstrom", str(step), "--unit-cell-model", str(unit_cell_model)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)["cells"]
+    rows = read_cells(tmp_path / "cells" / "cells.csv")
+    assert sum(row["class"] == expected for row in rows) >= 0.95 * len(rows)
+    assert sum(row["unit_cell_class"] == expected for row in rows) >= 0.95 * len(rows)
+    assert summary["agreement_with_unit_cell"] >= 0.9 and summary["unit_cell_counts"][expected] >= 0.95 * summary["cells"]
+    assert all(row["unit_cell_agree"] == str(row["unit_cell_class"] == row["class"]).lower() for row in rows)
+
+
 @pytest.mark.parametrize("case, message", [
     ("vacuum", "no lattice: the image has no periodic contrast"),
     ("coarse", r"a unit cell spans 2\.0 scan px: at least 4 are needed"),

@@ -129,8 +129,9 @@ def test_every_data_set_is_made_valid_and_logged(study):
     (mapped,) = (results / "maps/5E").iterdir()  # by the first trained model (evaluation.map_models empty)
     assert (results / "models" / mapped.name / "model.pt").exists()
     assert {p.name for p in mapped.iterdir()} >= {"map.png", "map.pdf", "predictions.npz", "predictions.tsv", "provenance.json", "cells.csv"}
-    # 4x4 positions hold no lattice of columns: no cells, and why, not a guess
-    assert (mapped / "cells.csv").read_text().count("\n") == 1
+    # 4x4 positions hold no lattice of columns: no cells, and why, not a guess (the unit-cell
+    # model's columns there for the cells it would have answered)
+    assert (mapped / "cells.csv").read_text().count("\n") == 1 and "unit_cell_class,unit_cell_agree" in (mapped / "cells.csv").read_text()
     provenance = json.loads((mapped / "provenance.json").read_text())
     assert "not mapped" in provenance["cells"]
     # discs through vacuum: no thickness of the study's PACBED library matches, and it says so

@@ -267,6 +267,8 @@ def _arguments_map(p) -> None:
     p.add_argument("--ood", default="", help="the model's ood.npz: patterns beyond its threshold are unknown")
     p.add_argument("--pacbed", default="", help="a PACBED library (polarmap pacbed-library at this scan's probe): the specimen's "
                    "thickness from its position-averaged pattern, and a model trained at other thicknesses flagged")
+    p.add_argument("--unit-cell-model", default="", help="a unit-cell model (models/unit_cell-seed<N>/model.pt): its answer for every "
+                   "cell found, windowed along the lattice's own vectors, beside the column fit's")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--workers", type=int, help="blocks of scan rows read and worked on at once, in threads (default: every core "
                    "this process may use; the map does not depend on it)")
@@ -277,7 +279,7 @@ def _arguments_map(p) -> None:
 
 @command("map", "Polarization map of one acquisition: a vector in pm per unit cell of the lattice found in the scan; "
                            "with a model, its classes per pattern beside them, and the CoM field.", _arguments_map,
-         reads=("path", "model", "ood", "pacbed", "vacuum_reference"), writes=(_map_outputs,))
+         reads=("path", "model", "ood", "pacbed", "unit_cell_model", "vacuum_reference"), writes=(_map_outputs,))
 def cmd_map(args) -> None:
     from polarmap.mapping import map_acquisition
     from polarmap.structures import StructureSettings, load_lattice
@@ -289,7 +291,7 @@ def cmd_map(args) -> None:
         job = {"format": args.format, "dataset": args.dataset, "scan_shape": args.scan_shape, **{key: getattr(args, key) for key in CALIBRATION_ARGUMENTS}}
         geometry = {"rotation_deg": args.rotation_deg, "flip": args.flip, "vacuum_reference": args.vacuum_reference}
     summary = map_acquisition(args.path, args.model, args.out, args.ood, job, geometry, load_lattice(StructureSettings()).a_pc, progress=False,
-                              cell_image=args.cell_image, workers=args.workers, pacbed_path=args.pacbed)
+                              cell_image=args.cell_image, workers=args.workers, pacbed_path=args.pacbed, unit_cell_path=args.unit_cell_model)
     print(json.dumps(summary, indent=2))
 
 

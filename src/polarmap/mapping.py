@@ -7,7 +7,10 @@ its uncertainty (polarmap.lattice). Written to the output folder:
                       convention: x right, y down, as the image is displayed (with a model, and no
                       lattice found: the header alone, the reason in provenance.json)
   cells.png/.pdf      the arrows over the image, the lattice found, a colour wheel
-  provenance.json     inputs and their hashes, versions, the lattice, its distortion, calibrations
+  provenance.json     inputs and their hashes, versions, the lattice, its distortion, calibrations,
+                      and the specimen's thickness from its PACBED where a library is given
+With a unit-cell model (--unit-cell-model), its answer for every cell found, windowed along the
+lattice's own vectors, beside column fitting's in cells.csv (UNIT_CELL_COLUMNS).
 
 With a model, per pattern as well: the acquisition is preprocessed at the model's sampling and
 crop (resampled, bad pixels filled, descan plane, orientation given or found), and predicted with
@@ -57,6 +60,7 @@ CELL_IMAGES = ("adf", "idpc")
 CELL_COLUMNS = ("cell_row", "cell_col", "x_px", "y_px", "x_angstrom", "y_angstrom", "u_pm", "v_pm", "crystal_u_pm", "crystal_v_pm",
                 "uncertainty_pm", "angle_deg", "class", "method", "residual")
 PER_PATTERN_COLUMNS = ("per_pattern_class", "agree")  # with a model: the majority of its answers in the cell
+UNIT_CELL_COLUMNS = ("unit_cell_class", "unit_cell_agree")  # with a unit-cell model: its answer for the cell found
 
 
 def load_pattern_model(model_path, ood_path=""):
@@ -69,14 +73,14 @@ def load_pattern_model(model_path, ood_path=""):
 
 
 def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=None, lattice_a_angstrom=None, progress=True,
-                    cell_image="adf", workers=None, pacbed_path="") -> dict:
+                    cell_image="adf", workers=None, pacbed_path="", unit_cell_path="") -> dict:
     """The map of one acquisition (see the module's description); `model_path` "" for the
     per-cell map alone. `job` holds the import keys of `polarmap import` (format, dataset,
     scan_shape, calibrations); `geometry` the orientation and vacuum reference of `polarmap
     preprocess`; `cell_image` the virtual image the lattice is found in; `workers` blocks of scan
     rows at once (None: every core this process may use; the same numbers for any number);
     `pacbed_path` a PACBED library: the specimen's thickness, and a model trained at other
-    thicknesses flagged."""
+    thicknesses flagged; `unit_cell_path` a unit-cell model, applied to the cells found."""
     from polarmap.evaluation import predict_grids
 
     started = time.perf_counter()
@@ -89,6 +93,12 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
     predictor = load_pattern_model(model_path, ood_path) if model_path else None  # a bad model, --ood or --pacbed: before any work
     sampling = predictor.sampling if model_path else None
     library = io.read_pacbed_library(pacbed_path) if pacbed_path else None
+    if unit_cell_path:
+        from polarmap.unitcell import load_unit_cell_model  # torch: only where a unit-cell model is given
+
+        unit_cell_model = load_unit_cell_model(unit_cell_path)
+    else:
+        unit_cell_model = None
     geometry = {"rotation_deg": None, "flip": None, "vacuum_reference": "", **(geometry or {})}
     job = {"name": path.stem, "format": "auto", "dataset": "", "scan_shape": None, "label": None, "accepted": [],
            "thickness_nm": 0.0, "supercell": DETECTOR_SUPERCELL, "source": "detector", "path": str(path), **(job or {})}
@@ -123,9 +133,11 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
             preprocess_scan(frames, labels, attrs, path, preprocessed, settings, is_training=False, progress=progress, bad_pixels=frames.bad_pixels,
                             workers=workers)
         title = f"{path.name}: {Path(model_path).parent.name or Path(model_path).name}" if model_path else path.name
+        unit_cell = (unit_cell_model, images) if unit_cell_model is not None else None
         if not model_path:
-            cells = cell_map(image, cell_image, step, path.name, out_dir)
-            write_record(out_dir / "provenance.json", [path] + ([pacbed_path] if pacbed_path else []), {"job": job, "cell_image": cell_image}, started,
+            cells = cell_map(image, cell_image, step, path.name, out_dir, unit_cell=unit_cell)
+            write_record(out_dir / "provenance.json", [path] + [extra for extra in (pacbed_path, unit_cell_path) if extra],
+                         {"job": job, "cell_image": cell_image}, started,
                          calibration={key: attrs[key] for key in io.CALIBRATION_ARGUMENTS}, calibration_sources=attrs["calibration_sources"],
                          cells=cells, thickness=thickness)
             return {"scan_shape": list(image.shape), "cells": cells, "thickness": thickness}
@@ -158,10 +170,11 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
         try:
             if image is None:
                 raise ValueError(image_problem)
-            cells = cell_map(image, cell_image, float(meta["scan_step_angstrom"]), title, out_dir, classes)
+            cells = cell_map(image, cell_image, float(meta["scan_step_angstrom"]), title, out_dir, classes, unit_cell)
         except ValueError as err:  # the per-pattern map stands without it: no cells, the reason in the provenance
             cells = {"not mapped": str(err)}
-            write_text_atomically(out_dir / "cells.csv", ",".join([*CELL_COLUMNS, *PER_PATTERN_COLUMNS]) + "\n")
+            unit_cell_columns = UNIT_CELL_COLUMNS if unit_cell else ()
+            write_text_atomically(out_dir / "cells.csv", ",".join([*CELL_COLUMNS, *PER_PATTERN_COLUMNS, *unit_cell_columns]) + "\n")
         known = classes != UNKNOWN_LABEL
         summary = {
             "scan_shape": list(classes.shape), "unknown_fraction": float(1 - known.mean()),
@@ -170,7 +183,7 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
             "scan_rotation_deg": meta["scan_rotation_deg"], "scan_flip": meta["scan_flip"], "scan_orientation_from": meta["scan_orientation_from"],
             "measured_semiangle_mrad": semiangle, "cell_px": cell_px, "cells": cells, "thickness": thickness,
         }
-        write_record(out_dir / "provenance.json", [path, model_path] + [extra for extra in (ood_path, pacbed_path) if extra],
+        write_record(out_dir / "provenance.json", [path, model_path] + [extra for extra in (ood_path, pacbed_path, unit_cell_path) if extra],
                      {"job": job, "preprocessing": asdict(settings), "model_sampling": sampling}, started,
                      calibration={key: attrs[key] for key in io.CALIBRATION_ARGUMENTS}, calibration_sources=attrs["calibration_sources"],
                      orientation={key: value for key, value in meta.items() if key.startswith("scan_")},
@@ -209,10 +222,13 @@ def scan_thickness(images: dict | None, library: dict | None, sampling: dict | N
     return result
 
 
-def cell_map(image: np.ndarray, image_name: str, step_angstrom: float, title: str, out_dir: Path, per_pattern: np.ndarray | None = None) -> dict:
+def cell_map(image: np.ndarray, image_name: str, step_angstrom: float, title: str, out_dir: Path, per_pattern: np.ndarray | None = None,
+             unit_cell: tuple | None = None) -> dict:
     """The per-cell map of a scan's image: the lattice found in it, a vector per cell, written as
     cells.csv and cells.png/.pdf; with `per_pattern` (a model's classes per scan position), each
-    cell's majority of them beside its own class. Returns the summary for the provenance."""
+    cell's majority of them beside its own class; with `unit_cell` (a unit-cell model and the
+    scan's virtual images), its answer for each cell found, windowed along the lattice's own
+    vectors. Returns the summary for the provenance."""
     from polarmap.figures import cell_map as draw
 
     if not np.isfinite(step_angstrom):
@@ -227,9 +243,16 @@ def cell_map(image: np.ndarray, image_name: str, step_angstrom: float, title: st
         owner = np.round(lattice.fractional(positions)).astype(int)
         table["per_pattern_class"] = np.array([majority_class(class_votes(per_pattern.ravel()[(owner == index).all(axis=1)]))
                                                for index in cells.index], dtype=np.int64)
+    if unit_cell is not None:
+        from polarmap.unitcell import lattice_windows, predict_windows
+
+        model, images = unit_cell
+        a, b = lattice.vectors_px
+        windows = lattice_windows(images["adf"], images["com_mrad"], cells.nb_px - (a + b) / 2, lattice.vectors_px, periodic=False)
+        table["unit_cell_class"] = predict_windows(model, windows)[0]
     rows = image.shape[0]
     names = [_class_name(k) for k in shown]
-    header = [*CELL_COLUMNS, *(PER_PATTERN_COLUMNS if per_pattern is not None else [])]
+    header = [*CELL_COLUMNS, *(PER_PATTERN_COLUMNS if per_pattern is not None else []), *(UNIT_CELL_COLUMNS if unit_cell is not None else [])]
     lines = [",".join(header)]
     for n in range(len(cells.classes)):
         # displayed image coordinates (x right, y down): row 0 of the data set is the bottom line
@@ -240,6 +263,9 @@ def cell_map(image: np.ndarray, image_name: str, step_angstrom: float, title: st
         if per_pattern is not None:
             majority = table["per_pattern_class"][n]
             values += [_class_name(majority), str(bool(majority >= 0 and majority == shown[n])).lower()]
+        if unit_cell is not None:
+            answer = table["unit_cell_class"][n]
+            values += [_class_name(answer), str(bool(answer == shown[n])).lower()]
         lines.append(",".join(map(str, values)))
     write_text_atomically(out_dir / "cells.csv", "\n".join(lines) + "\n")
     draw(image, lattice, cells, image_name.upper(), f"{title}: polarization per unit cell", out_dir / "cells", per_pattern)
@@ -256,6 +282,10 @@ def cell_map(image: np.ndarray, image_name: str, step_angstrom: float, title: st
     if per_pattern is not None:
         answered = (table["per_pattern_class"] >= 0) & known
         summary["agreement_with_model"] = float((table["per_pattern_class"][answered] == shown[answered]).mean()) if answered.any() else float("nan")
+    if unit_cell is not None:
+        answers = table["unit_cell_class"]
+        summary["unit_cell_counts"] = {name: int((answers == k).sum()) for k, name in enumerate(CLASS_NAMES)}
+        summary["agreement_with_unit_cell"] = float((answers[known] == shown[known]).mean()) if known.any() else float("nan")
     return summary
 
 

@@ -25,13 +25,16 @@ rule map_experimental:
     """A declared experimental set mapped as `polarmap map` maps a file: read at its own
     calibration, resampled to the model's sampling, oriented, predicted with the model's
     out-of-distribution threshold; classes and arrows per cell over the ADF, CoM field; the
-    per-cell map of the lattice found in the scan, a vector in pm per cell (cells.csv); and the
-    specimen's thickness from its PACBED, a model trained at none near it flagged."""
+    per-cell map of the lattice found in the scan, a vector in pm per cell (cells.csv), with the
+    unit-cell model's answer for each cell found; and the specimen's thickness from its PACBED, a
+    model trained at none near it flagged."""
     input:
         acquisition=lambda wildcards: EXPERIMENTAL[wildcards.dataset]["path"],
         model=model_file,
         ood=ood_file,
         pacbed=rules.pacbed_library.output[0],
+        # the first seed's unit-cell model, where the study trains one, on the cells found
+        unit_cell=[f"{RESULTS}/models/{name}/model.pt" for name in UNIT_CELL_MODELS[:1]],
     output:
         figure=report(
             f"{RESULTS}/maps/{{dataset}}/{{predictor}}/map.png",
@@ -57,9 +60,10 @@ rule map_experimental:
     params:
         job=experimental_settings,
         ood=lambda wildcards, input: f"--ood {input.ood}" if input.ood else "",
+        unit_cell=lambda wildcards, input: f"--unit-cell-model {input.unit_cell}" if input.unit_cell else "",
         out=lambda wildcards, output: str(Path(output.figure).parent),
     shell:
-        "OMP_NUM_THREADS=1 polarmap map {input.acquisition:q} --model {input.model:q} {params.ood} --pacbed {input.pacbed:q} --settings {params.job:q} "
+        "OMP_NUM_THREADS=1 polarmap map {input.acquisition:q} --model {input.model:q} {params.ood} --pacbed {input.pacbed:q} {params.unit_cell} --settings {params.job:q} "
         "--workers {threads} --out {params.out:q} > {log:q} 2>&1"
 
 
