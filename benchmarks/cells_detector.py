@@ -14,7 +14,7 @@ pattern: as a Merlin .mib/.hdr (upright, drift) or a plain HDF5 file (turned), a
 cells found, right, unknown, wrong; the median error of the vector against column fitting on the
 clean upright simulation's known cells; the lattice's angle against the planted one; the
 thickness read from the PACBED; and each right cell's fit residual over the scan's median, whose
-largest value sets lattice.RESIDUAL_FACTOR. Writes benchmarks/<name>.md and .json.
+largest value lattice.RESIDUAL_FACTOR is set above. Writes benchmarks/<name>.md and .json.
 """
 
 import argparse
@@ -41,10 +41,8 @@ DESCAN_PX, DESCAN_PER_STEP = np.array([1.0, -1.0]), 0.02
 
 def simulate(class_name: str, seed: int):
     """The crystal's patterns at each scan (48, 48, 128, 128), +row up, and what to compare with."""
-    import abtem
-
     from polarmap.columns import fit_cells
-    from polarmap.simulation import SimulationSettings, _Simulator, detector_mrad_per_px, geometry
+    from polarmap.simulation import SimulationSettings, _Simulator, detector_mrad_per_px, geometry, scan_positions
     from polarmap.structures import StructureSettings, build_supercell
     from polarmap.virtual import annular_mask, virtual_image
 
@@ -53,18 +51,8 @@ def simulate(class_name: str, seed: int):
     geo = geometry(atoms, settings)
     simulator = _Simulator(atoms, geo, settings)
     step = geo.a_pc / PX_PER_CELL
-    rows, cols = np.indices((SCAN, SCAN), dtype=np.float64)
-    scans = {}
-    for name, (angle_deg, drift, _) in SCANS.items():
-        turn = np.radians(angle_deg)
-        x, y = (cols + drift * rows) * step, rows * step  # each scan line shifted along the fast axis by the drift
-        positions = np.stack([np.cos(turn) * x - np.sin(turn) * y, np.sin(turn) * x + np.cos(turn) * y], axis=-1).reshape(-1, 2)
-        positions %= np.array(geo.extent)  # the supercell is periodic
-        measured = simulator.smatrix.reduce(scan=abtem.CustomScan(positions), detectors=simulator.detector)
-        if measured.is_lazy:
-            measured = measured.compute(progress_bar=False)
-        # abTEM's (k_x, k_y) -> the format's (k_y, k_x); positions in row-major scan order
-        scans[name] = np.asarray(measured.array).transpose(0, 2, 1).reshape(SCAN, SCAN, *measured.array.shape[-2:]).astype(np.float32)
+    scans = {name: simulator.at(scan_positions((SCAN, SCAN), step, angle_deg, drift)).reshape(SCAN, SCAN, -1, simulator.settings.detector_px)
+             for name, (angle_deg, drift, _) in SCANS.items()}
     mrad = detector_mrad_per_px(geo.a_pc, settings)
     upright = scans["upright"][:32, :32]  # one period: the known cells, periodic
     centre = np.array(upright.shape[-2:]) // 2
@@ -203,7 +191,7 @@ def report(results: list[dict], name: str, seconds: float) -> None:
     if len(ratios):
         lines += ["", f"Fit residual of a cell whose vector is in its class's bin, over its scan's median: 99th percentile "
                   f"{np.percentile(ratios, 99):.2f}, largest {ratios.max():.2f} ({len(ratios)} cells); of the others: largest "
-                  f"{others.max() if len(others) else float('nan'):.2f} ({len(others)} cells). The residual rule (lattice.RESIDUAL_FACTOR) sits above them."]
+                  f"{others.max() if len(others) else float('nan'):.2f} ({len(others)} cells): lattice.RESIDUAL_FACTOR is set above them."]
     (HERE / f"{name}.md").write_text("\n".join(lines) + "\n")
     (HERE / f"{name}.json").write_text(json.dumps({"machine": machine, "seconds": seconds, "results": results}, indent=1) + "\n")
     print("\n".join(lines))

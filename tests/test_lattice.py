@@ -105,6 +105,25 @@ def test_noise_that_hides_the_direction_makes_unknown_cells_not_wrong_ones():
     assert (shown[shown >= 0] == CLASS_NAMES.index("RU")).mean() > 0.95
 
 
+@pytest.mark.parametrize("dose", [None, 300])
+def test_a_cell_that_is_not_five_columns_is_unknown(dose):
+    """A blob of contamination between a cell's Nb column and one of its A sites: the fit's
+    residual, beyond RESIDUAL_FACTOR times the scan's median, makes that cell (and the few that
+    share the column) unknown, not a vector the columns do not hold; the others are judged by
+    their uncertainty alone, noisy or not (the rule is relative to the scan's own residual)."""
+    image, a, b, shift = perovskite(shape=(64, 64), angle_deg=10.0)
+    rows, cols = np.indices(image.shape, dtype=np.float64)
+    nb = np.array([3.3, 2.7]) + 3 * a + 3 * b  # the lattice's origin, and a cell well inside the image
+    blob = nb + 0.3 * (a + b)  # towards the cell's upper A site
+    image = image + 0.6 * np.exp(-((rows - blob[0]) ** 2 + (cols - blob[1]) ** 2) / 4.0)
+    if dose:
+        image = np.random.default_rng(1).poisson(image * dose) / dose
+    cells = cell_vectors(image, find_lattice(image), STEP)
+    flagged = np.flatnonzero(~cells.well_fitted)
+    assert np.argmin(np.hypot(*(cells.nb_px - nb - shift).T)) in flagged and len(flagged) <= 6, flagged
+    assert not cells.known[flagged].any()
+
+
 def test_a_lattice_bent_beyond_a_linear_drift_is_said_to_be_poorly_indexed():
     """Two grains side by side, the right one shifted by 0.4 of a cell: one affine lattice cannot
     hold both, and the map says so."""

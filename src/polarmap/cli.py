@@ -267,7 +267,7 @@ def _arguments_map(p) -> None:
     p.add_argument("--ood", default="", help="the model's ood.npz: patterns beyond its threshold are unknown")
     p.add_argument("--pacbed", default="", help="a PACBED library (polarmap pacbed-library at this scan's probe): the specimen's "
                    "thickness from its position-averaged pattern, and a model trained at other thicknesses flagged")
-    p.add_argument("--unit-cell-model", default="", help="a unit-cell model (models/unit_cell-seed<N>/model.pt): its answer for every "
+    p.add_argument("--unit-cell-model", default="", help="a unit-cell model (the model.pt of polarmap train-unit-cell): its answer for every "
                    "cell found, windowed along the lattice's own vectors, beside the column fit's")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--workers", type=int, help="blocks of scan rows read and worked on at once, in threads (default: every core "

@@ -90,7 +90,8 @@ def map_acquisition(path, model_path, out_dir, ood_path="", job=None, geometry=N
     if workers is not None and workers < 1:
         raise ValueError(f"--workers {workers}: give at least 1 (or leave it out: every core)")
     workers = workers or len(os.sched_getaffinity(0))
-    predictor = load_pattern_model(model_path, ood_path) if model_path else None  # a bad model, --ood or --pacbed: before any work
+    # every file given is read before any work: a bad model, --ood, --pacbed or unit-cell model first
+    predictor = load_pattern_model(model_path, ood_path) if model_path else None
     sampling = predictor.sampling if model_path else None
     library = io.read_pacbed_library(pacbed_path) if pacbed_path else None
     if unit_cell_path:
@@ -271,7 +272,8 @@ def cell_map(image: np.ndarray, image_name: str, step_angstrom: float, title: st
     draw(image, lattice, cells, image_name.upper(), f"{title}: polarization per unit cell", out_dir / "cells", per_pattern)
     known = shown >= 0
     summary = {
-        "image": image_name, "cells": int(len(shown)), "unknown": int((~known).sum()), "left_out_at_edge": cells.left_out,
+        "image": image_name, "cells": int(len(shown)), "unknown": int((~known).sum()), "unknown_by_residual": int((~cells.well_fitted).sum()),
+        "left_out_at_edge": cells.left_out,
         "counts": {name: int((shown == k).sum()) for k, name in enumerate(CLASS_NAMES)},
         "majority_class": _class_name(majority_class(class_votes(shown))),
         "median_displacement_pm": float(np.median(np.hypot(*cells.crystal_pm.T))), "median_uncertainty_pm": float(np.median(cells.uncertainty_pm)),

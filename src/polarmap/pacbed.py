@@ -5,8 +5,9 @@ the scan's energy and semi-angle. A leaf module: patterns in, a thickness out, n
 The comparison is of radial profiles (the mean intensity in rings of equal scattering angle, each
 profile summing to one), so that it needs neither the detector's orientation nor the crystal's:
 a turned or mirrored detector, and any polarization direction (each class is a rotation or mirror
-of another), give the same profile. Measured on abTEM scans of four classes at 10-50 nm against a
-library of one class with frozen phonons: every thickness found within one library step. The
+of another), give the same profile. Measured on abTEM scans of four classes at 10-35 nm against a
+library of one class with frozen phonons: every thickness found within one library step (a
+thicker specimen than the library's thickest is said to be, not placed in it). The
 misfit is a chi-square (each ring's squared difference over the library's intensity there), which
 weights the dark field's faint rings as the bright disc's."""
 
@@ -25,17 +26,17 @@ MAX_MISFIT = 0.1
 EDGE_RINGS = 1.5
 
 
-def radial_profile(pattern: np.ndarray, centre_px, mrad_per_px: float, ring_mrad: float, outer_mrad: float) -> np.ndarray:
+def radial_profile(pattern: np.ndarray, centre_px, mrad_per_px: float, ring_mrad: float, reach_mrad: float) -> np.ndarray:
     """The pattern's mean intensity in rings `ring_mrad` wide from the optical axis (`centre_px`)
-    out to `outer_mrad`, normalised to sum to one."""
+    out to `reach_mrad`, normalised to sum to one."""
     rows, cols = np.indices(pattern.shape, dtype=np.float64)
     ring = (np.hypot(rows - centre_px[0], cols - centre_px[1]) * mrad_per_px / ring_mrad).astype(np.int64)
-    rings = int(outer_mrad / ring_mrad)
+    rings = int(reach_mrad / ring_mrad)
     inside = ring < rings
     counts = np.bincount(ring[inside], minlength=rings)
     if (counts == 0).any():
-        raise ValueError(f"the detector samples {mrad_per_px:.4g} mrad/px, coarser than the library's rings of {ring_mrad:.4g} mrad: "
-                         "simulate the library at this detector's sampling or coarser")
+        raise ValueError(f"a ring of {ring_mrad:.4g} mrad holds no pixel of this {mrad_per_px:.4g} mrad/px detector: rings must be at least "
+                         "one pixel wide")
     profile = np.bincount(ring[inside], weights=np.asarray(pattern, dtype=np.float64)[inside], minlength=rings) / counts
     total = profile.sum()
     if not total > 0:

@@ -173,6 +173,34 @@ class _Simulator:
         return patterns.astype(np.float32)
 
 
+    def at(self, positions_angstrom: np.ndarray) -> np.ndarray:
+        """Patterns (n, det_rows, det_cols) at probe positions (n, 2) = (x, y) in angstrom, wrapped
+        into the periodic supercell: a scan turned against the crystal, or drifting."""
+        import abtem
+
+        positions = np.asarray(positions_angstrom, dtype=np.float64) % np.array(self.geo.extent)
+        if self.settings.method == "prism":
+            measured = self.smatrix.reduce(scan=abtem.CustomScan(positions), detectors=self.detector)
+        else:
+            measured = self.probe.scan(self.potential, scan=abtem.CustomScan(positions), detectors=self.detector, max_batch=64, lazy=False)
+        if measured.is_lazy:
+            measured = measured.compute(progress_bar=False)
+        array = np.asarray(measured.to_cpu().array if self.settings.device == "gpu" else measured.array).transpose(0, 2, 1)
+        if self.settings.method == "multislice" and self.geo.window_factor > 1:
+            array = bin_centred(array, self.geo.window_factor)
+        return array.astype(np.float32)
+
+
+def scan_positions(scan_shape: tuple[int, int], step_angstrom: float, angle_deg: float = 0.0, drift: float = 0.0) -> np.ndarray:
+    """Probe positions (rows * cols, 2) = (x, y) in angstrom of a scan in row-major order, +row
+    along +y: turned `angle_deg` counter-clockwise against the crystal's axes, and each scan line
+    shifted along the fast axis by `drift` steps per line (a linear drift)."""
+    rows, cols = np.indices(scan_shape, dtype=np.float64)
+    x, y = (cols + drift * rows) * step_angstrom, rows * step_angstrom
+    turn = np.radians(angle_deg)
+    return np.stack([np.cos(turn) * x - np.sin(turn) * y, np.sin(turn) * x + np.cos(turn) * y], axis=-1).reshape(-1, 2)
+
+
 def bin_centred(patterns: np.ndarray, factor: int) -> np.ndarray:
     """Sum factor x factor detector pixels, with the zero-frequency pixel (at n // 2, abTEM's
     centred layout) in the middle of the central bin; factor must be odd."""
