@@ -80,6 +80,14 @@ def test_a_specimen_thicker_than_the_library_or_no_crystal_is_said(library, scan
     assert np.isnan(estimate.thickness_nm) and "no simulated thickness matches this PACBED" in estimate.note and estimate.outside([50.0]) == ""
 
 
+def test_a_thickness_that_a_wide_range_fits_is_said_to_be_poorly_determined(library, scans):
+    pacbed, _ = scans["RU"]  # 10 nm: a thin crystal's PACBED changes slowly with thickness
+    estimate = estimate_thickness(pacbed, np.array(pacbed.shape) // 2, library["mrad_per_px"], library)
+    assert estimate.high_nm - estimate.low_nm > 10 and estimate.note.startswith("poorly determined: every thickness from")
+    pacbed, _ = scans["LD"]  # 20 nm: a narrow range, no note
+    assert estimate_thickness(pacbed, np.array(pacbed.shape) // 2, library["mrad_per_px"], library).note == ""
+
+
 def test_a_model_trained_at_other_thicknesses_is_flagged():
     estimate = ThicknessEstimate(10.0, 8.0, 12.0, np.zeros(3))
     assert estimate.outside([13.5]) == ""  # within the range and its tolerance of 2.5 nm

@@ -134,8 +134,9 @@ def test_every_data_set_is_made_valid_and_logged(study):
     assert (mapped / "cells.csv").read_text().count("\n") == 1 and "unit_cell_class,unit_cell_agree" in (mapped / "cells.csv").read_text()
     provenance = json.loads((mapped / "provenance.json").read_text())
     assert "not mapped" in provenance["cells"]
-    # discs through vacuum: no thickness of the study's PACBED library matches, and it says so
-    assert provenance["thickness"]["thickness_nm"] is None and "no simulated thickness matches" in provenance["thickness"]["note"]
+    # discs on a flat background, a 48 px detector (75 mrad): the PACBED's few rings fit a wide
+    # range of the library's thicknesses, and the map says the thickness is poorly determined
+    assert provenance["thickness"]["note"].startswith("poorly determined: every thickness from")
     assert provenance["thickness"]["library"]["thickness_nm"][1] >= 80 and (results / "benchmarks/pacbed_library.tsv").exists()
     counts = (results / "preprocessed/filter_counts.tsv").read_text().splitlines()
     assert counts[0].split() == ["class", "kept", "total", "fraction"] and len(counts) == 1 + 16 + 1

@@ -22,6 +22,8 @@ THICKNESS_TOLERANCE_NM = 2.5
 # a best misfit above this is no match: measured 2e-4 to 0.014 on abTEM scans of 10-35 nm
 # (the static lattice's the largest: it lacks the phonons' diffuse scattering), 0.43 on a bare disc
 MAX_MISFIT = 0.1
+# a range wider than this (nm) is said to be poorly determined
+POORLY_DETERMINED_NM = 10.0
 # rings within this many ring widths of the bright-field disc's edge are not compared
 EDGE_RINGS = 1.5
 
@@ -116,4 +118,8 @@ def estimate_thickness(pacbed: np.ndarray, centre_px, mrad_per_px: float, librar
         return ThicknessEstimate(float(thicknesses_nm[best]), float(thicknesses_nm[low]), float("inf"), misfit,
                                  f"at the library's thickest ({thicknesses_nm[-1]:.0f} nm): the specimen may be thicker; simulate a "
                                  "thicker library (--max-thickness-nm)")
-    return ThicknessEstimate(float(thicknesses_nm[best]), float(thicknesses_nm[low]), float(thicknesses_nm[high]), misfit)
+    note = ""
+    if thicknesses_nm[high] - thicknesses_nm[low] > POORLY_DETERMINED_NM:
+        note = (f"poorly determined: every thickness from {thicknesses_nm[low]:.0f} to {thicknesses_nm[high]:.0f} nm fits within "
+                f"{MISFIT_RANGE:g} times the best misfit (a thin crystal, few rings within the detector's reach, or no crystal)")
+    return ThicknessEstimate(float(thicknesses_nm[best]), float(thicknesses_nm[low]), float(thicknesses_nm[high]), misfit, note)

@@ -42,14 +42,15 @@ def min_max(patterns: np.ndarray, source: str = "", first_position=(0, 0)) -> np
     return ((patterns - low) / span).astype(np.float32)
 
 
-def intensity_problem(block: np.ndarray, first_row: int = 0) -> str | None:
+def intensity_problem(block: np.ndarray, first_row: int = 0, totals: np.ndarray | None = None) -> str | None:
     """Why a block of scan rows (rows, cols, det_rows, det_cols), from scan row `first_row`, cannot
     be detector intensities, or None. Read noise may take single pixels below zero; a pattern
     without positive total intensity, or a background below zero (a dark level subtracted beyond
-    it), would reverse the centre of mass."""
+    it), would reverse the centre of mass. `totals`: each pattern's, where the caller has them."""
     # a float32 matrix product: one pass, a fifth of a float64 sum's time, and exact enough to tell
     # a total from zero, NaN and infinity from numbers
-    totals = block.reshape(*block.shape[:-2], -1) @ np.ones(block.shape[-2] * block.shape[-1], np.float32)
+    if totals is None:
+        totals = block.reshape(*block.shape[:-2], -1) @ np.ones(block.shape[-2] * block.shape[-1], np.float32)
 
     def first(bad):
         row, col = np.argwhere(bad)[0]

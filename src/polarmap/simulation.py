@@ -147,6 +147,16 @@ class _Simulator:
             self.potential = potential
             self.probe = abtem.Probe(energy=energy, semiangle_cutoff=settings.semiangle_mrad, device=settings.device)
 
+    def _measure(self, scan) -> np.ndarray:
+        """The patterns at an abTEM scan's positions, as abTEM orders them, on the CPU."""
+        if self.settings.method == "prism":
+            measured = self.smatrix.reduce(scan=scan, detectors=self.detector)
+        else:
+            measured = self.probe.scan(self.potential, scan=scan, detectors=self.detector, max_batch=64, lazy=False)
+        if measured.is_lazy:
+            measured = measured.compute(progress_bar=False)
+        return np.asarray(measured.to_cpu().array if self.settings.device == "gpu" else measured.array)
+
     def rows(self, row_start: int, row_stop: int, scan_step: tuple[float, float]) -> np.ndarray:
         """Patterns for scan rows [row_start, row_stop) as (rows, cols, det_rows, det_cols)."""
         import abtem
@@ -158,13 +168,7 @@ class _Simulator:
             end=(origin_x + self.geo.extent[0], origin_y + row_stop * scan_step[1]),
             gpts=(ncols, row_stop - row_start), endpoint=False,
         )
-        if self.settings.method == "prism":
-            measured = self.smatrix.reduce(scan=scan, detectors=self.detector)
-        else:
-            measured = self.probe.scan(self.potential, scan=scan, detectors=self.detector, max_batch=64, lazy=False)
-        if measured.is_lazy:
-            measured = measured.compute(progress_bar=False)
-        array = np.asarray(measured.to_cpu().array if self.settings.device == "gpu" else measured.array)
+        array = self._measure(scan)
         array = array.reshape(ncols, row_stop - row_start, *array.shape[-2:])
         # abTEM orders (scan_x, scan_y, k_x, k_y); the format is (row=y, col=x, k_y, k_x).
         patterns = array.transpose(1, 0, 3, 2)
@@ -172,20 +176,13 @@ class _Simulator:
             patterns = bin_centred(patterns, self.geo.window_factor)
         return patterns.astype(np.float32)
 
-
     def at(self, positions_angstrom: np.ndarray) -> np.ndarray:
         """Patterns (n, det_rows, det_cols) at probe positions (n, 2) = (x, y) in angstrom, wrapped
         into the periodic supercell: a scan turned against the crystal, or drifting."""
         import abtem
 
         positions = np.asarray(positions_angstrom, dtype=np.float64) % np.array(self.geo.extent)
-        if self.settings.method == "prism":
-            measured = self.smatrix.reduce(scan=abtem.CustomScan(positions), detectors=self.detector)
-        else:
-            measured = self.probe.scan(self.potential, scan=abtem.CustomScan(positions), detectors=self.detector, max_batch=64, lazy=False)
-        if measured.is_lazy:
-            measured = measured.compute(progress_bar=False)
-        array = np.asarray(measured.to_cpu().array if self.settings.device == "gpu" else measured.array).transpose(0, 2, 1)
+        array = self._measure(abtem.CustomScan(positions)).transpose(0, 2, 1)  # abTEM's (k_x, k_y) -> (k_y, k_x)
         if self.settings.method == "multislice" and self.geo.window_factor > 1:
             array = bin_centred(array, self.geo.window_factor)
         return array.astype(np.float32)
