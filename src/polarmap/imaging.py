@@ -41,9 +41,9 @@ def virtual_images(path, detectors: VirtualDetectors = VirtualDetectors()) -> di
 
 def scan_virtual_images(patterns, attrs: dict, source, detectors: VirtualDetectors = VirtualDetectors(), workers: int = 1) -> dict[str, np.ndarray]:
     """The images of one scan, each (scan_rows, scan_cols), its CoM field (..., 2) in mrad from
-    the optical axis, and its position-averaged pattern (PACBED, the detector's shape): `patterns`
-    a data set's /patterns or anything indexed like it (an acquisition's `io.ScanFrames`), read a
-    few scan rows at a time, `workers` blocks at once
+    the optical axis, and, for detector data, its position-averaged pattern (PACBED, the
+    detector's shape): `patterns` a data set's /patterns or anything indexed like it (an
+    acquisition's `io.ScanFrames`), read a few scan rows at a time, `workers` blocks at once
     (`polarmap.blocks.map_blocks`: the same numbers); `source` names it in errors.
     The axis is the detector's centre for simulated sets, the centre of mass of the scan-mean
     pattern for detector data (its bright-field disc)."""
@@ -84,20 +84,19 @@ def scan_virtual_images(patterns, attrs: dict, source, detectors: VirtualDetecto
         for column, name in enumerate(masks, start=1):
             images[name][rows] = sums[:, column].reshape(block.shape[:2])
         field[rows] = com_field(block, centre, mrad)
-        # the position-averaged pattern in the same pass (detector data has it from the first)
-        return None if through_a_detector else np.ones(len(flat), np.float32) @ flat
 
-    block_sums = list(map_blocks(image, patterns, detectors.rows_per_block, workers))
-    if not through_a_detector:
-        total = sum(block.astype(np.float64) for block in block_sums).reshape(detector_shape)
+    for _ in map_blocks(image, patterns, detectors.rows_per_block, workers):
+        pass
     # a global descan offset is not the specimen's: the field's scan mean is removed
     field -= field.reshape(-1, 2).mean(axis=0)
     settings = {**asdict(detectors), "centre_px": [float(v) for v in centre], "mrad_per_px": mrad, "semiangle_mrad": semiangle}
     # what column fitting and per-cell scoring need of the set, so that they read the images only
     described = {key: attrs[key] for key in DESCRIBING_ATTRS if key in attrs}
     meta = {"dataset": attrs["name"], "source": str(source), **settings, "dataset_attrs": described}
-    return {**images, "com_mrad": field, "idpc": integrated_com(field), "ddpc": differentiated_com(field),
-            "pacbed": (total / np.prod(patterns.shape[:2])).astype(np.float32), "meta": np.array(json.dumps(meta, default=lambda value: value.tolist()))}
+    # detector data's position-averaged pattern comes free with the first pass (a map's thickness)
+    pacbed = {"pacbed": (total / np.prod(patterns.shape[:2])).astype(np.float32)} if through_a_detector else {}
+    return {**images, "com_mrad": field, "idpc": integrated_com(field), "ddpc": differentiated_com(field), **pacbed,
+            "meta": np.array(json.dumps(meta, default=lambda value: value.tolist()))}
 
 
 def read_virtual_images(path) -> dict:

@@ -24,7 +24,7 @@ from polarmap import io
 from polarmap.blocks import row_ranges
 from polarmap.classes import CLASS_NAMES, UNKNOWN_LABEL, class_index
 from polarmap.provenance import config_hash, provenance_attrs
-from polarmap.quantities import wavelength_angstrom
+from polarmap.quantities import check_quantity, wavelength_angstrom
 from polarmap.structures import lateral_symmetries
 
 
@@ -321,6 +321,9 @@ def _resumable_rows(partial: Path, attrs: dict) -> int:
     return written
 
 
+MAX_LIBRARY_THICKNESSES = 400
+
+
 @dataclass(frozen=True)
 class PacbedLibrarySettings:
     """A thickness series of position-averaged patterns (PACBED) for `polarmap.pacbed`: one
@@ -333,10 +336,16 @@ class PacbedLibrarySettings:
     class_name: str = "RU"
 
     def __post_init__(self):
-        if not 0 < self.step_nm <= self.max_thickness_nm:
-            raise ValueError(f"pacbed library: step_nm {self.step_nm} must be positive and at most max_thickness_nm {self.max_thickness_nm}")
-        if self.positions_per_cell < 1:
-            raise ValueError("pacbed library: positions_per_cell must be at least 1")
+        for key in ("max_thickness_nm", "step_nm"):
+            check_quantity("thickness_nm", getattr(self, key), f"pacbed library: {key}", "give it in nm")
+        if self.step_nm > self.max_thickness_nm:
+            raise ValueError(f"pacbed library: step_nm {self.step_nm} must be at most max_thickness_nm {self.max_thickness_nm}")
+        # abTEM holds every exit plane's patterns at once: 400 of 64 positions of 256x256 px are 6.7 GB
+        if self.max_thickness_nm / self.step_nm > MAX_LIBRARY_THICKNESSES:
+            raise ValueError(f"pacbed library: {self.max_thickness_nm:g} nm in steps of {self.step_nm:g} nm are more than "
+                             f"{MAX_LIBRARY_THICKNESSES} thicknesses, all held in memory at once; take a larger step_nm")
+        if self.positions_per_cell < 1 or self.frozen_phonon_configs < 0:
+            raise ValueError("pacbed library: positions_per_cell must be at least 1 and frozen_phonon_configs at least 0")
 
 
 def pacbed_library(settings: SimulationSettings, library: PacbedLibrarySettings, structure=None) -> dict:
