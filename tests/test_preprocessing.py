@@ -270,3 +270,27 @@ def test_blocks_in_threads_give_the_numbers_of_one_worker(tmp_path):
         with h5py.File(out) as f:
             made[workers] = [f[key][()] for key in ("patterns", "beam_shift", "origin", "adf")] + [images[key] for key in ("adf", "bf", "com_mrad")]
     assert all(np.array_equal(a, b) for workers in (2, 4) for a, b in zip(made[1], made[workers]))
+
+
+def test_crops_read_from_their_region_alone_are_the_crops_of_whole_patterns():
+    """The second pass reads only `disc.crop_region` of each pattern: turned and rescaled crops of
+    patterns whose discs wander over the detector, with bad pixels on the region's edge and
+    inside it, come out as from the whole patterns, and the region is a small part of them."""
+    from polarmap import disc
+    from polarmap.orientation import detector_from_scan
+
+    rng = np.random.default_rng(3)
+    patterns = rng.gamma(2.0, 10.0, (12, 128, 128)).astype(np.float32)
+    origins = np.array([60.0, 70.0]) + rng.uniform(-4, 4, (12, 2))
+    scale, matrix, crop_px = 1.3, detector_from_scan(23.0, True), 24
+    reach = disc.crop_reach(scale, matrix, crop_px)
+    region = disc.crop_region(origins, reach, patterns.shape[1:])
+    bad = np.zeros(patterns.shape[1:], bool)
+    bad[region[0].start, 70] = bad[region[0].start + 1, 71] = bad[64, region[1].stop - 1] = bad[60, 66] = True
+    whole = disc.resample(disc.fill_bad_pixels(patterns, bad), origins, scale, matrix, crop_px)
+    offset = np.array([region[0].start, region[1].start])
+    from_region = disc.resample(disc.fill_bad_pixels(patterns[:, region[0], region[1]], bad[region]), origins - offset, scale, matrix, crop_px)
+    np.testing.assert_allclose(from_region, whole, rtol=0, atol=1e-4)
+    assert from_region.shape == (12, crop_px, crop_px)
+    area = (region[0].stop - region[0].start) * (region[1].stop - region[1].start)
+    assert area < 0.3 * patterns[0].size

@@ -12,6 +12,17 @@ from typing import Callable, Iterator
 import numpy as np
 
 
+# Patterns handled together within a block: every sum over them is made while they are in the
+# processor's cache (16 patterns of 256x256 float32: 4 MB), instead of one pass over the block each.
+CACHE_PATTERNS = 16
+
+
+def cached_parts(n_patterns: int) -> Iterator[slice]:
+    """Slices of a block's patterns (flattened over its scan positions) small enough to stay in cache."""
+    for first in range(0, n_patterns, CACHE_PATTERNS):
+        yield slice(first, min(first + CACHE_PATTERNS, n_patterns))
+
+
 def row_ranges(n_rows: int, rows_per_block: int, first_row: int = 0) -> Iterator[tuple[int, int]]:
     """(start, stop) of each block of scan rows from `first_row` on."""
     for start in range(first_row, n_rows, rows_per_block):
@@ -35,25 +46,27 @@ def scan_blocks(patterns, rows_per_block: int, detector=None, dtype=None) -> Ite
         yield start, view
 
 
-def map_blocks(function: Callable, patterns, rows_per_block: int, workers: int = 1, dtype=np.float32) -> Iterator:
+def map_blocks(function: Callable, patterns, rows_per_block: int, workers: int = 1, dtype=np.float32, detector=None) -> Iterator:
     """`function(first row, block)` of every block of scan rows of `patterns` (read as `dtype`),
     in scan order, `workers` blocks at a time in threads, each read into a buffer of its own: the
     results are those of one worker, which is how it runs with `workers` 1. Numpy's loops, its
     matrix products and the readers' copies release the GIL, so the blocks share the cores. The
-    block is reused once `function` returns: a result must not be a view of it."""
+    block is reused once `function` returns: a result must not be a view of it. `detector`: a
+    (row slice, col slice) crop of every pattern, the only pixels read."""
+    crop = np.s_[:, :] if detector is None else np.s_[:, :, detector[0], detector[1]]
     if workers <= 1:
-        for start, block in scan_blocks(patterns, rows_per_block, dtype=dtype):
+        for start, block in scan_blocks(patterns, rows_per_block, detector, dtype):
             yield function(start, block)
         return
     buffers = SimpleQueue()
     for _ in range(workers):
-        buffers.put(_buffer(patterns, rows_per_block, np.s_[:, :], dtype))
+        buffers.put(_buffer(patterns, rows_per_block, crop, dtype))
 
     def run(start: int, stop: int):
         buffer = buffers.get()
         try:
             view = buffer[: stop - start]
-            _read_into(patterns, view, (slice(start, stop), slice(None)))
+            _read_into(patterns, view, (slice(start, stop), *crop[1:]))
             return function(start, view)
         finally:
             buffers.put(buffer)

@@ -167,6 +167,16 @@ def crop_reach(scale: float, detector_from_scan: np.ndarray, crop_px: int) -> np
     return np.abs(scale * corners @ np.asarray(detector_from_scan, dtype=np.float64).T).max(axis=0)
 
 
+def crop_region(origins: np.ndarray, reach: np.ndarray, detector_shape) -> tuple[slice, slice]:
+    """The detector pixels that crops reaching `reach` (per detector axis, `crop_reach`) around
+    `origins` (..., 2) use: their splines' windows (`resample`), and a pixel more for the filling of
+    a bad pixel on a window's edge (`fill_bad_pixels`). Reading only these gives the same crops."""
+    flat = np.asarray(origins, dtype=np.float64).reshape(-1, 2)
+    low = np.maximum(np.floor(flat.min(axis=0) - reach).astype(int) - SPLINE_MARGIN - 2, 0)
+    high = np.minimum(np.ceil(flat.max(axis=0) + reach).astype(int) + SPLINE_MARGIN + 3, detector_shape)
+    return slice(int(low[0]), int(high[0])), slice(int(low[1]), int(high[1]))
+
+
 def resample(patterns: np.ndarray, origins: np.ndarray, scale: float, detector_from_scan: np.ndarray, crop_px: int) -> np.ndarray:
     """Each pattern (n, rows, cols) on the model's crop_px x crop_px grid: output pixel (i, j) is the
     pattern at detector position origin + scale * detector_from_scan @ (i - c, j - c), c =

@@ -9,10 +9,10 @@ import numpy as np
 
 from polarmap import io
 from polarmap.atomic import read_npz
-from polarmap.blocks import map_blocks
+from polarmap.blocks import cached_parts, map_blocks
 from polarmap.dataset_kind import dataset_kind
 from polarmap.pattern import center_of_mass, intensity_problem
-from polarmap.virtual import annular_mask, com_field, differentiated_com, integrated_com
+from polarmap.virtual import annular_mask, deflection_mrad, differentiated_com, integrated_com
 
 
 DESCRIBING_ATTRS = ("name", "classes", "supercell", "thickness_nm", "scan_step_angstrom", "scan_origin_angstrom")
@@ -39,26 +39,28 @@ def virtual_images(path, detectors: VirtualDetectors = VirtualDetectors()) -> di
         return scan_virtual_images(f["patterns"], attrs, path, detectors)
 
 
+# Detector data's optical axis (the virtual detectors' centre) is the centre of mass of the mean
+# pattern of this many scan rows, spread evenly over the scan: known before the one pass over every
+# pattern, at an eighth of a 128-row scan's frames (the whole scan's mean moves it by hundredths
+# of a pixel; benchmarks/realdata_speed.md).
+AXIS_SAMPLE_ROWS = 16
+
+
 def scan_virtual_images(patterns, attrs: dict, source, detectors: VirtualDetectors = VirtualDetectors(), workers: int = 1) -> dict[str, np.ndarray]:
     """The images of one scan, each (scan_rows, scan_cols), its CoM field (..., 2) in mrad from
     the optical axis, and, for detector data, its position-averaged pattern (PACBED, the
     detector's shape): `patterns` a data set's /patterns or anything indexed like it (an
-    acquisition's `io.ScanFrames`), read a few scan rows at a time, `workers` blocks at once
+    acquisition's `io.ScanFrames`), read once, a few scan rows at a time, `workers` blocks at once
     (`polarmap.blocks.map_blocks`: the same numbers); `source` names it in errors.
-    The axis is the detector's centre for simulated sets, the centre of mass of the scan-mean
-    pattern for detector data (its bright-field disc)."""
+    The axis is the detector's centre for simulated sets, the centre of mass of a few scan rows'
+    mean pattern for detector data (its bright-field disc; `AXIS_SAMPLE_ROWS`)."""
     mrad = float(attrs["detector_mrad_per_px"])
     semiangle = float(attrs["semiangle_mrad"])
     if not np.isfinite(mrad) or mrad <= 0:
         raise ValueError(f"{source}: no detector calibration (detector_mrad_per_px); import it with --mrad-per-px")
-    detector_shape = patterns.shape[2:]
+    scan_shape, detector_shape = patterns.shape[:2], patterns.shape[2:]
     through_a_detector = dataset_kind(attrs).through_a_detector
-    if through_a_detector:
-        sums = map_blocks(lambda _, block: block.sum(axis=(0, 1), dtype=np.float64), patterns, detectors.rows_per_block, workers)
-        total = sum(sums)  # in scan order, as one worker adds them
-        centre = center_of_mass(total)
-    else:
-        centre = np.array(detector_shape) // 2
+    centre = _sampled_axis(patterns) if through_a_detector else np.array(detector_shape) // 2
     masks = {
         "adf": annular_mask(detector_shape, centre, mrad, *detectors.adf_mrad),
         "bf": annular_mask(detector_shape, centre, mrad, 0.0, semiangle),
@@ -68,35 +70,56 @@ def scan_virtual_images(patterns, attrs: dict, source, detectors: VirtualDetecto
         reach = float(np.hypot(*np.maximum(centre, np.array(detector_shape) - 1 - centre))) * mrad
         raise ValueError(f"{source}: no detector pixel lies in the ADF ring {detectors.adf_mrad[0]:g}-{detectors.adf_mrad[1]:g} mrad; "
                          f"the detector reaches {reach:.0f} mrad at {mrad:.4g} mrad/px: choose a ring within it (--adf-mrad)")
-    images = {name: np.empty(patterns.shape[:2]) for name in masks}
-    field = np.empty((*patterns.shape[:2], 2))
+    images = {name: np.empty(scan_shape) for name in masks}
+    com_px = np.empty((*scan_shape, 2))
     # one float32 matrix product gives every pattern's total (the intensity check) and its three
-    # virtual detectors: one pass over a block of patterns instead of four
+    # virtual detectors
     weights = np.stack([np.ones(masks["adf"].size), *(mask.ravel() for mask in masks.values())], axis=1).astype(np.float32)
 
     def image(start, block):
-        flat = np.asarray(block, dtype=np.float32).reshape(-1, weights.shape[0])
-        sums = flat @ weights
-        problem = intensity_problem(block, start, totals=sums[:, 0].reshape(block.shape[:2]))
+        flat = block.reshape(-1, weights.shape[0])
+        sums = np.empty((len(flat), weights.shape[1]), np.float32)
+        com = np.empty((len(flat), 2))
+        pattern_sum = np.zeros(weights.shape[0]) if through_a_detector else None
+        minimum = np.inf
+        for part in cached_parts(len(flat)):
+            sums[part] = flat[part] @ weights
+            com[part] = center_of_mass(flat[part].reshape(-1, *detector_shape))
+            minimum = min(minimum, float(flat[part].min()))
+            if pattern_sum is not None:
+                pattern_sum += flat[part].sum(axis=0, dtype=np.float64)
+        problem = intensity_problem(block, start, totals=sums[:, 0].reshape(block.shape[:2]), minimum=minimum)
         if problem:
             raise ValueError(f"{source}: {problem}")
         rows = slice(start, start + len(block))
         for column, name in enumerate(masks, start=1):
             images[name][rows] = sums[:, column].reshape(block.shape[:2])
-        field[rows] = com_field(block, centre, mrad)
+        com_px[rows] = com.reshape(*block.shape[:2], 2)
+        return pattern_sum
 
-    for _ in map_blocks(image, patterns, detectors.rows_per_block, workers):
-        pass
+    pattern_sums = list(map_blocks(image, patterns, detectors.rows_per_block, workers))
+    field = deflection_mrad(com_px, centre, mrad)
     # a global descan offset is not the specimen's: the field's scan mean is removed
     field -= field.reshape(-1, 2).mean(axis=0)
     settings = {**asdict(detectors), "centre_px": [float(v) for v in centre], "mrad_per_px": mrad, "semiangle_mrad": semiangle}
     # what column fitting and per-cell scoring need of the set, so that they read the images only
     described = {key: attrs[key] for key in DESCRIBING_ATTRS if key in attrs}
     meta = {"dataset": attrs["name"], "source": str(source), **settings, "dataset_attrs": described}
-    # detector data's position-averaged pattern comes free with the first pass (a map's thickness)
-    pacbed = {"pacbed": (total / np.prod(patterns.shape[:2])).astype(np.float32)} if through_a_detector else {}
+    # detector data's position-averaged pattern comes free with the pass (a map's thickness)
+    pacbed = {}
+    if through_a_detector:
+        pacbed["pacbed"] = (sum(pattern_sums) / np.prod(scan_shape)).reshape(detector_shape).astype(np.float32)  # in scan order, as one worker adds them
     return {**images, "com_mrad": field, "idpc": integrated_com(field), "ddpc": differentiated_com(field), **pacbed,
             "meta": np.array(json.dumps(meta, default=lambda value: value.tolist()))}
+
+
+def _sampled_axis(patterns) -> np.ndarray:
+    """The centre of mass (row, col) of the mean pattern of `AXIS_SAMPLE_ROWS` scan rows spread
+    evenly over the scan (all rows of a smaller one)."""
+    n_rows = patterns.shape[0]
+    rows = np.unique(np.linspace(0, n_rows - 1, min(AXIS_SAMPLE_ROWS, n_rows)).round().astype(int))
+    total = sum(np.asarray(patterns[row:row + 1], dtype=np.float32).sum(axis=(0, 1), dtype=np.float64) for row in rows)
+    return center_of_mass(total)
 
 
 def read_virtual_images(path) -> dict:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from polarmap import disc, io
 from polarmap.atomic import refuse_overwriting, write_text_atomically
-from polarmap.blocks import map_blocks, scan_blocks
+from polarmap.blocks import cached_parts, map_blocks, scan_blocks
 from polarmap.classes import CLASS_NAMES
 from polarmap.dataset_kind import DatasetKind, dataset_kind
 from polarmap.orientation import detector_from_scan, find_scan_orientation, to_scan_frame
@@ -211,12 +211,16 @@ def _centred_crops(patterns, known_bad, attrs: dict, settings: PreprocessSetting
         "disc_radius_px": found.radius, "bad_pixel_count": int(bad.sum()), **orientation,
     }
 
+    # the second pass reads only the detector pixels the crops use (a few percent of a frame)
+    region = disc.crop_region(origins, reach, patterns.shape[2:])
+    region_origins = origins - np.array([region[0].start, region[1].start])
+
     def crop(start, block):
-        filled = disc.fill_bad_pixels(block, bad, in_place=True).reshape(-1, *block.shape[2:])
-        resampled = disc.resample(filled, origins[start:start + len(block)].reshape(-1, 2), scale, matrix, settings.crop_px)
+        filled = disc.fill_bad_pixels(block, bad[region], in_place=True).reshape(-1, *block.shape[2:])
+        resampled = disc.resample(filled, region_origins[start:start + len(block)].reshape(-1, 2), scale, matrix, settings.crop_px)
         return start, resampled.reshape(len(block), block.shape[1], settings.crop_px, settings.crop_px)
 
-    crops = map_blocks(crop, patterns, settings.rows_per_block, workers)
+    crops = map_blocks(crop, patterns, settings.rows_per_block, workers, detector=region)
     return com, beam_shift, low, high, geometry, crops, {"adf": adf, "origin": centres}
 
 
@@ -242,19 +246,29 @@ def _disc_statistics(patterns, rows_per_block: int, path: Path, bad, found, adf_
     centres = np.full((*patterns.shape[:2], 2), np.nan)
     adf = np.empty(patterns.shape[:2])
     weights = adf_mask.astype(np.float32).ravel()
+    ones = np.ones(weights.size, np.float32)
 
     def measure(start, block):
-        problem = intensity_problem(block, start)
-        if problem:
-            raise ValueError(f"{path}: {problem}")
-        low, high = float(block.min()), float(block.max())  # the raw range, before filling
-        filled = disc.fill_bad_pixels(block, bad, in_place=True)
-        stop = start + len(block)
-        com[start:stop] = center_of_mass(filled)
-        for row in range(len(block) if measure_origins else 0):  # a scan row at a time: the masks are one per pattern
-            discs = disc.disc_centres(filled[row], found)[0]
-            centres[start + row] = disc.masked_centres(filled[row], discs, disc.ORIGIN_MASK_RADII * found.radius)
-        adf[start:stop] = filled.reshape(*filled.shape[:2], -1) @ weights
+        flat = block.reshape(-1, *block.shape[2:])
+        block_com, block_centres = np.empty((len(flat), 2)), np.full((len(flat), 2), np.nan)
+        block_adf = np.empty(len(flat), np.float32)
+        low, high = np.inf, -np.inf
+        for part in cached_parts(len(flat)):
+            patterns_part = flat[part]
+            part_low, part_high = float(patterns_part.min()), float(patterns_part.max())  # the raw range, before filling
+            if not (np.isfinite(part_high) and part_low >= 0 and (patterns_part.reshape(len(patterns_part), -1) @ ones > 0).all()):
+                problem = intensity_problem(block, start)  # it names the pattern
+                if problem:
+                    raise ValueError(f"{path}: {problem}")
+            low, high = min(low, part_low), max(high, part_high)
+            filled = disc.fill_bad_pixels(patterns_part, bad, in_place=True)
+            block_com[part] = center_of_mass(filled)
+            if measure_origins:
+                discs = disc.disc_centres(filled, found)[0]
+                block_centres[part] = disc.masked_centres(filled, discs, disc.ORIGIN_MASK_RADII * found.radius)
+            block_adf[part] = filled.reshape(len(filled), -1) @ weights
+        rows = slice(start, start + len(block))
+        com[rows], centres[rows], adf[rows] = (values.reshape(*block.shape[:2], *values.shape[1:]) for values in (block_com, block_centres, block_adf))
         return low, high
 
     ranges = np.array(list(map_blocks(measure, patterns, rows_per_block, workers))).reshape(-1, 2)

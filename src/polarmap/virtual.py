@@ -22,7 +22,12 @@ def virtual_image(patterns: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def com_field(patterns: np.ndarray, centre_px, mrad_per_px: float) -> np.ndarray:
     """The beam's deflection at every probe position, (..., 2) = (row, col) in mrad from `centre_px`."""
-    return (center_of_mass(patterns) - np.asarray(centre_px, dtype=np.float64)) * mrad_per_px
+    return deflection_mrad(center_of_mass(patterns), centre_px, mrad_per_px)
+
+
+def deflection_mrad(com_px: np.ndarray, centre_px, mrad_per_px: float) -> np.ndarray:
+    """Centres of mass (..., 2) in detector pixels as the beam's deflection in mrad from `centre_px`."""
+    return (com_px - np.asarray(centre_px, dtype=np.float64)) * mrad_per_px
 
 
 def integrated_com(field: np.ndarray) -> np.ndarray:
