@@ -1,5 +1,7 @@
 """Virtual detectors and the CoM field, first on fields made by hand, then on real abTEM data."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -46,6 +48,34 @@ def test_annular_masks_in_mrad_and_the_com_of_a_moved_disc():
     assert field[0] == pytest.approx([3.0, -1.0], abs=0.02) and field[1] == pytest.approx([0, 0], abs=0.02)
     bright = virtual_image(patterns, annular_mask((64, 64), (32, 32), 2.0, 0, 20))  # the disc: 7.6 px, 15.2 mrad
     assert bright[1] == pytest.approx(disc(64).sum(), rel=1e-6)
+
+
+def test_the_detector_axis_from_sampled_rows_gives_the_images_of_the_whole_scans_mean():
+    """Detector data's axis comes from 16 of a 40-row scan's rows before the one pass: with a
+    descan plane of 2 px across the scan, it lies within 0.02 px of the whole scan's mean pattern's
+    centre; every image is that of detectors around it, within 0.5 % of those around the whole
+    scan's (the pixels on the rings' edges that differ hold the disc's edge in the BF and ABF), and the CoM field (scan mean removed) and the
+    PACBED do not depend on it."""
+    from polarmap.imaging import AXIS_SAMPLE_ROWS, scan_virtual_images
+    from polarmap.pattern import center_of_mass
+    from test_io import attrs
+
+    rng = np.random.default_rng(8)
+    rows, cols = np.indices((40, 6))
+    centres = np.stack([48 + 2.0 * rows / 39 + 0.2, 47 - 1.0 * cols / 5 + 0.3], axis=-1) + rng.normal(0, 0.05, (40, 6, 2))
+    patterns = np.stack([[disc(96, radius=12, centre=c) * 400 + 1.0 for c in row] for row in centres])
+    patterns = rng.poisson(patterns).astype(np.float32)
+    meta = attrs(supercell="experimental", detector_mrad_per_px=2.0, semiangle_mrad=24.0)
+    images = scan_virtual_images(patterns, meta, "d", workers=2)
+    axis = center_of_mass(patterns.mean(axis=(0, 1), dtype=np.float64))
+    sampled = np.array(json.loads(str(images["meta"]))["centre_px"])
+    assert AXIS_SAMPLE_ROWS < 40 and np.abs(sampled - axis).max() < 0.02
+    for name, (inner, outer) in {"adf": (60.0, 150.0), "bf": (0.0, 24.0), "abf": (12.0, 24.0)}.items():
+        np.testing.assert_allclose(images[name], virtual_image(patterns, annular_mask((96, 96), sampled, 2.0, inner, outer)), rtol=1e-6)
+        np.testing.assert_allclose(images[name], virtual_image(patterns, annular_mask((96, 96), axis, 2.0, inner, outer)), rtol=5e-3)
+    field = com_field(patterns, axis, 2.0)
+    np.testing.assert_allclose(images["com_mrad"], field - field.reshape(-1, 2).mean(axis=0), atol=1e-9)
+    np.testing.assert_allclose(images["pacbed"], patterns.mean(axis=(0, 1)), rtol=1e-6)
 
 
 @pytest.fixture(scope="module")
