@@ -42,7 +42,7 @@ def virtual_images(path, detectors: VirtualDetectors = VirtualDetectors()) -> di
 # Detector data's optical axis (the virtual detectors' centre) is the centre of mass of the mean
 # pattern of this many scan rows, spread evenly over the scan: known before the one pass over every
 # pattern, at an eighth of a 128-row scan's frames (the whole scan's mean moves it by hundredths
-# of a pixel; benchmarks/realdata_speed.md).
+# of a pixel: tests/test_virtual.py).
 AXIS_SAMPLE_ROWS = 16
 
 

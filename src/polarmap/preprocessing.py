@@ -252,12 +252,13 @@ def _disc_statistics(patterns, rows_per_block: int, path: Path, bad, found, adf_
         flat = block.reshape(-1, *block.shape[2:])
         block_com, block_centres = np.empty((len(flat), 2)), np.full((len(flat), 2), np.nan)
         block_adf = np.empty(len(flat), np.float32)
-        low, high = np.inf, -np.inf
+        low, high, checked = np.inf, -np.inf, False
         for part in cached_parts(len(flat)):
             patterns_part = flat[part]
             part_low, part_high = float(patterns_part.min()), float(patterns_part.max())  # the raw range, before filling
-            if not (np.isfinite(part_high) and part_low >= 0 and (patterns_part.reshape(len(patterns_part), -1) @ ones > 0).all()):
-                problem = intensity_problem(block, start)  # it names the pattern
+            suspect = not (np.isfinite(part_high) and part_low >= 0 and (patterns_part.reshape(len(patterns_part), -1) @ ones > 0).all())
+            if suspect and not checked:  # once a block: it names the pattern, and lets read noise below zero pass
+                problem, checked = intensity_problem(block, start), True
                 if problem:
                     raise ValueError(f"{path}: {problem}")
             low, high = min(low, part_low), max(high, part_high)
