@@ -9,7 +9,7 @@ import numpy as np
 
 from polarmap import io
 from polarmap.atomic import read_npz
-from polarmap.blocks import cached_parts, map_blocks
+from polarmap.blocks import map_blocks
 from polarmap.dataset_kind import dataset_kind
 from polarmap.pattern import center_of_mass, intensity_problem
 from polarmap.virtual import annular_mask, deflection_mrad, differentiated_com, integrated_com
@@ -72,30 +72,28 @@ def scan_virtual_images(patterns, attrs: dict, source, detectors: VirtualDetecto
                          f"the detector reaches {reach:.0f} mrad at {mrad:.4g} mrad/px: choose a ring within it (--adf-mrad)")
     images = {name: np.empty(scan_shape) for name in masks}
     com_px = np.empty((*scan_shape, 2))
-    # one float32 matrix product gives every pattern's total (the intensity check) and its three
-    # virtual detectors
-    weights = np.stack([np.ones(masks["adf"].size), *(mask.ravel() for mask in masks.values())], axis=1).astype(np.float32)
+    # One float32 matrix product over a block gives every pattern's total (the intensity check),
+    # its three virtual detectors and its first moments along the detector's rows and columns (the
+    # centre of mass): exact for counts while a moment stays below 2^24 (20,000 electrons a
+    # pattern on 256 px), within 1e-4 px beyond, a thousandth of the shot noise's.
+    detector_rows, detector_cols = np.indices(detector_shape)
+    weights = np.stack([np.ones(masks["adf"].size), *(mask.ravel() for mask in masks.values()), detector_rows.ravel(), detector_cols.ravel()],
+                       axis=1).astype(np.float32)
+    # a detector's counts cannot fall below zero: the search for a background below zero is skipped
+    unsigned = np.issubdtype(getattr(patterns, "stored_dtype", patterns.dtype), np.unsignedinteger)
 
     def image(start, block):
         flat = block.reshape(-1, weights.shape[0])
-        sums = np.empty((len(flat), weights.shape[1]), np.float32)
-        com = np.empty((len(flat), 2))
-        pattern_sum = np.zeros(weights.shape[0]) if through_a_detector else None
-        minimum = np.inf
-        for part in cached_parts(len(flat)):
-            sums[part] = flat[part] @ weights
-            com[part] = center_of_mass(flat[part].reshape(-1, *detector_shape))
-            minimum = min(minimum, float(flat[part].min()))
-            if pattern_sum is not None:
-                pattern_sum += flat[part].sum(axis=0, dtype=np.float64)
-        problem = intensity_problem(block, start, totals=sums[:, 0].reshape(block.shape[:2]), minimum=minimum)
+        sums = flat @ weights
+        problem = intensity_problem(block, start, totals=sums[:, 0].reshape(block.shape[:2]), minimum=0.0 if unsigned else None)
         if problem:
             raise ValueError(f"{source}: {problem}")
         rows = slice(start, start + len(block))
         for column, name in enumerate(masks, start=1):
             images[name][rows] = sums[:, column].reshape(block.shape[:2])
-        com_px[rows] = com.reshape(*block.shape[:2], 2)
-        return pattern_sum
+        com_px[rows] = (sums[:, 4:].astype(np.float64) / sums[:, :1].astype(np.float64)).reshape(*block.shape[:2], 2)
+        # the block's summed pattern, for the PACBED: exact for counts (below 2^24 a pixel)
+        return np.add.reduce(flat, axis=0).astype(np.float64) if through_a_detector else None
 
     pattern_sums = list(map_blocks(image, patterns, detectors.rows_per_block, workers))
     field = deflection_mrad(com_px, centre, mrad)

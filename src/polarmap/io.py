@@ -244,6 +244,11 @@ class ScanFrames:
     dtype = np.dtype(np.float32)
     ndim = 4
 
+    @property
+    def stored_dtype(self) -> np.dtype:
+        """The file's own dtype (the frames are handed out as float32)."""
+        return np.dtype(self.frames.dtype)
+
     def __init__(self, acquisition, scan_shape=None):
         self.frames, self.source = acquisition.frames, acquisition.path
         frames, source = self.frames, self.source
