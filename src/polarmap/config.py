@@ -118,8 +118,9 @@ def _check_consistency(config: dict, source: str) -> None:
 # disordered, vibrating crystal scanned from its own origin; `faithful` keeps the published cells.
 # The optimiser: `faithful` is the published code's (Adam 2e-4, batches of 128, weight decay 1e-4,
 # raw inputs); `corrected` the one chosen on the validation part (docs/training.md). At 1e-3
-# without standardised inputs the published Conv classifier never leaves chance (loss ln 8 for 40
-# epochs); at 2e-4 in batches of 128 it learns (65 % validation accuracy at epoch 39).
+# without standardised inputs the published Conv classifier never leaves chance (loss ln 8 until
+# early stopping ends it at epoch 10); at 2e-4 in batches of 128 it learns (65 % validation
+# accuracy at epoch 39).
 MODE_DEFAULTS = {
     "corrected": {"structure": {"a_site_order": "random"}, "simulation": {"frozen_phonon_configs": 2, "scan_origin": "random"},
                   "training": {"lr": 1e-3, "batch_size": 64, "weight_decay": 0.0, "standardize_inputs": True}},
