@@ -35,7 +35,7 @@ def scan_blocks(patterns, rows_per_block: int, detector=None, dtype=None) -> Ite
     dataset, a memory map or an array. `detector`: a (row slice, col slice) crop of every pattern.
     Without `dtype` each block is read as stored; with it, into one buffer of that dtype reused
     from block to block (no allocation per block; the block is valid until the next one)."""
-    crop = np.s_[:, :] if detector is None else np.s_[:, :, detector[0], detector[1]]
+    crop = _selection(detector)
     if dtype is None:
         for start, stop in row_ranges(patterns.shape[0], rows_per_block):
             yield start, patterns[(slice(start, stop), *crop[1:])]
@@ -54,7 +54,7 @@ def map_blocks(function: Callable, patterns, rows_per_block: int, workers: int =
     matrix products and the readers' copies release the GIL, so the blocks share the cores. The
     block is reused once `function` returns: a result must not be a view of it. `detector`: a
     (row slice, col slice) crop of every pattern, the only pixels read."""
-    crop = np.s_[:, :] if detector is None else np.s_[:, :, detector[0], detector[1]]
+    crop = _selection(detector)
     if workers <= 1:
         for start, block in scan_blocks(patterns, rows_per_block, detector, dtype):
             yield function(start, block)
@@ -82,6 +82,11 @@ def map_blocks(function: Callable, patterns, rows_per_block: int, workers: int =
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def _selection(detector) -> tuple:
+    """The index of every pattern of a block, or of its `detector` (row slice, col slice) crop."""
+    return np.s_[:, :] if detector is None else np.s_[:, :, detector[0], detector[1]]
 
 
 def _buffer(patterns, rows_per_block: int, crop, dtype) -> np.ndarray:
