@@ -16,12 +16,22 @@ from threadpoolctl import threadpool_limits
 # Patterns handled together within a block: every sum over them is made while they are in the
 # processor's cache (16 patterns of 256x256 float32: 4 MB), instead of one pass over the block each.
 CACHE_PATTERNS = 16
+# A block read once and summed several ways (the virtual images) is best read whole into the
+# cache: blocks of about this many bytes of float32 patterns (one scan row of 128 patterns of
+# 256x256 px) measured 1.5x faster than blocks of 8 such rows, in one thread and in two.
+CACHE_BLOCK_BYTES = 32 * 2**20
 
 
 def cached_parts(n_patterns: int) -> Iterator[slice]:
     """Slices of a block's patterns (flattened over its scan positions) small enough to stay in cache."""
     for first in range(0, n_patterns, CACHE_PATTERNS):
         yield slice(first, min(first + CACHE_PATTERNS, n_patterns))
+
+
+def rows_in_cache(shape) -> int:
+    """Scan rows of float32 patterns of a (scan rows, scan cols, ...) `shape` that fill about
+    CACHE_BLOCK_BYTES: at least one."""
+    return max(1, CACHE_BLOCK_BYTES // (4 * int(np.prod(shape[1:]))))
 
 
 def row_ranges(n_rows: int, rows_per_block: int, first_row: int = 0) -> Iterator[tuple[int, int]]:

@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from polarmap.pattern import center_of_mass
+from polarmap.splines import cubic_samples
 
 HOT_FACTOR = 4.0  # a hot pixel holds more than this times its brightest neighbour
 DEAD_FACTOR = 0.1  # a dead pixel less than this times its darkest neighbour ...
@@ -199,13 +200,10 @@ def resample(patterns: np.ndarray, origins: np.ndarray, scale: float, detector_f
     grid = np.stack(np.meshgrid(offsets, offsets, indexing="ij"), axis=-1)  # (crop, crop, 2) scan-frame offsets
     detector = scale * grid @ np.asarray(detector_from_scan, dtype=np.float64).T  # (crop, crop, 2)
     positions = np.asarray(origins, dtype=np.float64)[:, None, None, :] + detector[None]
+    # the spline of a window around each crop only: a spline's reach decays by 0.27 a pixel, so
+    # SPLINE_MARGIN pixels leave the samples as the whole pattern's spline gives them
     patterns = np.asarray(patterns, dtype=np.float32)
-    out = np.empty((len(patterns), crop_px, crop_px), np.float32)
-    for i, pattern in enumerate(patterns):  # one spline per pattern: one over the stack would mix neighbours
-        # the spline of a window around the crop only: a spline's reach decays by 0.27 a pixel, so
-        # SPLINE_MARGIN pixels leave the samples as the whole pattern's spline gives them
-        low = np.maximum(np.floor(positions[i].min(axis=(0, 1))).astype(int) - SPLINE_MARGIN, 0)
-        high = np.minimum(np.ceil(positions[i].max(axis=(0, 1))).astype(int) + SPLINE_MARGIN + 1, pattern.shape)
-        window = pattern[low[0]:high[0], low[1]:high[1]]
-        out[i] = ndimage.map_coordinates(window, np.moveaxis(positions[i] - low, -1, 0), order=3, mode="nearest")
+    low = np.maximum(np.floor(positions.min(axis=(1, 2))).astype(int) - SPLINE_MARGIN, 0)
+    high = np.minimum(np.ceil(positions.max(axis=(1, 2))).astype(int) + SPLINE_MARGIN + 1, patterns.shape[1:])
+    out = cubic_samples(patterns, low, high, positions - low[:, None, None, :])
     return np.maximum(out, 0)

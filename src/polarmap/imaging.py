@@ -9,7 +9,7 @@ import numpy as np
 
 from polarmap import io
 from polarmap.atomic import read_npz
-from polarmap.blocks import map_blocks
+from polarmap.blocks import map_blocks, rows_in_cache
 from polarmap.dataset_kind import dataset_kind
 from polarmap.pattern import center_of_mass, intensity_problem
 from polarmap.virtual import annular_mask, deflection_mrad, differentiated_com, integrated_com
@@ -23,7 +23,6 @@ class VirtualDetectors:
     adf_mrad: tuple[float, float] = (60.0, 150.0)
     # BF: the whole bright-field disc; ABF: its outer half in angle (0.5-1 of the semiangle)
     abf_inner_fraction: float = 0.5
-    rows_per_block: int = 8
 
     def __post_init__(self):
         inner, outer = self.adf_mrad
@@ -95,7 +94,7 @@ def scan_virtual_images(patterns, attrs: dict, source, detectors: VirtualDetecto
         # the block's summed pattern, for the PACBED: exact for counts (below 2^24 a pixel)
         return np.add.reduce(flat, axis=0).astype(np.float64) if through_a_detector else None
 
-    pattern_sums = list(map_blocks(image, patterns, detectors.rows_per_block, workers))
+    pattern_sums = list(map_blocks(image, patterns, rows_in_cache(patterns.shape), workers))
     field = deflection_mrad(com_px, centre, mrad)
     # a global descan offset is not the specimen's: the field's scan mean is removed
     field -= field.reshape(-1, 2).mean(axis=0)
@@ -116,7 +115,9 @@ def _sampled_axis(patterns) -> np.ndarray:
     evenly over the scan (all rows of a smaller one)."""
     n_rows = patterns.shape[0]
     rows = np.unique(np.linspace(0, n_rows - 1, min(AXIS_SAMPLE_ROWS, n_rows)).round().astype(int))
-    total = sum(np.asarray(patterns[row:row + 1], dtype=np.float32).sum(axis=(0, 1), dtype=np.float64) for row in rows)
+    # a row's sum in float32 (exact for counts), the rows' in float64
+    total = sum(np.add.reduce(np.asarray(patterns[row:row + 1], dtype=np.float32).reshape(-1, *patterns.shape[2:]), axis=0).astype(np.float64)
+                for row in rows)
     return center_of_mass(total)
 
 
