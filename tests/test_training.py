@@ -136,6 +136,14 @@ def test_training_says_whether_it_converged_on_a_plateau_or_was_capped(training_
     assert history["val_loss"][-1] >= history["val_loss"][:-1].min() and plateau["best_epoch"] == plateau["epochs_run"] - 1
 
 
+def test_a_model_at_chance_is_not_stopped_by_the_patience(training_data, tmp_path):
+    """A model that has not learned (here it cannot: a learning rate of zero) is not on a plateau:
+    a patience of one does not stop it; it runs to its cap and says it neither converged nor learned."""
+    split, preprocessed = training_data
+    record = train(split, preprocessed, tmp_path / "chance", TrainSettings(configuration="none", max_epochs=4, patience=1, lr=0.0), progress=False)
+    assert record["epochs_run"] == 4 and record["converged"] is False and record["learned"] is False
+
+
 def test_pca_knn_fits_on_the_training_part_only(training_data, tmp_path):
     from polarmap.models import PcaKnn
     from polarmap.augmentation import AugmentationSettings

@@ -250,7 +250,10 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
         score = val_loss if settings.early_stopping == "val_loss" else -val_accuracy  # lower is better
         if score < state["best_score"]:
             state.update(best_score=score, best_epoch=len(state["history"]) - 1, wait=0, best_model=copy.deepcopy(model.state_dict()))
-        else:
+        elif max(past["val_accuracy"] for past in state["history"]) >= LEARNED_MIN_VALIDATION_ACCURACY:
+            # the patience counts once the model has learned: one still at chance is not on a
+            # plateau (the published optimiser holds a prototype model there for ~20 epochs at the
+            # default scale) and runs on to its cap, recorded as not converged
             state["wait"] += 1
         state["epoch"] = epoch
         save_model_file(checkpoint_path, {
