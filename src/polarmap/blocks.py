@@ -61,9 +61,9 @@ def map_blocks(function: Callable, patterns, rows_per_block: int, workers: int =
     """`function(first row, block)` of every block of scan rows of `patterns` (read as `dtype`),
     in scan order, `workers` blocks at a time in threads, each read into a buffer of its own: the
     results are those of one worker, which is how it runs with `workers` 1. Numpy's loops, its
-    matrix products and the readers' copies release the GIL, so the blocks share the cores. The
-    block is reused once `function` returns: a result must not be a view of it. `detector`: a
-    (row slice, col slice) crop of every pattern, the only pixels read."""
+    matrix products, the compiled splines and the readers' copies release the GIL, so the blocks
+    share the cores. The block is reused once `function` returns: a result must not be a view of
+    it. `detector`: a (row slice, col slice) crop of every pattern, the only pixels read."""
     crop = _selection(detector)
     if workers <= 1:
         for start, block in scan_blocks(patterns, rows_per_block, detector, dtype):
