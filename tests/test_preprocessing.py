@@ -2,7 +2,7 @@ import h5py
 import numpy as np
 import pytest
 
-from polarmap import io
+from polarmap import blocks, io
 from polarmap.classes import CLASS_NAMES, class_direction
 from polarmap.augmentation import AugmentationSettings, augmentation_pipeline
 from polarmap.preprocessing import PreprocessSettings, crop_origin, preprocess_dataset
@@ -249,7 +249,7 @@ def test_domain_randomisation_counts_electrons_and_keeps_the_disc_where_it_was()
         augmenter("cutout", AugmentationSettings(), untouched, 5)
 
 
-def test_blocks_in_threads_give_the_numbers_of_one_worker(tmp_path):
+def test_blocks_in_threads_give_the_numbers_of_one_worker(tmp_path, monkeypatch):
     """Preprocessing and virtual images of a 6x6 detector scan (a descan plane, a hot pixel, turned
     and rescaled crops), its scan rows two at a time in 1, 2 or 4 threads: the same numbers."""
     from polarmap.imaging import scan_virtual_images
@@ -261,6 +261,7 @@ def test_blocks_in_threads_give_the_numbers_of_one_worker(tmp_path):
     patterns = (patterns * 1000 + rng.poisson(2.0, patterns.shape)).astype(np.float32)
     patterns[:, :, 10, 80] = 5e4
     settings = PreprocessSettings(crop_px=24, mrad_per_px=3.9, rotation_deg=23.0, flip=True, rows_per_block=2)
+    monkeypatch.setattr(blocks, "CACHE_BLOCK_BYTES", 2 * patterns[0].nbytes)  # the virtual images' blocks: 2 scan rows too
     meta = attrs(supercell="experimental", detector_mrad_per_px=3.0)
     made = {}
     for workers in (1, 2, 4):

@@ -51,5 +51,11 @@ def test_samples_beyond_a_window_are_refused():
     """A compiled kernel reads no memory outside its window: a sample beyond the window's edge
     copies is an error, not a read of another pattern's pixels."""
     patterns = np.ones((2, 20, 20), np.float32)
-    with pytest.raises(ValueError, match="beyond"):
-        splines.cubic_samples(patterns, np.array([[0, 0], [0, 0]]), np.array([[20, 20], [20, 20]]), np.full((2, 3, 2), 31.0))
+    whole = np.array([[0, 0], [0, 0]]), np.array([[20, 20], [20, 20]])
+    with pytest.raises(ValueError, match="sample lies beyond its window"):
+        splines.cubic_samples(patterns, *whole, np.full((2, 3, 2), 31.0))
+    with pytest.raises(ValueError, match="window reaches beyond its pattern"):
+        splines.cubic_samples(patterns, whole[0], np.array([[20, 20], [21, 20]]), np.full((2, 3, 2), 5.0))
+    with pytest.raises(ValueError, match="2 patterns need 2 windows"):
+        splines.cubic_samples(patterns, *whole, np.full((3, 3, 2), 5.0))
+    assert splines.cubic_samples(patterns[:0], whole[0][:0], whole[1][:0], np.zeros((0, 3, 2))).shape == (0, 3)

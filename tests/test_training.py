@@ -125,8 +125,9 @@ def test_model_files_are_tensors_only(training_data, tmp_path):
 
 
 def test_training_says_whether_it_converged_on_a_plateau_or_was_capped(training_data, tmp_path):
-    """One epoch of five patience: capped, still improving. A patience of one: it stops at the
-    first epoch without a better validation loss, long before its cap, and says it converged."""
+    """One epoch of five patience: capped, still improving. A patience of one: once it has learned,
+    it stops at the first epoch without a better validation loss, long before its cap, and says it
+    converged."""
     split, preprocessed = training_data
     capped = train(split, preprocessed, tmp_path / "capped", TrainSettings(configuration="none", max_epochs=1, patience=5), progress=False)
     assert capped["converged"] is False and capped["epochs_run"] == 1

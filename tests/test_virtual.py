@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from polarmap import blocks
 from polarmap.virtual import annular_mask, com_field, differentiated_com, integrated_com, virtual_image
 from test_preprocessing import disc
 
@@ -50,7 +51,7 @@ def test_annular_masks_in_mrad_and_the_com_of_a_moved_disc():
     assert bright[1] == pytest.approx(disc(64).sum(), rel=1e-6)
 
 
-def test_the_detector_axis_from_sampled_rows_gives_the_images_of_the_whole_scans_mean():
+def test_the_detector_axis_from_sampled_rows_gives_the_images_of_the_whole_scans_mean(monkeypatch):
     """Detector data's axis comes from 16 of a 40-row scan's rows before the one pass: with a
     descan plane of 2 px across the scan, it lies within 0.02 px of the whole scan's mean pattern's
     centre; every image is that of detectors around it, within 0.5 % of those around the whole
@@ -66,6 +67,7 @@ def test_the_detector_axis_from_sampled_rows_gives_the_images_of_the_whole_scans
     patterns = np.stack([[disc(96, radius=12, centre=c) * 400 + 1.0 for c in row] for row in centres])
     patterns = rng.poisson(patterns).astype(np.float32)
     meta = attrs(supercell="experimental", detector_mrad_per_px=2.0, semiangle_mrad=24.0)
+    monkeypatch.setattr(blocks, "CACHE_BLOCK_BYTES", 3 * patterns[0].nbytes)  # blocks of 3 scan rows: 14 of them
     images = scan_virtual_images(patterns, meta, "d", workers=2)
     axis = center_of_mass(patterns.mean(axis=(0, 1), dtype=np.float64))
     sampled = np.array(json.loads(str(images["meta"]))["centre_px"])

@@ -30,8 +30,8 @@ def cached_parts(n_patterns: int) -> Iterator[slice]:
 
 def rows_in_cache(shape) -> int:
     """Scan rows of float32 patterns of a (scan rows, scan cols, ...) `shape` that fill about
-    CACHE_BLOCK_BYTES: at least one."""
-    return max(1, CACHE_BLOCK_BYTES // (4 * int(np.prod(shape[1:]))))
+    CACHE_BLOCK_BYTES: at least one, at most the scan's."""
+    return min(int(shape[0]), max(1, CACHE_BLOCK_BYTES // (4 * int(np.prod(shape[1:])))))
 
 
 def row_ranges(n_rows: int, rows_per_block: int, first_row: int = 0) -> Iterator[tuple[int, int]]:

@@ -1,6 +1,6 @@
 """Virtual images of a data set file, simulated or real: ADF, BF and ABF through annular detectors
-in mrad, the CoM field, iDPC and dDPC (`polarmap.virtual` does the maths), read a few scan rows at
-a time so that a large scan is never in memory whole."""
+in mrad, the CoM field, iDPC and dDPC (`polarmap.virtual` does the maths), read a block of scan
+rows at a time so that a large scan is never in memory whole."""
 
 import json
 from dataclasses import asdict, dataclass
@@ -49,8 +49,9 @@ def scan_virtual_images(patterns, attrs: dict, source, detectors: VirtualDetecto
     """The images of one scan, each (scan_rows, scan_cols), its CoM field (..., 2) in mrad from
     the optical axis, and, for detector data, its position-averaged pattern (PACBED, the
     detector's shape): `patterns` a data set's /patterns or anything indexed like it (an
-    acquisition's `io.ScanFrames`), read once, a few scan rows at a time, `workers` blocks at once
-    (`polarmap.blocks.map_blocks`: the same numbers); `source` names it in errors.
+    acquisition's `io.ScanFrames`), read once, in blocks of scan rows that fit the cache
+    (`polarmap.blocks.rows_in_cache`), `workers` blocks at once (`polarmap.blocks.map_blocks`: the
+    same numbers); `source` names it in errors.
     The axis is the detector's centre for simulated sets, the centre of mass of a few scan rows'
     mean pattern for detector data (its bright-field disc; `AXIS_SAMPLE_ROWS`)."""
     mrad = float(attrs["detector_mrad_per_px"])
@@ -115,7 +116,7 @@ def _sampled_axis(patterns) -> np.ndarray:
     evenly over the scan (all rows of a smaller one)."""
     n_rows = patterns.shape[0]
     rows = np.unique(np.linspace(0, n_rows - 1, min(AXIS_SAMPLE_ROWS, n_rows)).round().astype(int))
-    # a row's sum in float32 (exact for counts), the rows' in float64
+    # a row's sum in float32 (exact for counts below 2^24 a pixel), the rows' in float64
     total = sum(np.add.reduce(np.asarray(patterns[row:row + 1], dtype=np.float32).reshape(-1, *patterns.shape[2:]), axis=0).astype(np.float64)
                 for row in rows)
     return center_of_mass(total)

@@ -250,10 +250,10 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
         score = val_loss if settings.early_stopping == "val_loss" else -val_accuracy  # lower is better
         if score < state["best_score"]:
             state.update(best_score=score, best_epoch=len(state["history"]) - 1, wait=0, best_model=copy.deepcopy(model.state_dict()))
-        elif max(past["val_accuracy"] for past in state["history"]) >= LEARNED_MIN_VALIDATION_ACCURACY:
-            # the patience counts once the model has learned: one still at chance is not on a
-            # plateau (the published optimiser holds a prototype model there for ~20 epochs at the
-            # default scale) and runs on to its cap, recorded as not converged
+        elif state["history"][state["best_epoch"]]["val_accuracy"] >= LEARNED_MIN_VALIDATION_ACCURACY:
+            # the patience counts once the kept epoch has learned (the record's `learned`): a model
+            # still at chance is not on a plateau (the published optimiser holds a prototype model
+            # there for ~20 epochs at the default scale) and runs on to its cap, not converged
             state["wait"] += 1
         state["epoch"] = epoch
         save_model_file(checkpoint_path, {
@@ -278,7 +278,7 @@ def train(split_path, preprocessed, out_dir, settings: TrainSettings, progress: 
         seed=settings.seed, device=str(device), epochs_run=len(state["history"]), best_epoch=best["epoch"], best_val_loss=best["val_loss"],
         validation_accuracy=best["val_accuracy"], learned=best["val_accuracy"] >= LEARNED_MIN_VALIDATION_ACCURACY,
         # converged: stopped on a plateau (`patience` epochs without a better validation score);
-        # otherwise capped: the epochs ran out while it was still improving
+        # otherwise capped: the epochs ran out while it was still improving or still at chance
         converged=state["wait"] >= settings.patience,
         synthetic_test_accuracy=test_accuracy, patterns={"train": len(train_y), "validation": len(val_y), "test": len(test_y)},
     )
