@@ -26,7 +26,7 @@ def test_no_import_circles_and_leaf_modules_know_no_files():
     assert not circles, circles
     # the maths of a pattern, a scan or a lattice, and the atomic writers, import nothing of the
     # package but each other
-    leaves = {"pattern", "virtual", "atomic", "classes", "disc", "orientation", "ood", "cells", "columns", "quantities", "dataset_kind", "blocks", "seeds"}
+    leaves = {"pattern", "virtual", "atomic", "classes", "disc", "orientation", "ood", "cells", "columns", "quantities", "dataset_kind", "blocks", "seeds", "splines"}
     for leaf in leaves:
         assert graph[leaf] <= leaves, (leaf, graph[leaf])
     assert "io" not in graph["models"] and "preprocessing" not in graph["io"]
